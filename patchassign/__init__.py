@@ -1,0 +1,41 @@
+"""patchassign: change who is assigned to what in other systems, at volume.
+
+The public API is exactly what this module lists in ``__all__``; everything else is
+internal and may change without notice.
+"""
+
+from __future__ import annotations
+
+from patchassign.errors import InvalidPatch, InvalidPointer, PatchConflict, PatchError
+from patchassign.patch import (
+    Add,
+    Copy,
+    JsonPatch,
+    Move,
+    Operation,
+    Remove,
+    Replace,
+    Test,
+    apply_patch,
+)
+from patchassign.pointer import Pointer
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "Add",
+    "Copy",
+    "InvalidPatch",
+    "InvalidPointer",
+    "JsonPatch",
+    "Move",
+    "Operation",
+    "PatchConflict",
+    "PatchError",
+    "Pointer",
+    "Remove",
+    "Replace",
+    "Test",
+    "__version__",
+    "apply_patch",
+]

@@ -1,0 +1,150 @@
+"""Errors raised by patchassign.
+
+Every error carries what a user needs to act on it as keyword-only attributes, and a
+message that names the operation (by index, op and path) when there is one::
+
+    PatchError                  anything wrong with a patch or with applying it
+    ├── InvalidPatch            the patch document is malformed (also a ValueError)
+    │   └── InvalidPointer      a JSON Pointer is malformed
+    └── PatchConflict           a valid patch does not fit the document: a path is
+                                missing, a ``test`` failed, a key is ambiguous
+
+``InvalidPatch`` is permanent: sending the same patch again cannot succeed.
+``PatchConflict`` depends on the document: re-reading the record and re-diffing may
+succeed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+__all__ = [
+    "ConflictReason",
+    "InvalidPatch",
+    "InvalidPointer",
+    "PatchConflict",
+    "PatchError",
+]
+
+
+class _Missing:
+    """Sentinel type for "no value" where ``None`` is a valid JSON value (``null``)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+
+ConflictReason = Literal[
+    "missing",  # the path (or a parent of it) does not exist
+    "test-failed",  # a test operation compared unequal
+    "ambiguous",  # case-insensitive lookup matched two keys
+    "not-a-container",  # the path traverses a string, number, boolean or null
+    "bad-index",  # an array index that is malformed or out of range
+]
+
+
+def _where(index: int | None, op: str | None, path: str | None) -> str:
+    if index is None:
+        return ""
+    parts = [f"operation {index}"]
+    if op is not None:
+        parts.append(f"({op} {path})" if path is not None else f"({op})")
+    return " ".join(parts) + ": "
+
+
+class PatchError(Exception):
+    """Base class of every error about a patch document or its application."""
+
+
+class InvalidPatch(PatchError, ValueError):
+    """The patch document is malformed; it would fail on any document.
+
+    Attributes:
+        index: Position of the offending operation in the patch, or ``None`` when the
+            document as a whole is malformed (not JSON, not an array).
+        op: The operation's ``op`` member, when it could be read.
+        field: The member at fault (``"op"``, ``"path"``, ``"from"``, ``"value"``), if any.
+        reason: What is wrong, without the location prefix.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        index: int | None = None,
+        op: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.index = index
+        self.op = op
+        self.field = field
+        prefix = _where(index, op, None)
+        if field is not None and index is not None:
+            prefix = prefix[:-2] + f", member {field!r}: "
+        super().__init__(f"invalid patch: {prefix}{reason}")
+
+
+class InvalidPointer(InvalidPatch):
+    """A JSON Pointer string is malformed (bad ``~`` escape, missing leading ``/``).
+
+    Attributes:
+        pointer: The offending pointer text.
+        problem: What is wrong with it.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        pointer: str,
+        index: int | None = None,
+        op: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.pointer = pointer
+        self.problem = reason
+        super().__init__(f"{reason}: {pointer!r}", index=index, op=op, field=field)
+
+
+class PatchConflict(PatchError):
+    """A valid patch does not fit the document it is applied to.
+
+    Attributes:
+        reason: A machine-readable code: ``"missing"``, ``"test-failed"``,
+            ``"ambiguous"``, ``"not-a-container"`` or ``"bad-index"``.
+        index: Position of the failing operation in the patch (``None`` outside a patch,
+            as in ``Pointer.resolve``).
+        op: The failing operation's ``op``.
+        path: The pointer that failed (``from`` for the source of ``move``/``copy``).
+        expected: For ``test``: the value the patch expected; otherwise ``MISSING``.
+        actual: For ``test``: the value found in the document; otherwise ``MISSING``.
+        detail: The human-readable explanation, without the location prefix.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        reason: ConflictReason,
+        index: int | None = None,
+        op: str | None = None,
+        path: str | None = None,
+        expected: Any = MISSING,
+        actual: Any = MISSING,
+    ) -> None:
+        self.detail = detail
+        self.reason: ConflictReason = reason
+        self.index = index
+        self.op = op
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"{_where(index, op, path)}{detail}")
