@@ -381,7 +381,42 @@ def _compile(ops: tuple[Operation, ...]) -> tuple[tuple[_Step, ...], int | None]
     return tuple(steps), relative
 
 
+_BY_NAME: Final[dict[Any, type[Any]]] = dict(zip(_NAME, _OP_TYPES, strict=True))
+_WITH_VALUE: Final = frozenset({Add, Replace, Test})
+
+
+def _from_dicts(ops: Sequence[Any]) -> list[Operation] | None:
+    """Build structs from plain, well-formed dicts; ``None`` for anything else.
+
+    About 5x faster than ``msgspec.convert`` on tagged unions. Whatever it declines
+    goes through ``msgspec.convert``, which validates and words the errors.
+    """
+    out: list[Operation] = []
+    for o in ops:
+        if type(o) is not dict:
+            return None
+        op = o.get("op")
+        path = o.get("path")
+        cls = _BY_NAME.get(op) if type(op) is str else None
+        if cls is None or type(path) is not str:
+            return None
+        if cls in _WITH_VALUE:
+            if "value" not in o:
+                return None
+            out.append(cls(path, o["value"]))
+        elif cls is Remove:
+            out.append(Remove(path))
+        else:
+            frm = o.get("from")
+            if type(frm) is not str:
+                return None
+            out.append(cls(frm, path))
+    return out
+
+
 def _convert(ops: Sequence[Any]) -> list[Operation]:
+    if (fast := _from_dicts(ops)) is not None:
+        return fast
     for i, o in enumerate(ops):
         if not isinstance(o, Mapping) and type(o) not in _KIND:
             raise InvalidPatch(f"an operation must be a JSON object, got {a_type_name(o)}", index=i)

@@ -3,7 +3,8 @@
 Strict mode (the default) is exactly RFC 6901. Case-insensitive mode, for servers such as
 SuperOffice that accept ``Department`` for ``/department``:
 
-* the leading ``/`` is optional (``"department"`` means ``"/department"``);
+* the leading ``/`` is optional (``"department"`` means ``"/department"``); ``""``
+  still names the whole document, so a top-level empty key is written ``"/"``;
 * an object key matches exactly first, else case-insensitively (``str.casefold``); when
   two keys match only case-insensitively the lookup fails naming both (no silent pick).
 """

@@ -101,6 +101,10 @@ def test_python_lists_are_validated_like_json() -> None:
         JsonPatch(["add"])  # type: ignore[list-item]
     with pytest.raises(InvalidPatch, match="expected a string"):
         apply_patch({}, [{"op": "add", "path": ["a"], "value": 1}])
+    with pytest.raises(InvalidPatch, match="member 'op'"):
+        apply_patch({}, [{"op": ["add"], "path": "/a", "value": 1}])
+    with pytest.raises(InvalidPatch, match="member 'from'"):
+        apply_patch({}, [{"op": "copy", "from": None, "path": "/a"}])
 
 
 def test_unknown_members_are_ignored_as_rfc6902_requires() -> None:
@@ -158,7 +162,11 @@ def test_accepts_jsonpatch_objects() -> None:
 
 
 def test_input_is_not_mutated_and_unchanged_subtrees_are_shared() -> None:
-    doc: dict[str, Any] = {"users": [{"name": "ada"}, {"name": "bob"}], "meta": {"rev": 1}, "tags": ["x"]}
+    doc: dict[str, Any] = {
+        "users": [{"name": "ada"}, {"name": "bob"}],
+        "meta": {"rev": 1},
+        "tags": ["x"],
+    }
     before = snapshot(doc)
     out = apply_patch(doc, [{"op": "replace", "path": "/users/1/name", "value": "cyd"}])
     assert doc == before

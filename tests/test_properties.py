@@ -1,0 +1,106 @@
+"""Property tests: our apply against jsonpatch's diff as an independent oracle."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from patchassign import PatchConflict, apply_patch
+from tests.helpers import canon, json_pairs, json_values, same_json, snapshot
+
+
+def _jsonpatch_diff(a: Any, b: Any) -> list[dict[str, Any]]:
+    ops: list[dict[str, Any]] = jsonpatch.make_patch(a, b).patch
+    # jsonpatch's own diff treats True == 1 (python-json-patch #90): when its patch
+    # does not even reproduce b under its own apply, it is not an oracle for us.
+    assume(same_json(jsonpatch.apply_patch(a, ops), b))
+    return ops
+
+
+@given(json_pairs())
+def test_applying_jsonpatch_diff_gives_target_and_leaves_input(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    ops = _jsonpatch_diff(a, b)
+    before, patch_before = snapshot(a), snapshot(ops)
+    assert same_json(apply_patch(a, ops), b)
+    assert same_json(a, before)
+    assert canon(ops) == canon(patch_before), "the patch was mutated"
+
+
+@given(json_pairs())
+def test_in_place_apply_matches_non_mutating_apply(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    ops = _jsonpatch_diff(a, b)
+    expected = apply_patch(a, ops)
+    assert same_json(apply_patch(snapshot(a), ops, in_place=True), expected)
+
+
+# Keys that differ by more than case, within and across documents: each casefold
+# class has one spelling, so exact and case-insensitive lookups always agree.
+_ci_keys = st.sampled_from(
+    ["Alpha", "beta", "GAMMA", "dElTa", "x/Y", "t~N", "", "0", "-", "Straße"]
+)
+
+
+@given(json_pairs(_ci_keys))
+def test_case_insensitive_apply_of_exact_paths_gives_target(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    ops = _jsonpatch_diff(a, b)
+    before = snapshot(a)
+    assert same_json(apply_patch(a, ops, case_insensitive=True), b)
+    assert same_json(a, before)
+
+
+def _leaf_paths(doc: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(doc, dict) and doc:
+        return [p for k, v in doc.items() for p in _leaf_paths(v, (*prefix, k))]
+    if isinstance(doc, list) and doc:
+        return [p for i, v in enumerate(doc) for p in _leaf_paths(v, (*prefix, str(i)))]
+    return [prefix]
+
+
+def _set(doc: Any, tokens: tuple[str, ...], value: Any) -> Any:
+    if not tokens:
+        return value
+    head, rest = tokens[0], tokens[1:]
+    if isinstance(doc, list):
+        i = int(head)
+        return [*doc[:i], _set(doc[i], rest, value), *doc[i + 1 :]]
+    return {**doc, head: _set(doc[head], rest, value)}
+
+
+@given(json_values(_ci_keys), st.data())
+def test_case_insensitive_recased_paths_update_existing_keys(doc: Any, data: st.DataObject) -> None:
+    """Re-cased paths without the leading slash replace under the existing spelling."""
+    tokens = data.draw(st.sampled_from(_leaf_paths(doc)))
+    assume(tokens)
+    escaped = [t.replace("~", "~0").replace("/", "~1") for t in tokens]
+    recased = "/".join(t.swapcase() if data.draw(st.booleans()) else t for t in escaped)
+    # Without its slash, "" would be the whole document: the empty key keeps its "/".
+    path = recased if tokens[0] and data.draw(st.booleans()) else "/" + recased
+    before = snapshot(doc)
+    out = apply_patch(doc, [{"op": "replace", "path": path, "value": "NEW"}], case_insensitive=True)
+    assert same_json(out, _set(doc, tokens, "NEW"))
+    assert same_json(doc, before)
+
+
+@given(json_values(), json_values(), st.data())
+def test_failed_patch_never_half_applies(a: Any, b: Any, data: st.DataObject) -> None:
+    """A patch whose last op fails leaves the input as it was, in both modes."""
+    ops = [
+        *jsonpatch.make_patch(a, b).patch,
+        {"op": "test", "path": "", "value": {"never": "equal"}},
+    ]
+    assume(not same_json(b, {"never": "equal"}))
+    doc = snapshot(a)
+    in_place = data.draw(st.booleans())
+    try:
+        apply_patch(doc, ops, in_place=in_place)
+    except PatchConflict:
+        pass
+    else:
+        raise AssertionError("the final test should have failed")
+    assert same_json(doc, a)
