@@ -6,7 +6,20 @@ internal and may change without notice.
 
 from __future__ import annotations
 
-from patchassign.errors import InvalidPatch, InvalidPointer, PatchConflict, PatchError
+from patchassign.diff import make_patch
+from patchassign.errors import (
+    InvalidPatch,
+    InvalidPointer,
+    NotRepresentable,
+    PatchConflict,
+    PatchError,
+)
+from patchassign.merge import (
+    apply_merge_patch,
+    json_patch_to_merge,
+    make_merge_patch,
+    merge_to_json_patch,
+)
 from patchassign.patch import (
     Add,
     Copy,
@@ -29,6 +42,7 @@ __all__ = [
     "InvalidPointer",
     "JsonPatch",
     "Move",
+    "NotRepresentable",
     "Operation",
     "PatchConflict",
     "PatchError",
@@ -37,5 +51,10 @@ __all__ = [
     "Replace",
     "Test",
     "__version__",
+    "apply_merge_patch",
     "apply_patch",
+    "json_patch_to_merge",
+    "make_merge_patch",
+    "make_patch",
+    "merge_to_json_patch",
 ]

@@ -6,8 +6,10 @@ message that names the operation (by index, op and path) when there is one::
     PatchError                  anything wrong with a patch or with applying it
     ├── InvalidPatch            the patch document is malformed (also a ValueError)
     │   └── InvalidPointer      a JSON Pointer is malformed
-    └── PatchConflict           a valid patch does not fit the document: a path is
-                                missing, a ``test`` failed, a key is ambiguous
+    ├── PatchConflict           a valid patch does not fit the document: a path is
+    │                           missing, a ``test`` failed, a key is ambiguous
+    └── NotRepresentable        a change has no form in the patch format asked for
+                                (a member set to null in a merge patch, ``move``...)
 
 ``InvalidPatch`` is permanent: sending the same patch again cannot succeed.
 ``PatchConflict`` depends on the document: re-reading the record and re-diffing may
@@ -22,6 +24,7 @@ __all__ = [
     "ConflictReason",
     "InvalidPatch",
     "InvalidPointer",
+    "NotRepresentable",
     "PatchConflict",
     "PatchError",
 ]
@@ -148,3 +151,30 @@ class PatchConflict(PatchError):
         self.expected = expected
         self.actual = actual
         super().__init__(f"{_where(index, op, path)}{detail}")
+
+
+class NotRepresentable(PatchError):
+    """A change cannot be expressed in the patch format asked for.
+
+    RFC 7396 merge patches cannot set an object member to ``null`` (null means delete),
+    address array elements, or say ``move``, ``copy`` or ``test``.
+
+    Attributes:
+        path: The location of the change, as pointer text.
+        index: For a JSON Patch being converted: the operation's position, else ``None``.
+        op: For a JSON Patch being converted: the operation's ``op``, else ``None``.
+    """
+
+    def __init__(
+        self, detail: str, *, path: str, index: int | None = None, op: str | None = None
+    ) -> None:
+        self.detail = detail
+        self.path = path
+        self.index = index
+        self.op = op
+        where = (
+            _where(index, op, path)
+            if index is not None
+            else f"at {path or 'the document root'!r}: "
+        )
+        super().__init__(f"{where}{detail}")

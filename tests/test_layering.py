@@ -5,7 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-CORE = ["patchassign", "patchassign.pointer", "patchassign.patch", "patchassign.errors"]
+CORE = [
+    "patchassign",
+    "patchassign.pointer",
+    "patchassign.patch",
+    "patchassign.merge",
+    "patchassign.diff",
+    "patchassign.errors",
+]
 
 
 def test_core_imports_with_aiohttp_blocked() -> None:
