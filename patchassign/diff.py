@@ -167,8 +167,8 @@ class _Differ:
         """False when nothing of ``a`` survives: one ``replace`` beats a cascade."""
         if len(mid_a) < len(a) or len(mid_b) < len(b):
             return True
-        if len(a) <= 1 and len(b) <= 1:
-            return type(a[0]) is type(b[0]) and type(a[0]) in (dict, list)
+        if len(a) == 1 and len(b) == 1:
+            return True  # "/0" is as short as "" and says more
         return not set(map(_key, mid_a)).isdisjoint(map(_key, mid_b))
 
     def script(self, a: list[Any], b: list[Any], path: str, at: int) -> None:

@@ -147,7 +147,8 @@ def merge_to_json_patch(
     Without ``base`` the conversion is structural: ``add`` for every non-null member (it
     creates or replaces), ``remove`` for every null one, and nested objects become paths
     into them. That equals the merge only where every removed member exists and every
-    nested object exists as an object; pass ``base`` when that is not known.
+    nested object exists as an object; pass ``base`` when that is not known. (``None``
+    means "no base", so a document that is ``null`` cannot serve as one.)
 
     Raises:
         PatchConflict: In case-insensitive mode, a name matches two members of ``base``.
@@ -201,6 +202,10 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
 
 def json_patch_to_merge(patch: PatchLike) -> Any:
     """Return the merge patch with the same effect as a JSON Patch.
+
+    The effect is the same on every document the JSON Patch applies to, with one
+    exception no merge patch can avoid: an empty JSON Patch gives ``{}``, which leaves
+    objects alone but turns any other document into ``{}`` (RFC 7396).
 
     Raises:
         NotRepresentable: Naming the first operation that has no merge-patch form:

@@ -247,7 +247,7 @@ class JsonPatch(Sequence[Operation]):
 
     def to_list(self) -> list[dict[str, Any]]:
         """The operations as plain dicts, as ``jsonpatch`` and ``json.dumps`` expect."""
-        return msgspec.to_builtins(self._ops)  # type: ignore[no-any-return]
+        return msgspec.to_builtins(list(self._ops))  # type: ignore[no-any-return]
 
     @property
     def operations(self) -> tuple[Operation, ...]:

@@ -133,6 +133,7 @@ def test_round_trips_through_json_and_lists() -> None:
     p = JsonPatch.from_json(raw)
     assert p.to_json() == raw
     assert JsonPatch(p.to_list()) == p
+    assert type(p.to_list()) is list
     assert JsonPatch(list(p)) == p
     assert p.to_list()[3] == {"op": "move", "from": "/d", "path": "/e"}
     assert [type(o) for o in p] == [Add, Remove, Replace, Move, Copy, Test]

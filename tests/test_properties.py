@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import json_merge_patch
 import jsonpatch
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from patchassign import PatchConflict, apply_patch
+from patchassign import (
+    NotRepresentable,
+    PatchConflict,
+    Test,
+    apply_merge_patch,
+    apply_patch,
+    json_patch_to_merge,
+    make_merge_patch,
+    make_patch,
+    merge_to_json_patch,
+)
 from tests.helpers import canon, json_pairs, json_values, same_json, snapshot
 
 
@@ -104,3 +116,95 @@ def test_failed_patch_never_half_applies(a: Any, b: Any, data: st.DataObject) ->
     else:
         raise AssertionError("the final test should have failed")
     assert same_json(doc, a)
+
+
+# --------------------------------------------------------------------------- diff
+
+
+@given(json_pairs())
+def test_make_patch_round_trips_with_our_apply_and_jsonpatch(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    before_a, before_b = snapshot(a), snapshot(b)
+    p = make_patch(a, b)
+    assert same_json(apply_patch(a, p), b)
+    assert same_json(jsonpatch.apply_patch(a, p.to_list()), b)
+    assert same_json(apply_patch(a, p.to_json()), b), "the encoded patch applies too"
+    assert same_json(a, before_a)
+    assert same_json(b, before_b)
+
+
+@given(json_pairs())
+def test_guarded_make_patch_applies_to_its_base(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    guarded = make_patch(a, b, guard=True)
+    assert same_json(apply_patch(a, guarded), b)
+    assert [op for op in guarded if not isinstance(op, Test)] == list(make_patch(a, b))
+
+
+@given(json_pairs(), json_values(max_leaves=3))
+def test_guarded_patch_fails_when_the_base_changed(pair: tuple[Any, Any], other: Any) -> None:
+    a, b = pair
+    guarded = make_patch(a, b, guard=True)
+    assume(len(guarded) and isinstance(guarded[0], Test))
+    first = guarded[0]
+    assert isinstance(first, Test)
+    assume(not same_json(first.value, other))
+    changed = apply_patch(a, [{"op": "replace", "path": first.path, "value": other}])
+    with pytest.raises(PatchConflict) as info:
+        apply_patch(changed, guarded)
+    assert info.value.reason == "test-failed"
+    assert info.value.index == 0
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@given(json_values(), json_values())
+def test_apply_merge_patch_matches_json_merge_patch(doc: Any, merge: Any) -> None:
+    before, merge_before = snapshot(doc), snapshot(merge)
+    ours = apply_merge_patch(doc, merge)
+    theirs = json_merge_patch.merge(snapshot(doc), snapshot(merge))
+    assert same_json(ours, theirs)
+    assert same_json(doc, before)
+    assert same_json(merge, merge_before)
+
+
+@given(json_pairs())
+def test_make_merge_patch_round_trips_where_representable(pair: tuple[Any, Any]) -> None:
+    a, b = pair
+    if _has_null_member(b):
+        try:
+            merge = make_merge_patch(a, b)
+        except NotRepresentable:
+            return
+    else:
+        merge = make_merge_patch(a, b)  # must not be refused: nothing to set to null
+    assert same_json(apply_merge_patch(a, merge), b)
+    assert same_json(json_merge_patch.merge(snapshot(a), snapshot(merge)), b)
+
+
+def _has_null_member(doc: Any) -> bool:
+    if isinstance(doc, dict):
+        return any(v is None or _has_null_member(v) for v in doc.values())
+    if isinstance(doc, list):
+        return any(_has_null_member(v) for v in doc)
+    return False
+
+
+@given(json_values(), json_values())
+def test_merge_to_json_patch_with_base_is_exact(base: Any, merge: Any) -> None:
+    assume(base is not None)  # None means "no base" (the structural conversion)
+    p = merge_to_json_patch(merge, base)
+    assert same_json(apply_patch(base, p), apply_merge_patch(base, merge))
+
+
+@given(json_values(), json_values())
+def test_json_patch_to_merge_has_the_same_effect(a: Any, b: Any) -> None:
+    p = make_patch(a, b)
+    try:
+        merge = json_patch_to_merge(p)
+    except NotRepresentable:
+        return
+    # No merge patch leaves every document alone: {} turns a non-object into {}.
+    assume(len(p) or isinstance(a, dict))
+    assert same_json(apply_merge_patch(a, merge), b)
