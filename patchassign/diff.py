@@ -12,7 +12,8 @@ are the target document's own subtrees, shared, not copied.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from itertools import compress
+from operator import ne
 from typing import Any, Final
 
 import msgspec
@@ -22,7 +23,9 @@ from patchassign.pointer import escape
 
 __all__ = ["make_patch"]
 
-_encode: Final = msgspec.json.Encoder().encode
+# msgpack, not JSON: no float formatting, and true, 1 and 1.0 still encode apart.
+_encode: Final = msgspec.msgpack.Encoder().encode
+_MISSING: Final = object()
 _NUMBERS: Final = (int, float)
 
 
@@ -42,7 +45,7 @@ def make_patch(src: Any, dst: Any, *, guard: bool = False) -> JsonPatch:
     """
     ops: list[Operation] = []
     _Differ(ops, guard).diff(src, dst, "")
-    return JsonPatch._new(tuple(ops))
+    return JsonPatch._new(tuple(ops), trusted=True)
 
 
 def _same(x: Any, y: Any) -> bool:
@@ -62,7 +65,7 @@ def _same(x: Any, y: Any) -> bool:
             return False
         try:
             return _encode(x) == _encode(y)
-        except (TypeError, msgspec.EncodeError):
+        except (TypeError, OverflowError, msgspec.EncodeError):
             return False
     return bool(x == y)
 
@@ -71,31 +74,8 @@ def _key(x: Any) -> Any:
     """A hashable stand-in for a value, equal for equal values (for alignment)."""
     try:
         return _encode(x)
-    except (TypeError, msgspec.EncodeError):
+    except (TypeError, OverflowError, msgspec.EncodeError):
         return object()  # never equal to anything else
-
-
-def _lis(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Longest subsequence of ``pairs`` (sorted by second item) increasing in the first."""
-    tails: list[int] = []  # tails[k]: smallest first-item ending an increasing run of k+1
-    tail_at: list[int] = []
-    back: list[int] = [-1] * len(pairs)
-    for n, (i, _) in enumerate(pairs):
-        k = bisect_left(tails, i)
-        if k == len(tails):
-            tails.append(i)
-            tail_at.append(n)
-        else:
-            tails[k] = i
-            tail_at[k] = n
-        back[n] = tail_at[k - 1] if k else -1
-    out: list[tuple[int, int]] = []
-    n = tail_at[-1] if tail_at else -1
-    while n >= 0:
-        out.append(pairs[n])
-        n = back[n]
-    out.reverse()
-    return out
 
 
 class _Differ:
@@ -129,20 +109,29 @@ class _Differ:
         self.ops.append(Remove(path))
 
     def diff_dict(self, a: dict[str, Any], b: dict[str, Any], path: str) -> None:
-        if a and b and a.keys().isdisjoint(b.keys()):
+        if a and b and next(iter(a)) not in b and a.keys().isdisjoint(b.keys()):
             self.replace(path, a, b)  # nothing in common: one op reads better than many
             return
+        common = 0
         for k, va in a.items():
-            p = path + "/" + (escape(k) if "~" in k or "/" in k else k)
-            if k in b:
-                vb = b[k]
-                if va is not vb and not _same(va, vb):
-                    self.diff(va, vb, p)
-            else:
-                self.remove(p, va)
-        for k, vb in b.items():
-            if k not in a:
-                self.ops.append(Add(path + "/" + (escape(k) if "~" in k or "/" in k else k), vb))
+            vb = b.get(k, _MISSING)
+            if va is vb:
+                common += 1
+                continue
+            if vb is _MISSING:
+                self.remove(path + "/" + _esc(k), va)
+                continue
+            common += 1
+            t = type(va)
+            if t is type(vb) and t is not dict and t is not list:
+                if va != vb:
+                    self.replace(path + "/" + _esc(k), va, vb)
+            elif not _same(va, vb):
+                self.diff(va, vb, path + "/" + _esc(k))
+        if common < len(b):
+            for k, vb in b.items():
+                if k not in a:
+                    self.ops.append(Add(path + "/" + _esc(k), vb))
 
     def diff_list(self, a: list[Any], b: list[Any], path: str) -> None:
         n, m = len(a), len(b)
@@ -155,85 +144,103 @@ class _Differ:
             j += 1
         mid_a = a[i : n - j]
         mid_b = b[i : m - j]
-        if not mid_a and not mid_b:
+        if not mid_a or not mid_b:
+            for x in mid_a:
+                self.remove(f"{path}/{i}", x)
+            for k, y in enumerate(mid_b):
+                self.ops.append(Add(f"{path}/{i + k}", y))
             return
-        if mid_a and mid_b and not self._worth_keeping(a, b, mid_a, mid_b):
-            self.replace(path, a, b)
+        keys_a = list(map(_key, mid_a))
+        keys_b = list(map(_key, mid_b))
+        if (
+            len(mid_a) == n
+            and len(mid_b) == m
+            and not (n == 1 and m == 1)
+            and set(keys_a).isdisjoint(keys_b)
+        ):
+            self.replace(path, a, b)  # nothing survives: one op beats a cascade
             return
-        self.script(mid_a, mid_b, path, i)
-
-    @staticmethod
-    def _worth_keeping(a: list[Any], b: list[Any], mid_a: list[Any], mid_b: list[Any]) -> bool:
-        """False when nothing of ``a`` survives: one ``replace`` beats a cascade."""
-        if len(mid_a) < len(a) or len(mid_b) < len(b):
-            return True
-        if len(a) == 1 and len(b) == 1:
-            return True  # "/0" is as short as "" and says more
-        return not set(map(_key, mid_a)).isdisjoint(map(_key, mid_b))
-
-    def script(self, a: list[Any], b: list[Any], path: str, at: int) -> None:
-        """Emit ops turning ``a`` into ``b``, the slice of the array starting at ``at``."""
-        if len(a) == len(b):
-            mismatched = sum(1 for x, y in zip(a, b, strict=True) if not _same(x, y))
-            if mismatched * 2 > len(a) and len(a) > 2:
+        if len(mid_a) == len(mid_b):
+            mismatched = sum(map(ne, keys_a, keys_b))
+            if mismatched * 2 > len(mid_a) and len(mid_a) > 2:
                 # Items may have shifted rather than changed: keep the alignment if it
                 # needs fewer ops than pairing by position (at least one per mismatch).
                 mark = len(self.ops)
-                self.align(a, b, path, at)
-                aligned = sum(1 for op in self.ops[mark:] if type(op) is not Test)
-                if aligned <= mismatched:
+                self.align(mid_a, mid_b, keys_a, keys_b, path, i)
+                if sum(1 for op in self.ops[mark:] if type(op) is not Test) <= mismatched:
                     return
                 del self.ops[mark:]
             # Edits in place: pair by position, diff the pairs that differ.
-            for k, (x, y) in enumerate(zip(a, b, strict=True)):
-                self.diff(x, y, f"{path}/{at + k}")
+            for k in compress(range(len(mid_a)), map(ne, keys_a, keys_b)):
+                self.diff(mid_a[k], mid_b[k], f"{path}/{i + k}")
             return
-        self.align(a, b, path, at)
+        self.align(mid_a, mid_b, keys_a, keys_b, path, i)
 
-    def align(self, a: list[Any], b: list[Any], path: str, at: int) -> None:
-        """Patience alignment: anchor on items unique to both sides, then fill the gaps."""
-        keys_a = [_key(x) for x in a]
-        keys_b = [_key(y) for y in b]
-        count_a: dict[Any, int] = {}
-        pos_a: dict[Any, int] = {}
-        for i, k in enumerate(keys_a):
-            count_a[k] = count_a.get(k, 0) + 1
-            pos_a[k] = i
-        count_b: dict[Any, int] = {}
-        for k in keys_b:
-            count_b[k] = count_b.get(k, 0) + 1
-        pairs = [
-            (pos_a[k], j) for j, k in enumerate(keys_b) if count_b[k] == 1 and count_a.get(k) == 1
-        ]
-        anchors = _lis(pairs)
-        idx = at  # where the next item of ``a`` sits in the array as patched so far
-        prev_i = prev_j = 0
-        for ai, bj in [*anchors, (len(a), len(b))]:
-            idx = self.gap(
-                a[prev_i:ai], b[prev_j:bj], keys_a[prev_i:ai], keys_b[prev_j:bj], path, idx
-            )
-            idx += 1  # the anchor itself is kept
-            prev_i, prev_j = ai + 1, bj + 1
+    def align(
+        self, a: list[Any], b: list[Any], keys_a: list[Any], keys_b: list[Any], path: str, at: int
+    ) -> None:
+        """Walk both arrays; skip equal runs, and at each mismatch insert, delete or edit.
 
-    def gap(
-        self, a: list[Any], b: list[Any], ka: list[Any], kb: list[Any], path: str, idx: int
-    ) -> int:
-        """Ops for one stretch between anchors; returns the index after it."""
-        lo = 0
-        while lo < len(a) and lo < len(b) and ka[lo] == kb[lo]:
-            lo += 1
-        hi = 0
-        while hi < len(a) - lo and hi < len(b) - lo and ka[len(a) - 1 - hi] == kb[len(b) - 1 - hi]:
-            hi += 1
-        idx += lo
-        a, b = a[lo : len(a) - hi], b[lo : len(b) - hi]
-        common = min(len(a), len(b))
-        for k in range(common):  # pair what is left in order: edits in place
-            self.diff(a[k], b[k], f"{path}/{idx}")
+        Equal runs are found by galloping with slice comparisons (C speed). At a
+        mismatch, an item of one side that occurs (once, on both sides) further on in
+        the other side marks insertions or deletions up to there; otherwise the two
+        items are a change in place. Greedy, so not always minimal, but linear.
+        """
+        n, m = len(a), len(b)
+        first_b = dict(zip(reversed(keys_b), range(m - 1, -1, -1), strict=True))
+        last_b = dict(zip(keys_b, range(m), strict=True))
+        first_a = dict(zip(reversed(keys_a), range(n - 1, -1, -1), strict=True))
+        last_a = dict(zip(keys_a, range(n), strict=True))
+        i = j = 0
+        idx = at  # where a[i] sits in the array as patched so far
+        while i < n and j < m:
+            if keys_a[i] == keys_b[j]:
+                run = _run(keys_a, keys_b, i, j)
+                i += run
+                j += run
+                idx += run
+                continue
+            ka, kb = keys_a[i], keys_b[j]
+            ja = first_b.get(ka, -1)
+            ja = ja if ja > j and ja == last_b[ka] and first_a[ka] == last_a[ka] else -1
+            ib = first_a.get(kb, -1)
+            ib = ib if ib > i and ib == last_a[kb] and first_b[kb] == last_b[kb] else -1
+            if ja >= 0 and (ib < 0 or ja - j <= ib - i):
+                for y in b[j:ja]:  # b[j:ja] are new, a[i] follows them
+                    self.ops.append(Add(f"{path}/{idx}", y))
+                    idx += 1
+                j = ja
+            elif ib >= 0:
+                for x in a[i:ib]:  # a[i:ib] are gone, b[j] was a[ib]
+                    self.remove(f"{path}/{idx}", x)
+                i = ib
+            else:
+                self.diff(a[i], b[j], f"{path}/{idx}")
+                i += 1
+                j += 1
+                idx += 1
+        for x in a[i:]:
+            self.remove(f"{path}/{idx}", x)
+        for y in b[j:]:
+            self.ops.append(Add(f"{path}/{idx}", y))
             idx += 1
-        for k in range(common, len(a)):
-            self.remove(f"{path}/{idx}", a[k])
-        for k in range(common, len(b)):
-            self.ops.append(Add(f"{path}/{idx}", b[k]))
-            idx += 1
-        return idx + hi
+
+
+def _run(ka: list[Any], kb: list[Any], i: int, j: int) -> int:
+    """Length of the equal run of ``ka[i:]`` and ``kb[j:]`` (at least 1 is known)."""
+    limit = min(len(ka) - i, len(kb) - j)
+    lo, step = 1, 2  # ka[i:i+lo] == kb[j:j+lo] holds
+    while step <= limit and ka[i + lo : i + step] == kb[j + lo : j + step]:
+        lo, step = step, step * 2
+    hi = min(step, limit + 1)  # the run is shorter than hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ka[i + lo : i + mid] == kb[j + lo : j + mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _esc(key: str) -> str:
+    return escape(key) if "~" in key or "/" in key else key

@@ -158,7 +158,7 @@ def merge_to_json_patch(
         _structural(merge, "", ops)
     else:
         _exact(merge, base, "", ops, case_insensitive)
-    return JsonPatch._new(tuple(ops))
+    return JsonPatch._new(tuple(ops), trusted=True)
 
 
 def _structural(merge: Any, path: str, ops: list[Operation]) -> None:

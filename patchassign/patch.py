@@ -118,7 +118,11 @@ class JsonPatch(Sequence[Operation]):
         InvalidPatch: An operation is malformed or not allowed; the error names it.
     """
 
-    __slots__ = ("_ops", "_relative", "_steps")
+    __slots__ = ("_compiled", "_ops", "_relative")
+
+    _ops: tuple[Operation, ...]
+    _compiled: tuple[_Step, ...] | None
+    _relative: int | None
 
     def __init__(
         self,
@@ -139,7 +143,7 @@ class JsonPatch(Sequence[Operation]):
         case_insensitive: bool,
     ) -> None:
         self._ops = ops
-        self._steps, self._relative = _compile(ops)
+        self._compiled, self._relative = _compile(ops)
         if self._relative is not None and not case_insensitive:
             i = self._relative
             op = ops[i]
@@ -159,10 +163,29 @@ class JsonPatch(Sequence[Operation]):
             self.ensure_allowed(allowed_ops)
 
     @classmethod
-    def _new(cls, ops: tuple[Operation, ...], *, case_insensitive: bool = False) -> Self:
+    def _new(cls, ops: tuple[Operation, ...], *, trusted: bool = False) -> Self:
+        """Wrap operations built by this package.
+
+        ``trusted`` ops (from ``make_patch`` and the merge conversions) have well-formed
+        absolute pointers by construction: their pointers are parsed on first use, not
+        now. Others (slices, sums) are compiled at once and may hold relative paths.
+        """
         self = cls.__new__(cls)
-        self._init(ops, None, case_insensitive)
+        if trusted:
+            self._ops = ops
+            self._compiled = None
+            self._relative = None
+        else:
+            self._init(ops, None, True)
         return self
+
+    @property
+    def _steps(self) -> tuple[_Step, ...]:
+        steps = self._compiled
+        if steps is None:
+            steps, self._relative = _compile(self._ops)
+            self._compiled = steps
+        return steps
 
     @classmethod
     def from_json(
@@ -228,6 +251,7 @@ class JsonPatch(Sequence[Operation]):
         independent: bool = False,
     ) -> Any:
         """Apply this patch to ``doc``; see ``apply_patch``."""
+        steps = self._steps
         if self._relative is not None and not case_insensitive:
             raise InvalidPointer(
                 "a JSON Pointer must be empty or start with '/' (this patch was built for"
@@ -236,7 +260,7 @@ class JsonPatch(Sequence[Operation]):
                 index=self._relative,
                 op=_NAME[self._steps[self._relative][0]],
             )
-        result = _Engine(doc, case_insensitive, in_place).run(self._steps)
+        result = _Engine(doc, case_insensitive, in_place).run(steps)
         if independent and not in_place:
             result = deep_copy(result)
         return result
@@ -266,13 +290,13 @@ class JsonPatch(Sequence[Operation]):
     def __getitem__(self, index: slice) -> JsonPatch: ...
     def __getitem__(self, index: int | slice) -> Operation | JsonPatch:
         if isinstance(index, slice):
-            return JsonPatch._new(self._ops[index], case_insensitive=True)
+            return JsonPatch._new(self._ops[index])
         return self._ops[index]
 
     def __add__(self, other: object) -> JsonPatch:
         if not isinstance(other, JsonPatch):
             return NotImplemented
-        return JsonPatch._new(self._ops + other._ops, case_insensitive=True)
+        return JsonPatch._new(self._ops + other._ops)
 
     def __eq__(self, other: object) -> bool:
         """Equal when the operations are, comparing values with JSON types."""
