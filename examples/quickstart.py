@@ -33,3 +33,15 @@ try:
     )
 except pa.PatchConflict as e:
     print("conflict:  ", e)
+
+# 4. Diff two versions of a record into a small patch; guard=True pins the old values
+#    with `test` ops, so a server that runs them refuses the patch if the record changed.
+after = {**record, "assignees": ["ada", "cyd", "bob"], "Department": "Ops"}
+print("diff:      ", pa.make_patch(record, after).to_list())
+print("guarded:   ", pa.make_patch(record, after, guard=True).to_list())
+
+# 5. RFC 7396 merge patches, and the JSON Patch a server would run for one.
+merge = pa.make_merge_patch(record, after)
+print("merge:     ", merge)
+assert pa.apply_merge_patch(record, merge) == after
+print("as ops:    ", pa.merge_to_json_patch(merge, record).to_list())
