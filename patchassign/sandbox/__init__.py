@@ -1,0 +1,176 @@
+"""Faithful local fake servers of the five target systems, with fault injection.
+
+``async with Sandbox() as sb:`` starts all five on free ports of 127.0.0.1::
+
+    async with Sandbox(demo=100, faults={"kintone": {"throttle": 0.05}}) as sb:
+        sb.kintone.url, sb.kintone.token, sb.kintone.records, sb.kintone.stats
+
+Each server keeps its records in memory (seed them from Python or a JSON file), speaks its
+system's API as the vendor documents it (see each module), and counts what it received.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ._server import FakeServer, Stats
+from .data import demo_records
+from .faults import Faults, FaultsSpec
+from .findable import FindableServer
+from .kintone import KintoneServer
+from .maxsight import MaxsightServer
+from .perscom import PerscomServer
+from .superoffice import SuperOfficeServer
+
+__all__ = [
+    "SYSTEMS",
+    "FakeServer",
+    "Faults",
+    "FindableServer",
+    "KintoneServer",
+    "MaxsightServer",
+    "PerscomServer",
+    "Sandbox",
+    "Stats",
+    "SuperOfficeServer",
+    "demo_records",
+]
+
+SERVERS: dict[str, type[FakeServer]] = {
+    "perscom": PerscomServer,
+    "maxsight": MaxsightServer,
+    "kintone": KintoneServer,
+    "superoffice": SuperOfficeServer,
+    "findable": FindableServer,
+}
+SYSTEMS = tuple(SERVERS)
+_S = TypeVar("_S", bound=FakeServer)
+
+
+class Sandbox:
+    """All five fake servers, started and stopped together.
+
+    Args:
+        faults: One fault setting for every server (a ``Faults`` or a mapping of its
+            fields), or a mapping from system name to its setting.
+        records: System name -> records to seed (each system's seed shape).
+        demo: Seed this many demo records per system (see ``data.demo_records``).
+        systems: Start only these systems (default: all five).
+        seed: Base of the servers' fault seeds when ``faults`` gives none.
+
+    Raises:
+        ValueError: Unknown system names or fault settings.
+    """
+
+    def __init__(
+        self,
+        *,
+        faults: FaultsSpec = None,
+        records: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+        demo: int = 0,
+        systems: Iterable[str] = SYSTEMS,
+        seed: int = 0,
+    ) -> None:
+        chosen = list(systems)
+        unknown = [s for s in [*chosen, *(records or {})] if s not in SERVERS]
+        if unknown:
+            raise ValueError(f"unknown system {unknown[0]!r}; expected one of {', '.join(SYSTEMS)}")
+        per_system = _split_faults(faults)
+        self.servers: dict[str, FakeServer] = {}
+        for i, name in enumerate(chosen):
+            spec = per_system.get(name)
+            if spec is None:
+                spec = Faults(seed=seed + i)
+            self.servers[name] = SERVERS[name](faults=spec)
+        self._demo = demo
+        self._records = dict(records or {})
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> Sandbox:
+        """A sandbox seeded from a JSON file ``{"<system>": [records...], ...}``.
+
+        Raises:
+            ValueError: The file is not such a JSON object.
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"cannot read sandbox records from {path}: {e}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+            raise ValueError(f"{path}: expected an object mapping system names to lists of records")
+        return cls(records=data, **kwargs)
+
+    def __iter__(self) -> Iterator[FakeServer]:
+        return iter(self.servers.values())
+
+    def __repr__(self) -> str:
+        urls = " ".join(f"{n}={s.url or 'stopped'}" for n, s in self.servers.items())
+        return f"<Sandbox {urls}>"
+
+    @property
+    def perscom(self) -> PerscomServer:
+        return self._get("perscom", PerscomServer)
+
+    @property
+    def maxsight(self) -> MaxsightServer:
+        return self._get("maxsight", MaxsightServer)
+
+    @property
+    def kintone(self) -> KintoneServer:
+        return self._get("kintone", KintoneServer)
+
+    @property
+    def superoffice(self) -> SuperOfficeServer:
+        return self._get("superoffice", SuperOfficeServer)
+
+    @property
+    def findable(self) -> FindableServer:
+        return self._get("findable", FindableServer)
+
+    def _get(self, name: str, kind: type[_S]) -> _S:
+        server = self.servers.get(name)
+        if not isinstance(server, kind):
+            raise AttributeError(f"this sandbox was started without {name}")
+        return server
+
+    async def start(self) -> None:
+        """Start every server, then seed them (seeds may embed their own URLs)."""
+        try:
+            for server in self.servers.values():
+                await server.start()
+        except BaseException:
+            await self.close()
+            raise
+        for name, server in self.servers.items():
+            if self._demo:
+                server.seed(demo_records(name, self._demo))
+            if name in self._records:
+                server.seed(self._records[name])
+
+    async def close(self) -> None:
+        for server in self.servers.values():
+            await server.close()
+
+    async def __aenter__(self) -> Sandbox:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        """System -> ``{"url", "token"}`` (the sandbox's own throwaway credentials)."""
+        return {n: {"url": s.url, "token": s.token} for n, s in self.servers.items()}
+
+
+def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:
+    if faults is None:
+        return {}
+    if isinstance(faults, Faults):
+        return dict.fromkeys(SYSTEMS, faults)
+    if faults and all(k in SERVERS for k in faults):
+        return dict(faults)
+    return dict.fromkeys(SYSTEMS, faults)

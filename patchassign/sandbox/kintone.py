@@ -1,0 +1,246 @@
+"""Fake Kintone record-assignees API (process management).
+
+``PUT /k/v1/record/assignees.json`` (and ``/k/guest/{space}/v1/...``) with ``{app, id,
+assignees, revision?}``; ``GET /k/v1/record.json?app=&id=`` reads the record with its
+``$revision`` (a string). A ``revision`` that is not the latest is 409 ``GAIA_CO02``;
+``-1`` or no revision skips the check. At most 100 assignees. Errors are ``{"id", "code",
+"message"[, "errors"]}``. Auth: ``X-Cybozu-API-Token`` (a comma-separated list; one must
+match) or ``X-Cybozu-Authorization: base64(login:password)``.
+
+More than 100 requests in progress at once get 429 (the real domain is then blocked until
+concurrency drops); every answer carries ``X-ConcurrencyLimit-Limit`` and
+``X-ConcurrencyLimit-Running``. The 429 code ``CB_CONCURRENCY`` is ours: Kintone's is
+not documented. Seed records: ``{"app", "id", "assignees": [codes], "status"?,
+"revision"?, "fields"?: {code: {"type", "value"}}, "space"?, "single_assignee"?}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from ._server import BadBody, FakeServer
+
+__all__ = ["KintoneServer"]
+
+MAX_ASSIGNEES = 100
+MAX_CONCURRENT = 100
+
+
+def _number(value: Any) -> int | None:
+    """Kintone accepts an integer or a numeric string for app, id and revision."""
+    if type(value) is int:
+        return value
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+class KintoneServer(FakeServer):
+    """Kintone: revision checks, 100 assignees, 100 concurrent requests, coded errors."""
+
+    system: ClassVar[str] = "kintone"
+    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update", "update_guest"})
+    max_concurrent: ClassVar[int | None] = MAX_CONCURRENT
+    editor_field: ClassVar[str] = "Notes"
+
+    #: Login name for password authentication (the password is the token).
+    login = "sandbox-admin"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.users: set[str] = set()  # when not empty, assignees must be among them
+        self._spaces: dict[int, int | None] = {}  # app -> guest space
+        self._single: set[int] = set()  # apps whose records take one assignee
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_put("/k/v1/record/assignees.json", self._update, name="update")
+        router.add_put(
+            "/k/guest/{space}/v1/record/assignees.json", self._update, name="update_guest"
+        )
+        router.add_get("/k/v1/record.json", self._read, name="read")
+        router.add_get("/k/guest/{space}/v1/record.json", self._read, name="read_guest")
+
+    def credential(self, request: web.Request) -> str | None:
+        tokens = request.headers.get("X-Cybozu-API-Token")
+        if tokens is not None:
+            listed = [t.strip() for t in tokens.split(",")]
+            return self.token if len(listed) <= 9 and self.token in listed else None
+        password = request.headers.get("X-Cybozu-Authorization")
+        if password is not None:
+            try:
+                login, _, secret = base64.b64decode(password, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return login if login == self.login and secret == self.token else None
+        return None
+
+    def unauthorized(self) -> web.Response:
+        return self.error(401, "Password authentication failed.", code="CB_WA01")
+
+    def error(self, status: int, message: str, **extra: Any) -> web.Response:
+        code = extra.pop("code", None) or {
+            400: "CB_VA01",
+            404: "GAIA_RE01",
+            405: "CB_NO01",
+            409: "GAIA_CO02",
+            429: "CB_CONCURRENCY",
+            503: "CB_UN01",
+        }.get(status, "CB_UN01")
+        return self.json(
+            {"id": secrets.token_hex(10), "code": code, "message": message, **extra}, status
+        )
+
+    def throttled(self, retry_after: float) -> web.Response:
+        # Kintone sends no Retry-After; clients must back off on their own.
+        return self.error(429, "Too many concurrent requests to this domain.")
+
+    def too_busy(self) -> web.Response:
+        return self.throttled(0)
+
+    def decorate(self, response: web.StreamResponse) -> None:
+        response.headers["X-ConcurrencyLimit-Limit"] = str(MAX_CONCURRENT)
+        response.headers["X-ConcurrencyLimit-Running"] = str(self._inflight)
+
+    def seed(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for r in records:
+            app, rid = r["app"], r["id"]
+            if type(app) is not int or type(rid) is not int:
+                raise ValueError(f"Kintone app and record ids are integers, got {app!r}, {rid!r}")
+            self._spaces[app] = r.get("space")
+            if r.get("single_assignee"):
+                self._single.add(app)
+            self.records[f"{app}:{rid}"] = {
+                "app": app,
+                "id": rid,
+                "revision": int(r.get("revision", 1)),
+                "status": r.get("status", "In progress"),
+                "assignees": list(r.get("assignees", [])),
+                "fields": dict(
+                    r.get("fields", {self.editor_field: {"type": "SINGLE_LINE_TEXT", "value": ""}})
+                ),
+            }
+
+    def edit(self, key: str) -> None:
+        rec = self.records[key]
+        n = self.stats.edits[key] + 1
+        fields = {
+            **rec["fields"],
+            self.editor_field: {"type": "SINGLE_LINE_TEXT", "value": f"edited ({n})"},
+        }
+        self.records[key] = {**rec, "fields": fields, "revision": rec["revision"] + 1}
+
+    def view(self, key: str) -> dict[str, Any]:
+        """A stored record in the shape ``GET record.json`` answers."""
+        rec = self.records[key]
+        return {
+            **rec["fields"],
+            "$id": {"type": "__ID__", "value": str(rec["id"])},
+            "$revision": {"type": "__REVISION__", "value": str(rec["revision"])},
+            "Status": {"type": "STATUS", "value": rec["status"]},
+            "Assignee": {
+                "type": "STATUS_ASSIGNEE",
+                "value": [
+                    {"code": c, "name": c.replace(".", " ").title()} for c in rec["assignees"]
+                ],
+            },
+        }
+
+    # ---- endpoints ------------------------------------------------------------------
+
+    def _locate(self, request: web.Request, app: Any, rid: Any) -> str | web.Response:
+        errors = {}
+        app_n, rid_n = _number(app), _number(rid)
+        if app is None:
+            errors["app"] = {"messages": ["Required field."]}
+        elif app_n is None:
+            errors["app"] = {"messages": ["Enter an integer value."]}
+        if rid is None:
+            errors["id"] = {"messages": ["Required field."]}
+        elif rid_n is None:
+            errors["id"] = {"messages": ["Enter an integer value."]}
+        if errors:
+            return self.error(400, "Missing or invalid input.", errors=errors)
+        assert app_n is not None
+        assert rid_n is not None
+        space = request.match_info.get("space")
+        if app_n not in self._spaces or (
+            str(self._spaces[app_n]) != space
+            if space is not None
+            else self._spaces[app_n] is not None
+        ):
+            return self.error(
+                404,
+                f"The app (ID: {app_n}) not found. The app may have been deleted.",
+                code="GAIA_AP01",
+            )
+        key = f"{app_n}:{rid_n}"
+        if key not in self.records:
+            return self.error(
+                404, f"The specified record (ID: {rid_n}) is not found.", code="GAIA_RE01"
+            )
+        return key
+
+    async def _read(self, request: web.Request) -> web.Response:
+        found = self._locate(request, request.query.get("app"), request.query.get("id"))
+        if isinstance(found, web.Response):
+            return found
+        resp = self.json({"record": self.view(found)})
+        self.after_read(found)
+        return resp
+
+    async def _update(self, request: web.Request) -> web.Response:
+        try:
+            body = await self.body(request)
+        except BadBody as e:
+            return self.error(400, str(e), code="CB_IJ01")
+        if not isinstance(body, dict):
+            return self.error(400, "The request body must be a JSON object.", code="CB_IJ01")
+        found = self._locate(request, body.get("app"), body.get("id"))
+        if isinstance(found, web.Response):
+            return found
+        key = found
+        rec = self.records[key]
+        assignees = body.get("assignees")
+        problem = None
+        if assignees is None:
+            problem = "Required field."
+        elif not isinstance(assignees, list) or not all(isinstance(a, str) for a in assignees):
+            problem = "Specify an array of user codes."
+        elif len(assignees) > MAX_ASSIGNEES:
+            problem = f"Up to {MAX_ASSIGNEES} assignees can be specified."
+        elif rec["app"] in self._single and len(assignees) > 1:
+            problem = "Only one assignee can be specified for this status."
+        elif self.users and (unknown := [a for a in assignees if a not in self.users]):
+            problem = f"The user ({unknown[0]}) is not found or cannot be an assignee."
+        if problem is not None:
+            return self.error(
+                400, "Missing or invalid input.", errors={"assignees": {"messages": [problem]}}
+            )
+        if "revision" in body and body["revision"] is not None:
+            revision = _number(body["revision"])
+            if revision is None:
+                return self.error(
+                    400,
+                    "Missing or invalid input.",
+                    errors={"revision": {"messages": ["Enter an integer value."]}},
+                )
+            if revision != -1 and revision != rec["revision"]:
+                return self.error(
+                    409,
+                    "The revision is not the latest. Someone may update a record after you opened it.",
+                    code="GAIA_CO02",
+                )
+        rec = {
+            **rec,
+            "assignees": list(dict.fromkeys(assignees or ())),
+            "revision": rec["revision"] + 1,
+        }
+        self.records[key] = rec
+        self.stats.writes[key] += 1
+        return self.json({"revision": str(rec["revision"])})

@@ -1,0 +1,258 @@
+"""Fake PERSCOM assignment-records API (``/{v1|v2}/assignment-records/{id}``).
+
+Follows the vendor page and OpenAPI description (``vendor-specs/``): Bearer auth, partial
+update with field validation (422 with ``error.errors``), ``{"data": ...}`` answers, the
+all-or-nothing batch update, and **no concurrency control**: the last write wins, as on the
+real service. Seed records use the read shape (``id`` required; missing fields are null).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from ._server import BadBody, FakeServer, rfc3339
+
+__all__ = ["PerscomServer"]
+
+_INT_FIELDS = (
+    "user_id",
+    "status_id",
+    "unit_id",
+    "position_id",
+    "specialty_id",
+    "document_id",
+    "author_id",
+)
+_FIELDS = (*_INT_FIELDS, "type", "text")
+_TYPES = ("primary", "secondary")
+_TEXT_MAX = 65_535
+_VERSIONS = frozenset({"v1", "v2"})
+_INCLUDES = frozenset(
+    [
+        "attachments",
+        "author",
+        "author.*",
+        "comments",
+        "comments.*",
+        "document",
+        "position",
+        "specialty",
+        "status",
+        "unit",
+        "unit.*",
+        "user",
+        "user.*",
+    ]
+)
+_ERROR_TYPES = {
+    400: "BadRequestHttpException",
+    401: "AuthenticationException",
+    403: "HttpException",
+    404: "NotFoundHttpException",
+    405: "MethodNotAllowedHttpException",
+    422: "ValidationException",
+    429: "ThrottleRequestsException",
+    503: "HttpException",
+}
+
+
+def _label(field: str) -> str:
+    return field.replace("_", " ")
+
+
+def validate(body: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The accepted fields of an update body and the errors per field (Laravel style)."""
+    if not isinstance(body, dict):
+        return {}, {"body": ["The request body must be a JSON object."]}
+    changes: dict[str, Any] = {}
+    errors: dict[str, list[str]] = {}
+    for field, value in body.items():
+        if field in _INT_FIELDS:
+            if value is None and field != "user_id":
+                changes[field] = None
+            elif type(value) is int:
+                changes[field] = value
+            else:
+                errors[field] = [f"The {_label(field)} field must be an integer."]
+        elif field == "type":
+            if value in _TYPES:
+                changes[field] = value
+            else:
+                errors[field] = ["The selected type is invalid."]
+        elif field == "text":
+            if value is None:
+                changes[field] = None
+            elif not isinstance(value, str):
+                errors[field] = ["The text field must be a string."]
+            elif len(value) > _TEXT_MAX:
+                errors[field] = [f"The text field must not be greater than {_TEXT_MAX} characters."]
+            else:
+                changes[field] = value
+        # Unknown members are ignored, as Laravel's validated() data drops them.
+    return changes, errors
+
+
+class PerscomServer(FakeServer):
+    """PERSCOM: partial updates, last write wins, 422 validation errors."""
+
+    system: ClassVar[str] = "perscom"
+    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update", "batch"})
+    editor_field: ClassVar[str] = "text"
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_patch("/{version}/assignment-records/batch", self._batch, name="batch")
+        router.add_get("/{version}/assignment-records/{record}", self._read, name="read")
+        router.add_patch("/{version}/assignment-records/{record}", self._update, name="update")
+        router.add_get("/{version}/assignment-records", self._list, name="list")
+
+    def credential(self, request: web.Request) -> str | None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return token if scheme.lower() == "bearer" and token == self.token else None
+
+    def unauthorized(self) -> web.Response:
+        return self.error(
+            401,
+            "You are not authenticated. Please provide a valid API key that contains your "
+            "PERSCOM ID to continue.",
+        )
+
+    def error(self, status: int, message: str, **extra: Any) -> web.Response:
+        body: dict[str, Any] = {
+            "message": message,
+            "type": _ERROR_TYPES.get(status, "HttpException"),
+            "request_id": str(uuid.uuid4()),
+            "trace_id": uuid.uuid4().hex,
+            **extra,
+        }
+        return self.json({"error": body}, status)
+
+    def throttled(self, retry_after: float) -> web.Response:
+        resp = self.error(
+            429, "You have exceeded the API rate limit. Please wait a minute before trying again."
+        )
+        resp.headers["Retry-After"] = str(max(1, round(retry_after))) if retry_after else "0"
+        return resp
+
+    def seed(self, records: Iterable[Mapping[str, Any]]) -> None:
+        now = rfc3339(self.clock.now(), digits=0)
+        for r in records:
+            rid = r["id"]
+            if type(rid) is not int:
+                raise ValueError(f"PERSCOM record ids are integers, got {rid!r}")
+            rec: dict[str, Any] = {"id": rid, **dict.fromkeys(_FIELDS)}
+            rec["type"] = "primary"
+            rec.update({k: v for k, v in r.items() if k in _FIELDS})
+            rec["label"] = r.get("label", f"Assignment record #{rid}")
+            rec["created_at"] = r.get("created_at", now)
+            rec["updated_at"] = r.get("updated_at", now)
+            self.records[str(rid)] = rec
+
+    def edit(self, key: str) -> None:
+        rec = self.records[key]
+        n = self.stats.edits[key] + 1
+        self.records[key] = {
+            **rec,
+            "text": f"edited by someone else ({n})",
+            "updated_at": rfc3339(self.clock.now(), digits=0),
+        }
+
+    # ---- endpoints ------------------------------------------------------------------
+
+    def _check_path(self, request: web.Request) -> web.Response | None:
+        if request.match_info["version"] not in _VERSIONS:
+            return self.error(404, "The requested resource could not be found.")
+        include = request.query.get("include")
+        if include is not None and not set(include.split(",")) <= _INCLUDES:
+            return self.error(400, f"Requested include(s) `{include}` are not allowed.")
+        return None
+
+    def _find(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        bad = self._check_path(request)
+        if bad is not None:
+            return bad
+        key = request.match_info["record"]
+        rec = self.records.get(key) if key.isdigit() else None
+        if rec is None:
+            return self.error(404, "The requested resource could not be found.")
+        return key, rec
+
+    async def _read(self, request: web.Request) -> web.Response:
+        found = self._find(request)
+        if isinstance(found, web.Response):
+            return found
+        key, rec = found
+        resp = self.json({"data": rec})
+        self.after_read(key)
+        return resp
+
+    async def _list(self, request: web.Request) -> web.Response:
+        bad = self._check_path(request)
+        if bad is not None:
+            return bad
+        records = list(self.records.values())
+        return self.json(
+            {
+                "data": records,
+                "meta": {"current_page": 1, "total": len(records), "per_page": len(records)},
+            }
+        )
+
+    def _invalid(self, errors: dict[str, list[str]]) -> web.Response:
+        first = next(iter(errors.values()))[0]
+        more = sum(len(v) for v in errors.values()) - 1
+        message = first if not more else f"{first} (and {more} more error{'s' * (more > 1)})"
+        return self.error(422, message, errors=errors)
+
+    async def _update(self, request: web.Request) -> web.Response:
+        found = self._find(request)
+        if isinstance(found, web.Response):
+            return found
+        key, rec = found
+        try:
+            body = await self.body(request)
+        except BadBody as e:
+            return self.error(400, str(e))
+        changes, errors = validate(body)
+        if errors:
+            return self._invalid(errors)
+        self.records[key] = rec = self._apply(rec, changes)
+        self.stats.writes[key] += 1
+        return self.json({"data": rec})
+
+    def _apply(self, rec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+        if all(rec.get(k) == v and type(rec.get(k)) is type(v) for k, v in changes.items()):
+            return rec  # Eloquent saves nothing (and keeps updated_at) when nothing changed
+        return {**rec, **changes, "updated_at": rfc3339(self.clock.now(), digits=0)}
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        bad = self._check_path(request)
+        if bad is not None:
+            return bad
+        try:
+            body = await self.body(request)
+        except BadBody as e:
+            return self.error(400, str(e))
+        resources = body.get("resources") if isinstance(body, dict) else None
+        if not isinstance(resources, dict) or not resources:
+            return self._invalid({"resources": ["The resources field is required."]})
+        planned: list[tuple[str, dict[str, Any]]] = []
+        errors: dict[str, list[str]] = {}
+        for rid, fields in resources.items():
+            if rid not in self.records:
+                return self.error(404, f"Assignment record {rid} could not be found.")
+            changes, errs = validate(fields)
+            errors.update({f"resources.{rid}.{k}": v for k, v in errs.items()})
+            planned.append((rid, changes))
+        if errors:  # all or nothing
+            return self._invalid(errors)
+        out = []
+        for rid, changes in planned:
+            self.records[rid] = rec = self._apply(self.records[rid], changes)
+            self.stats.writes[rid] += 1
+            out.append(rec)
+        return self.json({"data": out})

@@ -1,0 +1,261 @@
+"""Fake SuperOffice ProjectMember API (``/api/v1/ProjectMember/{id}``).
+
+``PATCH`` takes a JSON Patch array (``add``, ``replace``, ``remove``, ``test`` only) or a
+JSON Merge Patch object, which is converted to JSON Patch against the stored record, as the
+server says it does. Paths are case-insensitive with the leading slash optional. A failed
+``test`` is 409; ``If-Unmodified-Since`` older than the record's ``Updated`` (compared in
+UTC at whole seconds: an HTTP-date has no fractions) is 412. The patch is applied with
+patchassign's own core. ``Updated`` has seven fractional digits and the server's UTC offset,
+like the real one. Errors are ``{"Error": true, "ErrorType", "ErrorMessage",
+"ErrorSource"}``. Auth: ``Bearer <token>``, ``Basic base64(user:<token>)`` or ``SOTicket
+<token>`` with an ``SO-AppToken`` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from ..errors import InvalidPatch, PatchConflict, PatchError
+from ..merge import merge_to_json_patch
+from ..patch import JsonPatch, apply_patch
+from ._server import BadBody, FakeServer
+
+__all__ = ["SuperOfficeServer", "parse_updated"]
+
+_ALLOWED = frozenset({"add", "replace", "remove", "test"})
+_INT32 = (-(2**31), 2**31 - 1)
+_INT_FIELDS = frozenset(
+    ["ContactId", "ProjectId", "EmailId", "CountryId", "PersonId", "ProjectMemberTypeId", "PhoneId"]
+)
+_STR_FIELDS = frozenset(
+    [
+        "ContactName",
+        "ContactDepartment",
+        "ProjectName",
+        "EmailAddress",
+        "Firstname",
+        "MiddleName",
+        "Lastname",
+        "Mrmrs",
+        "ProjectMemberTypeName",
+        "Phone",
+        "EmailAddressName",
+        "Comment",
+        "FullName",
+    ]
+)
+_READ_ONLY = frozenset({"ProjectmemberId", "Registered", "Updated", "_Links"})
+_OTHER = frozenset({"TableRight", "FieldProperties"})
+_FIELDS = _INT_FIELDS | _STR_FIELDS | _READ_ONLY | _OTHER
+_ERROR_TYPES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    412: "PreconditionFailed",
+    429: "TooManyRequests",
+    503: "ServiceUnavailable",
+}
+
+
+def format_updated(t: datetime, offset: timedelta) -> str:
+    """``2005-05-26T02:30:53.0692723+02:00``: seven fractional digits and an offset."""
+    local = t.astimezone(timezone(offset))
+    return (
+        local.strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{local.microsecond:06d}0"
+        + local.strftime("%z")[:3]
+        + ":"
+        + local.strftime("%z")[3:]
+    )
+
+
+def parse_updated(text: str) -> datetime:
+    """An ``Updated`` value as an aware UTC datetime (fractions beyond 6 digits dropped)."""
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
+    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
+
+
+class SuperOfficeServer(FakeServer):
+    """SuperOffice: JSON Patch / merge patch, case-insensitive paths, 409 and 412."""
+
+    system: ClassVar[str] = "superoffice"
+    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update"})
+    editor_field: ClassVar[str] = "Phone"
+
+    def __init__(self, *, utc_offset: timedelta = timedelta(hours=1), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.utc_offset = utc_offset
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/api/v1/ProjectMember/{id}", self._read, name="read")
+        router.add_patch("/api/v1/ProjectMember/{id}", self._update, name="update")
+
+    def credential(self, request: web.Request) -> str | None:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        scheme = scheme.lower()
+        if scheme == "bearer" and value == self.token:
+            return value
+        if scheme == "soticket" and value == self.token and request.headers.get("SO-AppToken"):
+            return value
+        if scheme == "basic":
+            try:
+                user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return None
+            return user if user and password == self.token else None
+        return None
+
+    def error(self, status: int, message: str, **extra: Any) -> web.Response:
+        body = {
+            "Error": True,
+            "ErrorType": extra.pop("kind", None) or _ERROR_TYPES.get(status, "Error"),
+            "ErrorMessage": message,
+            "ErrorSource": extra.pop("source", "ProjectMember"),
+            **extra,
+        }
+        return self.json(body, status)
+
+    def unauthorized(self) -> web.Response:
+        return self.error(
+            401, "Authorization failed: supply a valid Bearer, Basic or SOTicket credential"
+        )
+
+    def _stamp(self) -> str:
+        return format_updated(self.clock.now(), self.utc_offset)
+
+    def seed(self, records: Iterable[Mapping[str, Any]]) -> None:
+        now = self._stamp()
+        for r in records:
+            pid = r["ProjectmemberId"]
+            if type(pid) is not int:
+                raise ValueError(f"ProjectmemberId must be an integer, got {pid!r}")
+            rec: dict[str, Any] = dict.fromkeys(sorted(_INT_FIELDS), 0)
+            rec.update(dict.fromkeys(sorted(_STR_FIELDS), ""))
+            rec.update(
+                {
+                    "ProjectmemberId": pid,
+                    "Registered": now,
+                    "Updated": now,
+                    "TableRight": None,
+                    "FieldProperties": {},
+                }
+            )
+            rec.update({k: v for k, v in r.items() if k in _FIELDS})
+            rec["_Links"] = {"Self": f"{self.url}/api/v1/ProjectMember/{pid}"}
+            self.records[str(pid)] = rec
+
+    def edit(self, key: str) -> None:
+        rec = self.records[key]
+        n = self.stats.edits[key] + 1
+        self.records[key] = {**rec, "Phone": f"+47 555 {n:05d}", "Updated": self._stamp()}
+
+    # ---- endpoints ------------------------------------------------------------------
+
+    def _select(self, rec: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        select = request.query.get("$select")
+        if not select:
+            return rec
+        wanted = {s.strip().split("/")[0].casefold() for s in select.split(",")}
+        return {k: (v if k.casefold() in wanted else None) for k, v in rec.items()}
+
+    def _find(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        key = request.match_info["id"]
+        rec = self.records.get(key) if key.lstrip("-").isdigit() else None
+        if rec is None:
+            return self.error(404, f"ProjectMember with id {key} does not exist in the db.")
+        return key, rec
+
+    async def _read(self, request: web.Request) -> web.Response:
+        found = self._find(request)
+        if isinstance(found, web.Response):
+            return found
+        key, rec = found
+        resp = self.json(self._select(rec, request))
+        self.after_read(key)
+        return resp
+
+    async def _update(self, request: web.Request) -> web.Response:
+        found = self._find(request)
+        if isinstance(found, web.Response):
+            return found
+        key, rec = found
+        try:
+            body = await self.body(request)
+        except BadBody as e:
+            return self.error(400, str(e))
+        try:
+            if isinstance(body, list):
+                patch = JsonPatch(body, allowed_ops=_ALLOWED, case_insensitive=True)
+            elif isinstance(body, dict):
+                patch = merge_to_json_patch(body, rec, case_insensitive=True)
+            else:
+                return self.error(
+                    400, "The body must be a JSON Patch array or a merge patch object"
+                )
+        except InvalidPatch as e:
+            return self.error(400, f"Invalid patch: {e}", kind="InvalidPatch")
+        except PatchError as e:
+            return self.error(400, f"Invalid merge patch: {e}", kind="InvalidPatch")
+        since = request.headers.get("If-Unmodified-Since")
+        if since is not None:
+            try:
+                limit = parsedate_to_datetime(since)
+            except (TypeError, ValueError):
+                limit = None  # RFC 9110: an invalid HTTP-date is ignored
+            if limit is not None:
+                if limit.tzinfo is None:
+                    limit = limit.replace(tzinfo=UTC)
+                updated = parse_updated(rec["Updated"]).replace(microsecond=0)
+                if updated > limit:
+                    return self.error(
+                        412,
+                        f"ProjectMember {key} has changed since {since} (Updated {rec['Updated']})",
+                    )
+        try:
+            new = apply_patch(rec, patch, case_insensitive=True)
+        except PatchConflict as e:
+            if e.reason == "test-failed":
+                return self.error(409, f"Update blocked by a failed test: {e}", kind="Conflict")
+            return self.error(400, f"Patch does not apply: {e}", kind="InvalidPatch")
+        problem = self._check(rec, new)
+        if problem is not None:
+            return self.error(400, problem, kind="InvalidPatch")
+        new["Updated"] = self._stamp()
+        self.records[key] = new
+        self.stats.writes[key] += 1
+        return self.json(self._select(new, request))
+
+    @staticmethod
+    def _check(old: dict[str, Any], new: Any) -> str | None:
+        """Why a patched record cannot be saved (entity schema), or ``None``."""
+        if not isinstance(new, dict):
+            return "the patch must leave a ProjectMember object"
+        for field in _READ_ONLY:
+            if new.get(field, ...) != old.get(field, ...):
+                return f"{field} is read-only"
+        for field, value in new.items():
+            if field not in _FIELDS:
+                return f"ProjectMember has no property '{field}'"
+            if field in _INT_FIELDS and (
+                type(value) is not int or not _INT32[0] <= value <= _INT32[1]
+            ):
+                return f"{field} must be an int32, got {value!r}"
+            if field in _STR_FIELDS and value is not None and not isinstance(value, str):
+                return f"{field} must be a string, got {value!r}"
+        missing = sorted(_INT_FIELDS - new.keys())
+        if missing:
+            return f"{missing[0]} cannot be removed"
+        return None

@@ -1,0 +1,240 @@
+"""The PERSCOM fake, driven with plain aiohttp."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..helpers import CONFORMANCE
+from .conftest import call
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from patchassign.sandbox import Sandbox
+
+SPEC = CONFORMANCE.parent / "vendor-specs" / "perscom-assignment-records.openapi.json"
+
+
+def auth(sb: Sandbox) -> dict[str, str]:
+    return {"Authorization": f"Bearer {sb.perscom.token}"}
+
+
+async def test_update_changes_only_the_given_fields(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    p = sandbox.perscom
+    before = dict(p.records["1"])
+    a = await call(
+        session,
+        "PATCH",
+        f"{p.url}/v2/assignment-records/1",
+        json={"user_id": 999, "unit_id": None},
+        headers=auth(sandbox),
+    )
+    assert a.status == 200
+    assert a.body["data"]["user_id"] == 999
+    assert a.body["data"]["unit_id"] is None
+    assert p.records["1"] == a.body["data"]
+    assert {
+        k: v for k, v in p.records["1"].items() if k not in ("user_id", "unit_id", "updated_at")
+    } == {k: v for k, v in before.items() if k not in ("user_id", "unit_id", "updated_at")}
+    read = await call(session, "GET", f"{p.url}/v1/assignment-records/1", headers=auth(sandbox))
+    assert read.status == 200
+    assert read.body["data"] == p.records["1"]
+    assert p.stats.writes["1"] == 1
+
+
+async def test_last_write_wins_with_no_version_check(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    p = sandbox.perscom
+    for user in (1, 2, 3):
+        a = await call(
+            session,
+            "PATCH",
+            f"{p.url}/v2/assignment-records/2",
+            json={"user_id": user},
+            headers=auth(sandbox),
+        )
+        assert a.status == 200
+    assert p.records["2"]["user_id"] == 3
+    assert p.stats.writes["2"] == 3
+
+
+async def test_an_unchanged_update_keeps_updated_at(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    p = sandbox.perscom
+    p.records["3"]["updated_at"] = "2020-01-01T00:00:00Z"
+    same = {"type": p.records["3"]["type"], "unit_id": p.records["3"]["unit_id"]}
+    a = await call(
+        session, "PATCH", f"{p.url}/v2/assignment-records/3", json=same, headers=auth(sandbox)
+    )
+    assert a.status == 200
+    assert a.body["data"]["updated_at"] == "2020-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "tertiary"}, "type"),
+        ({"user_id": "5"}, "user_id"),
+        ({"user_id": True}, "user_id"),
+        ({"user_id": None}, "user_id"),
+        ({"status_id": 1.5}, "status_id"),
+        ({"text": 12}, "text"),
+        ({"text": "x" * 65_536}, "text"),
+    ],
+)
+async def test_validation_errors_are_422_naming_the_field_and_change_nothing(
+    sandbox: Sandbox, session: aiohttp.ClientSession, body: dict[str, Any], field: str
+) -> None:
+    p = sandbox.perscom
+    before = dict(p.records["1"])
+    a = await call(
+        session, "PATCH", f"{p.url}/v2/assignment-records/1", json=body, headers=auth(sandbox)
+    )
+    assert a.status == 422
+    assert a.body["error"]["type"] == "ValidationException"
+    assert list(a.body["error"]["errors"]) == [field]
+    assert {"message", "request_id", "trace_id"} <= a.body["error"].keys()
+    assert p.records["1"] == before
+    assert p.stats.writes["1"] == 0
+
+
+async def test_text_at_the_limit_nulls_and_unknown_members(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    p = sandbox.perscom
+    body = {"text": "é" * 65_535, "document_id": None, "author_id": None, "nickname": "ignored"}
+    a = await call(
+        session, "PATCH", f"{p.url}/v2/assignment-records/1", json=body, headers=auth(sandbox)
+    )
+    assert a.status == 200
+    assert len(p.records["1"]["text"]) == 65_535
+    assert "nickname" not in p.records["1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v2/assignment-records/404", 404),
+        ("/v2/assignment-records/abc", 404),
+        ("/v3/assignment-records/1", 404),
+        ("/v2/assignment-records/1?include=secrets", 400),
+    ],
+)
+async def test_unknown_records_versions_and_includes(
+    sandbox: Sandbox, session: aiohttp.ClientSession, path: str, status: int
+) -> None:
+    a = await call(
+        session, "PATCH", sandbox.perscom.url + path, json={"user_id": 1}, headers=auth(sandbox)
+    )
+    assert a.status == status
+    assert set(a.body["error"]) >= {"message", "type"}
+
+
+async def test_include_that_is_allowed(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    a = await call(
+        session,
+        "GET",
+        f"{sandbox.perscom.url}/v2/assignment-records/1?include=user",
+        headers=auth(sandbox),
+    )
+    assert a.status == 200
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic abc", "Bearer"])
+async def test_bad_credentials_are_401(
+    sandbox: Sandbox, session: aiohttp.ClientSession, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header else {}
+    a = await call(
+        session,
+        "PATCH",
+        f"{sandbox.perscom.url}/v2/assignment-records/1",
+        json={"user_id": 1},
+        headers=headers,
+    )
+    assert a.status == 401
+    assert a.body["error"]["type"] == "AuthenticationException"
+    assert sandbox.perscom.stats.writes["1"] == 0
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]"])
+async def test_malformed_bodies(
+    sandbox: Sandbox, session: aiohttp.ClientSession, raw: bytes
+) -> None:
+    a = await call(
+        session,
+        "PATCH",
+        f"{sandbox.perscom.url}/v2/assignment-records/1",
+        data=raw,
+        headers={**auth(sandbox), "Content-Type": "application/json"},
+    )
+    assert a.status in (400, 422)
+    assert a.body["error"]["message"]
+
+
+async def test_batch_is_all_or_nothing(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    p = sandbox.perscom
+    before = {k: dict(v) for k, v in p.records.items()}
+    bad = {"resources": {"1": {"user_id": 50}, "2": {"type": "nope"}}}
+    a = await call(
+        session, "PATCH", f"{p.url}/v2/assignment-records/batch", json=bad, headers=auth(sandbox)
+    )
+    assert a.status == 422
+    assert list(a.body["error"]["errors"]) == ["resources.2.type"]
+    assert p.records == before
+    good = {"resources": {"1": {"user_id": 50}, "2": {"type": "secondary"}}}
+    a = await call(
+        session, "PATCH", f"{p.url}/v2/assignment-records/batch", json=good, headers=auth(sandbox)
+    )
+    assert a.status == 200
+    assert [r["id"] for r in a.body["data"]] == [1, 2]
+    assert p.records["1"]["user_id"] == 50
+    assert p.records["2"]["type"] == "secondary"
+    missing = {"resources": {"1": {"user_id": 51}, "999": {"user_id": 1}}}
+    a = await call(
+        session,
+        "PATCH",
+        f"{p.url}/v2/assignment-records/batch",
+        json=missing,
+        headers=auth(sandbox),
+    )
+    assert a.status == 404
+    assert p.records["1"]["user_id"] == 50
+
+
+@pytest.mark.skipif(not SPEC.exists(), reason=f"vendor spec not found at {SPEC}")
+async def test_answers_match_the_vendor_openapi_description(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """Every member of a record answer is declared by the spec, with the declared type."""
+    spec = json.loads(SPEC.read_text())
+    schemas = spec["components"]["schemas"]
+    declared: dict[str, Any] = {"id": {"type": "integer"}}
+    for part in ("AssignmentRecord", "Label", "Dates"):
+        declared.update(schemas[part]["properties"])
+    kinds = {"integer": int, "string": str}
+    a = await call(
+        session, "GET", f"{sandbox.perscom.url}/v2/assignment-records/1", headers=auth(sandbox)
+    )
+    for key, value in a.body["data"].items():
+        assert key in declared, key
+        if value is None:
+            assert declared[key].get("nullable") or key == "text", key
+        else:
+            assert type(value) is kinds[declared[key]["type"]], key
+            if "enum" in declared[key]:
+                assert value in declared[key]["enum"]
+    for status in ("401", "404", "422", "429"):
+        assert (
+            "error"
+            in spec["paths"]["/{version}/assignment-records/{assignment_record}"]["patch"][
+                "responses"
+            ][status]["content"]["application/json"]["schema"]["properties"]
+        )
