@@ -11,6 +11,11 @@ message that names the operation (by index, op and path) when there is one::
     └── NotRepresentable        a change has no form in the patch format asked for
                                 (a member set to null in a merge patch, ``move``...)
 
+    InvalidChange               an assignment change (a plan line) is malformed or not
+                                supported by its system (also a ValueError)
+    ConfigError                 a system's configuration is unusable: bad URL, a header
+                                value with CR/LF, a missing credential (also a ValueError)
+
 ``InvalidPatch`` is permanent: sending the same patch again cannot succeed.
 ``PatchConflict`` depends on the document: re-reading the record and re-diffing may
 succeed.
@@ -21,7 +26,9 @@ from __future__ import annotations
 from typing import Any, Final, Literal
 
 __all__ = [
+    "ConfigError",
     "ConflictReason",
+    "InvalidChange",
     "InvalidPatch",
     "InvalidPointer",
     "NotRepresentable",
@@ -178,3 +185,38 @@ class NotRepresentable(PatchError):
             else f"at {path or 'the document root'!r}: "
         )
         super().__init__(f"{where}{detail}")
+
+
+class InvalidChange(ValueError):
+    """An assignment change is malformed, or its system cannot do it.
+
+    Attributes:
+        reason: What is wrong, without the location prefix.
+        line: The plan line number (1-based), when the change came from a plan.
+        field: The member at fault (``"to"``, ``"record"``, ``"action"``...), if known.
+        system: The target system, when it could be read.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        line: int | None = None,
+        field: str | None = None,
+        system: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.line = line
+        self.field = field
+        self.system = system
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+
+class ConfigError(ValueError):
+    """A system's configuration cannot be used (the message names the setting)."""

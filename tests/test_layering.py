@@ -1,4 +1,4 @@
-"""The core (pointer, patch, merge, diff, errors) never imports aiohttp."""
+"""The core, the change model, plans and the adapters never import aiohttp (no I/O)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ CORE = [
     "patchassign.merge",
     "patchassign.diff",
     "patchassign.errors",
+    # adapters and plans are pure too: bytes in, bytes out
+    "patchassign.changes",
+    "patchassign.plan",
+    "patchassign.systems",
 ]
 
 

@@ -1,0 +1,164 @@
+"""What users do to assignments: the typed change model, also the plan-line format.
+
+A change names its target system and record and says what to do::
+
+    {"system": "kintone", "record": "1:7", "action": "assign", "to": "eve", "expect": "ada"}
+
+Actions: ``assign`` (to a user or team; reassigns), ``unassign``, ``delegate`` (with a
+reason), and general field updates as a ``merge`` patch, a JSON ``patch``, or a desired
+``set`` of field values diffed against the current record. Which system supports which
+action is checked by its adapter (``patchassign.systems``). Decoding is one msgspec pass:
+a bad line fails early with the member at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from .errors import InvalidChange, InvalidPatch
+from .patch import JsonPatch
+
+__all__ = [
+    "SYSTEM_NAMES",
+    "Assign",
+    "Change",
+    "Delegate",
+    "Merge",
+    "Patch",
+    "SetFields",
+    "Unassign",
+    "convert_change",
+    "decode_change",
+]
+
+SystemName = Literal["perscom", "maxsight", "kintone", "superoffice", "findable"]
+SYSTEM_NAMES: tuple[str, ...] = ("perscom", "maxsight", "kintone", "superoffice", "findable")
+
+_Text = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+#: One assignee, or several (Kintone assigns lists of users).
+Assignees = _Text | Annotated[list[_Text], msgspec.Meta(max_length=1000)]
+
+
+class _Change(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    tag_field="action",
+    omit_defaults=True,
+):
+    system: SystemName
+    #: The record: an integer id, a string id, or ``"<app>:<id>"`` for Kintone.
+    record: _Id | int
+    #: A caller's id for the change; plans default it to ``"line-<n>"``.
+    id: _Id | None = None
+
+    @property
+    def key(self) -> str:
+        """``system/record``: what a change is about, for logs and results."""
+        return f"{self.system}/{self.record}"
+
+
+class Assign(_Change, tag="assign", frozen=True):
+    """Assign (or reassign) the record to a user or team.
+
+    ``expect``: who should hold it now; if someone else does, the change is a conflict,
+    not forced. If it is already assigned to ``to``, the change is ``unchanged``.
+    """
+
+    to: Assignees
+    to_type: Literal["user", "team"] = "user"
+    expect: Assignees | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=65_535)] | None = None
+    by: _Text | None = None
+
+
+class Unassign(_Change, tag="unassign", frozen=True):
+    """Remove the record's assignment."""
+
+    expect: Assignees | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=65_535)] | None = None
+    by: _Text | None = None
+
+
+class Delegate(_Change, tag="delegate", frozen=True):
+    """Hand the assignment on to another person (Findable), with a reason."""
+
+    to: _Text
+    reason: Annotated[str, msgspec.Meta(max_length=65_535)] | None = None
+    expect: _Text | None = None
+
+
+class Merge(_Change, tag="merge", frozen=True):
+    """Update fields with an RFC 7396 merge patch. ``guard`` pins old values (SuperOffice)."""
+
+    merge: dict[str, Any]
+    guard: bool = False
+
+
+class Patch(_Change, tag="patch", frozen=True):
+    """Update fields with an RFC 6902 JSON Patch (validated when decoded)."""
+
+    patch: list[dict[str, Any]]
+    guard: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            JsonPatch(self.patch, case_insensitive=True)
+        except InvalidPatch as e:
+            raise ValueError(str(e)) from None
+
+
+class SetFields(_Change, tag="set", frozen=True):
+    """Make the named fields equal these values (diffed against the current record)."""
+
+    state: dict[str, Any]
+    guard: bool = False
+
+
+Change = Assign | Unassign | Delegate | Merge | Patch | SetFields
+
+_decoder = msgspec.json.Decoder(Change)
+
+
+def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
+    """One change from JSON text (a plan line).
+
+    Raises:
+        InvalidChange: Not JSON, an unknown action or system, a missing or mistyped
+            member; the error names the line and the member.
+    """
+    try:
+        change: Change = _decoder.decode(data)
+    except msgspec.ValidationError as e:
+        reason, field = _split(str(e))
+        raise InvalidChange(reason, line=line, field=field) from None
+    except msgspec.DecodeError as e:
+        raise InvalidChange(f"not valid JSON: {e}", line=line) from None
+    return change
+
+
+def convert_change(obj: Any, *, line: int | None = None) -> Change:
+    """One change from a Python mapping (same rules as :func:`decode_change`)."""
+    try:
+        change: Change = msgspec.convert(obj, Change)
+    except msgspec.ValidationError as e:
+        reason, field = _split(str(e))
+        raise InvalidChange(reason, line=line, field=field) from None
+    return change
+
+
+def _split(message: str) -> tuple[str, str | None]:
+    """msgspec says "Expected `int`, got `str` - at `$.record`": reason and member."""
+    reason, sep, where = message.rpartition(" - at `$")
+    if sep:
+        field = where.rstrip("`").lstrip(".")
+        return reason, field or None
+    if message.startswith("invalid patch"):
+        return message, "patch"
+    named = re.search(r"field `([^`]+)`", message)
+    return message, named.group(1) if named else None

@@ -1,0 +1,421 @@
+"""The adapter contract and what the five adapters share. Pure: no I/O, bytes in and out.
+
+An adapter turns a :class:`~patchassign.changes.Change` into HTTP requests and HTTP
+responses into outcomes. The dispatcher drives it::
+
+    if adapter.needs_read(change):
+        current = adapter.current(change, send(adapter.read(change)))   # Current | Retry | Failed
+    step = adapter.prepare(change, current)     # HttpRequest | Unchanged | Conflict | Failed
+    outcome = adapter.outcome(change, send(step))   # Applied | Retry | Conflict | Failed
+
+On ``Conflict(recoverable=True)`` it reads again and prepares again (re-diff); after an
+ambiguous failure (timeout, dropped connection, a 5xx that may have applied) it reads
+before any resend when ``adapter.idempotent`` is false, and ``prepare`` then sees that the
+change is already in place.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+import time
+from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from urllib.parse import quote, urlsplit
+
+import msgspec
+
+from ..errors import ConfigError, InvalidChange
+
+if TYPE_CHECKING:
+    from ..changes import Change
+
+__all__ = [
+    "Adapter",
+    "Applied",
+    "BaseAdapter",
+    "Conflict",
+    "Current",
+    "Failed",
+    "HttpRequest",
+    "HttpResponse",
+    "Outcome",
+    "Prepared",
+    "Retry",
+    "Secret",
+    "Unchanged",
+    "check_header",
+    "parse_retry_after",
+    "segment",
+]
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Secret:
+    """A credential that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        if not value:
+            raise ConfigError("a credential must be a non-empty string")
+        check_header("credential", value)
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself, for building a request header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Secret cannot be pickled")
+
+
+def secret(value: str | Secret) -> Secret:
+    return value if isinstance(value, Secret) else Secret(value)
+
+
+def check_header(name: str, value: str) -> str:
+    """``value`` if it is safe as an HTTP header value; CR, LF and other controls are refused.
+
+    Raises:
+        ConfigError: The value holds a control character (header injection).
+    """
+    if _CONTROL.search(value.replace("\t", " ")):
+        raise ConfigError(f"header {name}: value contains a control character (CR/LF refused)")
+    return value
+
+
+def segment(value: str | int) -> str:
+    """One URL path segment, percent-encoded so that it cannot change the path.
+
+    ``/``, ``?``, ``#``, ``%`` and spaces are encoded; a segment of dots only (``..``)
+    is encoded too, so it cannot climb the path.
+    """
+    text = quote(str(value), safe="")
+    if text.strip(".") == "":
+        text = text.replace(".", "%2E")
+    return text
+
+
+def base_url(url: str) -> str:
+    """A validated base URL without a trailing slash.
+
+    Raises:
+        ConfigError: Not an absolute http(s) URL, or it carries a query or fragment.
+    """
+    check_header("base_url", url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"base_url must be an absolute http(s) URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"base_url must not have a query or fragment: {url!r}")
+    if parts.username or parts.password:
+        raise ConfigError("base_url must not embed credentials; use the auth settings")
+    return url.rstrip("/")
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delay-seconds or an HTTP-date.
+
+    Returns ``None`` when absent or unreadable; never negative; capped at one day.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), 86_400.0)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delay = when.timestamp() - (time.time() if now is None else now)
+    return min(max(delay, 0.0), 86_400.0)
+
+
+class HttpRequest(msgspec.Struct, frozen=True):
+    """A request to send: ``url`` is fully percent-encoded (send it as encoded)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+
+    def __repr__(self) -> str:
+        # Header values may be credentials: names only.
+        return f"HttpRequest({self.method} {self.url}, headers={sorted(self.headers)})"
+
+
+class HttpResponse(msgspec.Struct, frozen=True):
+    """A response as the adapter sees it; header names are matched case-insensitively."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        value = self.headers.get(name)
+        if value is not None:
+            return value
+        lower = name.lower()
+        for k, v in self.headers.items():
+            if k.lower() == lower:
+                return v
+        return None
+
+    def json(self) -> Any:
+        """The body as JSON, or ``None`` when it is empty or not JSON."""
+        if not self.body:
+            return None
+        try:
+            return _decode(self.body)
+        except msgspec.DecodeError:
+            return None
+
+
+class Current(msgspec.Struct, frozen=True):
+    """The record as read now, and its version token (``None``: the system has none)."""
+
+    record: Any
+    version: str | None = None
+
+
+class Applied(msgspec.Struct, frozen=True):
+    """The system accepted the change. ``record``: what it returned (the successor, for a
+    delegation)."""
+
+    version: str | None = None
+    record: Any = None
+
+
+class Unchanged(msgspec.Struct, frozen=True):
+    """The record already is as the change wants it; nothing was sent."""
+
+    version: str | None = None
+    reason: str = "already in the requested state"
+
+
+class Retry(msgspec.Struct, frozen=True):
+    """Try again later. ``after``: the server's wait in seconds, if it said.
+
+    ``ambiguous``: the change may have been applied (a 5xx other than 503): read before
+    resending a non-idempotent change.
+    """
+
+    reason: str
+    status: int | None = None
+    after: float | None = None
+    ambiguous: bool = False
+
+
+class Conflict(msgspec.Struct, frozen=True):
+    """The record changed under us, or no longer fits the change.
+
+    ``recoverable``: re-reading and preparing again may succeed (a stale version);
+    otherwise the change does not apply to the record as it is (report, do not force).
+    """
+
+    reason: str
+    status: int | None = None
+    recoverable: bool = True
+
+
+class Failed(msgspec.Struct, frozen=True):
+    """Permanent failure: sending again cannot help (bad input, auth, not found)."""
+
+    reason: str
+    status: int | None = None
+
+
+Outcome = Applied | Retry | Conflict | Failed
+Prepared = HttpRequest | Unchanged | Conflict | Failed
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """What the dispatcher needs from a system adapter. Implementations do no I/O."""
+
+    @property
+    def system(self) -> str:
+        """The system's name (``"kintone"``...)."""
+
+    @property
+    def idempotent(self) -> bool:
+        """Resending a write after an ambiguous failure cannot apply it twice."""
+
+    @property
+    def versioned(self) -> bool:
+        """The system checks a version token on write (optimistic concurrency)."""
+
+    def check(self, change: Change) -> None:
+        """Refuse a change this system cannot do, before anything is sent.
+
+        Raises:
+            InvalidChange: The action, record id or values are not supported.
+        """
+
+    def needs_read(self, change: Change) -> bool:
+        """Whether :meth:`prepare` needs the current record (a version token, a diff)."""
+
+    def read(self, change: Change) -> HttpRequest:
+        """The request that reads the change's record."""
+
+    def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
+        """The record and version from a read response (or why there is none)."""
+
+    def prepare(self, change: Change, current: Current | None) -> Prepared:
+        """The write request, or the reason none is needed (or possible)."""
+
+    def outcome(self, change: Change, response: HttpResponse) -> Outcome:
+        """What a write response means."""
+
+
+class BaseAdapter(abc.ABC):
+    """Shared checks, JSON helpers and status classification; subclasses are adapters."""
+
+    system: ClassVar[str]
+    idempotent: ClassVar[bool] = True
+    versioned: ClassVar[bool] = False
+    actions: ClassVar[frozenset[str]]
+
+    def __init__(self, base: str, headers: Mapping[str, str]) -> None:
+        self.base = base_url(base)
+        for name, value in headers.items():
+            check_header(name, value)
+        self._static = dict(headers)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base}>"
+
+    @abc.abstractmethod
+    def check(self, change: Change) -> None: ...
+
+    @abc.abstractmethod
+    def needs_read(self, change: Change) -> bool: ...
+
+    @abc.abstractmethod
+    def read(self, change: Change) -> HttpRequest: ...
+
+    @abc.abstractmethod
+    def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed: ...
+
+    @abc.abstractmethod
+    def prepare(self, change: Change, current: Current | None) -> Prepared: ...
+
+    @abc.abstractmethod
+    def outcome(self, change: Change, response: HttpResponse) -> Outcome: ...
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The static headers (auth included) plus ``extra``, each value checked."""
+        out = {**self._static, **self.auth_headers()}
+        if extra:
+            for k, v in extra.items():
+                out[k] = check_header(k, v)
+        return out
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def json_request(
+        self, method: str, path: str, body: Any, extra: Mapping[str, str] | None = None
+    ) -> HttpRequest:
+        headers = self.headers({"Content-Type": "application/json", **(extra or {})})
+        return HttpRequest(method, self.base + path, headers, _encode(body))
+
+    def get(self, path: str) -> HttpRequest:
+        return HttpRequest("GET", self.base + path, self.headers({"Accept": "application/json"}))
+
+    def check_action(self, change: Change) -> None:
+        action = type(change).__name__.lower().replace("setfields", "set")
+        if change.system != self.system:
+            raise InvalidChange(
+                f"this change is for {change.system}, not {self.system}",
+                field="system",
+                system=change.system,
+            )
+        if action not in self.actions:
+            raise InvalidChange(
+                f"{self.system} does not support {action!r} (supported: "
+                f"{', '.join(sorted(self.actions))})",
+                field="action",
+                system=self.system,
+            )
+
+    def invalid(self, reason: str, field: str | None = None) -> InvalidChange:
+        return InvalidChange(reason, field=field, system=self.system)
+
+    @staticmethod
+    def classify(response: HttpResponse, message: str) -> Retry | Failed:
+        """The generic reading of a non-success status."""
+        status = response.status
+        if status == 429:
+            return Retry(
+                f"throttled: {message}",
+                status,
+                parse_retry_after(response.header("Retry-After")),
+            )
+        if status in (502, 503, 504):
+            return Retry(
+                f"unavailable: {message}",
+                status,
+                parse_retry_after(response.header("Retry-After")),
+                ambiguous=status != 503,
+            )
+        if status >= 500:
+            return Retry(f"server error {status}: {message}", status, None, ambiguous=True)
+        return Failed(message, status)
+
+    def error_message(self, response: HttpResponse) -> str:
+        """The server's error message from its error body, or a summary of the status."""
+        body = response.json()
+        found = _find_message(body)
+        if found:
+            return found[:500]
+        return f"HTTP {response.status}"
+
+
+def _find_message(body: Any) -> str | None:
+    if isinstance(body, dict):
+        for key in ("message", "ErrorMessage", "error"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict):
+                inner = _find_message(value)
+                if inner:
+                    return inner
+    return None
+
+
+def assignees(value: str | list[str] | None) -> list[str] | None:
+    """An ``Assign.to``/``expect`` value as a list."""
+    if value is None:
+        return None
+    return [value] if isinstance(value, str) else list(value)
+
+
+def single(value: str | list[str], system: str, field: str) -> str:
+    """One assignee, for systems that take exactly one."""
+    if isinstance(value, str):
+        return value
+    if len(value) == 1:
+        return value[0]
+    raise InvalidChange(f"{system} takes exactly one assignee", field=field, system=system)

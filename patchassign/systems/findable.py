@@ -1,0 +1,122 @@
+"""Findable assignments: ``POST /assignments/{id}/delegate``.
+
+**Not idempotent**: each accepted delegate creates a successor assignment. The adapter reads
+the assignment before sending; if it is already ``delegated`` to the same UPN, the change
+is in place (``Unchanged``; the dispatcher reports it applied when it had sent it before).
+After any ambiguous failure the dispatcher reads again before a resend, so a delegate is
+never done twice.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..changes import Change, Delegate
+from ._base import (
+    Applied,
+    BaseAdapter,
+    Conflict,
+    Current,
+    Failed,
+    HttpRequest,
+    HttpResponse,
+    Outcome,
+    Prepared,
+    Retry,
+    Secret,
+    Unchanged,
+    secret,
+    segment,
+)
+
+__all__ = ["FindableAdapter"]
+
+_OPEN = frozenset({"pending", "in_progress"})
+
+
+class FindableAdapter(BaseAdapter):
+    """Findable (self-hosted; the customer's base URL); Azure AD Bearer token."""
+
+    system: ClassVar[str] = "findable"
+    idempotent: ClassVar[bool] = False
+    versioned: ClassVar[bool] = False
+    actions: ClassVar[frozenset[str]] = frozenset({"delegate"})
+
+    def __init__(self, base_url: str, token: str | Secret) -> None:
+        super().__init__(base_url, {"Accept": "application/json"})
+        self._token = secret(token)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token.reveal()}"}
+
+    def _path(self, change: Change) -> str:
+        if not isinstance(change.record, str):
+            raise self.invalid(
+                f"a Findable assignment id is a string, got {change.record!r}", "record"
+            )
+        return f"/assignments/{segment(change.record)}"
+
+    def check(self, change: Change) -> None:
+        self.check_action(change)
+        self._path(change)
+        assert isinstance(change, Delegate)
+        user, at, domain = change.to.partition("@")
+        if not (user and at and "." in domain) or any(c.isspace() for c in change.to):
+            raise self.invalid(
+                f"toUpn must be a user principal name (user@domain), got {change.to!r}", "to"
+            )
+
+    def needs_read(self, change: Change) -> bool:
+        return True  # the only way to know whether a delegate already happened
+
+    def read(self, change: Change) -> HttpRequest:
+        return self.get(self._path(change))
+
+    def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
+        if response.status == 200:
+            record = response.json()
+            if isinstance(record, dict):
+                etag = record.get("_etag")
+                return Current(record, etag if isinstance(etag, str) else None)
+            return Failed("Findable answered a read without an assignment", 200)
+        return self.classify(response, self.error_message(response))
+
+    def prepare(self, change: Change, current: Current | None) -> Prepared:
+        assert isinstance(change, Delegate)
+        if current is None or not isinstance(current.record, dict):
+            return Failed("a delegation needs the current assignment")
+        rec = current.record
+        status = rec.get("status")
+        to = change.to.casefold()
+        if status == "delegated":
+            if str(rec.get("delegatedTo", "")).casefold() == to:
+                return Unchanged(current.version, f"already delegated to {change.to}")
+            return Conflict(f"already delegated to {rec.get('delegatedTo')!r}", recoverable=False)
+        if status not in _OPEN:
+            return Conflict(
+                f"the assignment is {status}; only open ones can be delegated", recoverable=False
+            )
+        if rec.get("allowDelegation") is False:
+            return Conflict("the assignment does not allow delegation", recoverable=False)
+        holder = str(rec.get("assigneeEmail", ""))
+        if holder.casefold() == to:
+            return Unchanged(current.version, f"already assigned to {change.to}")
+        if change.expect is not None and holder.casefold() != change.expect.casefold():
+            return Conflict(
+                f"assigned to {holder!r}, expected {change.expect!r}", recoverable=False
+            )
+        body: dict[str, str] = {"toUpn": change.to}
+        if change.reason is not None:
+            body["reason"] = change.reason
+        return self.json_request("POST", f"{self._path(change)}/delegate", body)
+
+    def outcome(self, change: Change, response: HttpResponse) -> Outcome:
+        if response.status in (200, 201):
+            successor = response.json()
+            etag = successor.get("_etag") if isinstance(successor, dict) else None
+            return Applied(etag, successor)
+        message = self.error_message(response)
+        if response.status == 409:
+            # Maybe our own earlier attempt went through: re-read decides.
+            return Conflict(f"refused: {message}", 409)
+        return self.classify(response, message)

@@ -1,0 +1,207 @@
+"""Kintone record assignees: ``PUT /k/v1/record/assignees.json``.
+
+The adapter reads the record first (``$revision`` and the current assignees, from the
+``STATUS_ASSIGNEE`` field whatever its code), then writes with that ``revision``: a stale
+revision is ``GAIA_CO02`` (a recoverable conflict). Errors are classified by their
+``code``, not only the HTTP status. At most 100 assignees. Kintone allows at most 100
+concurrent requests per domain (the rest get 429 and no Retry-After): keep concurrency
+well under that.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, ClassVar
+from urllib.parse import urlencode
+
+from ..changes import Assign, Change, Unassign
+from ..errors import ConfigError
+from ._base import (
+    Applied,
+    BaseAdapter,
+    Conflict,
+    Current,
+    Failed,
+    HttpRequest,
+    HttpResponse,
+    Outcome,
+    Prepared,
+    Retry,
+    Secret,
+    Unchanged,
+    assignees,
+    secret,
+    segment,
+)
+
+__all__ = ["MAX_ASSIGNEES", "KintoneAdapter"]
+
+MAX_ASSIGNEES = 100
+_CONFLICT = frozenset({"GAIA_CO02"})
+_AUTH = frozenset({"GAIA_IA02", "CB_WA01", "CB_AU01", "GAIA_NO01", "CB_NO02"})
+_NOT_FOUND = frozenset({"GAIA_RE01", "GAIA_AP01"})
+
+
+class KintoneAdapter(BaseAdapter):
+    """Kintone (``https://<subdomain>.kintone.com``); API token or password auth.
+
+    Args:
+        base_url: The domain root.
+        api_token: One API token, or several (sent comma-separated, at most 9).
+        login: With ``password``: password authentication instead of a token.
+        password: The login's password.
+        app: Default app id for records given as a bare record id.
+        space: Guest space id: requests go to ``/k/guest/{space}/v1/...``.
+    """
+
+    system: ClassVar[str] = "kintone"
+    idempotent: ClassVar[bool] = True
+    versioned: ClassVar[bool] = True
+    actions: ClassVar[frozenset[str]] = frozenset({"assign", "unassign"})
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_token: str | Secret | list[str | Secret] | None = None,
+        login: str | None = None,
+        password: str | Secret | None = None,
+        app: int | None = None,
+        space: int | None = None,
+    ) -> None:
+        super().__init__(base_url, {"Accept": "application/json"})
+        if api_token is not None:
+            tokens = [
+                secret(t) for t in (api_token if isinstance(api_token, list) else [api_token])
+            ]
+            if not 1 <= len(tokens) <= 9:
+                raise ConfigError("kintone: between 1 and 9 API tokens")
+            self._auth = ("X-Cybozu-API-Token", Secret(",".join(t.reveal() for t in tokens)))
+        elif login is not None and password is not None:
+            raw = f"{login}:{secret(password).reveal()}".encode()
+            self._auth = ("X-Cybozu-Authorization", Secret(base64.b64encode(raw).decode()))
+        else:
+            raise ConfigError("kintone: give api_token, or login and password")
+        self.app = app
+        self._prefix = f"/k/guest/{segment(space)}/v1" if space is not None else "/k/v1"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {self._auth[0]: self._auth[1].reveal()}
+
+    def _ids(self, change: Change) -> tuple[int, int]:
+        record = change.record
+        app: Any = self.app
+        if isinstance(record, str) and ":" in record:
+            app_text, _, record = record.partition(":")
+            app = int(app_text) if app_text.isascii() and app_text.isdigit() else None
+            if app is None:
+                raise self.invalid(
+                    f"kintone record {change.record!r}: app must be an integer", "record"
+                )
+        if isinstance(record, str) and record.isascii() and record.isdigit():
+            record = int(record)
+        if type(record) is not int or record <= 0:
+            raise self.invalid(
+                f"a kintone record is '<app>:<id>' or an id with a configured app, got {change.record!r}",
+                "record",
+            )
+        if app is None:
+            raise self.invalid(
+                "no app: write the record as '<app>:<id>' or configure app", "record"
+            )
+        return app, record
+
+    def check(self, change: Change) -> None:
+        self.check_action(change)
+        self._ids(change)
+        if isinstance(change, Assign):
+            to = assignees(change.to) or []
+            if len(to) > MAX_ASSIGNEES:
+                raise self.invalid(
+                    f"kintone takes at most {MAX_ASSIGNEES} assignees, got {len(to)}", "to"
+                )
+            if change.to_type != "user":
+                raise self.invalid(
+                    "kintone assignees are users (login names), not teams", "to_type"
+                )
+        if isinstance(change, Assign | Unassign) and (change.comment or change.by):
+            raise self.invalid(
+                "kintone assignee changes carry no comment or author",
+                "comment" if change.comment else "by",
+            )
+
+    def needs_read(self, change: Change) -> bool:
+        return True  # the revision, and whether the change is already in place
+
+    def read(self, change: Change) -> HttpRequest:
+        app, rid = self._ids(change)
+        return self.get(f"{self._prefix}/record.json?{urlencode({'app': app, 'id': rid})}")
+
+    def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
+        if response.status == 200:
+            body = response.json()
+            record = body.get("record") if isinstance(body, dict) else None
+            if isinstance(record, dict):
+                revision = record.get("$revision", {}).get("value")
+                return Current(record, str(revision) if revision is not None else None)
+            return Failed("kintone answered a read without a record", 200)
+        outcome = self._error(response)
+        return (
+            outcome if not isinstance(outcome, Conflict) else Failed(outcome.reason, outcome.status)
+        )
+
+    @staticmethod
+    def holders(record: dict[str, Any]) -> list[str] | None:
+        """The codes in the record's STATUS_ASSIGNEE field (``None``: no such field)."""
+        for field in record.values():
+            if isinstance(field, dict) and field.get("type") == "STATUS_ASSIGNEE":
+                return [str(u.get("code")) for u in field.get("value") or [] if isinstance(u, dict)]
+        return None
+
+    def prepare(self, change: Change, current: Current | None) -> Prepared:
+        if current is None:
+            return Failed("a kintone update needs the current record")
+        held = self.holders(current.record)
+        if held is None:
+            return Failed(
+                "the record has no assignee field: is process management on for this app?"
+            )
+        target = assignees(change.to) if isinstance(change, Assign) else []
+        assert target is not None
+        if sorted(held) == sorted(target):
+            return Unchanged(current.version)
+        expect = assignees(change.expect) if isinstance(change, Assign | Unassign) else None
+        if expect is not None and sorted(held) != sorted(expect):
+            return Conflict(f"assigned to {held}, expected {expect}", recoverable=False)
+        app, rid = self._ids(change)
+        body: dict[str, Any] = {"app": app, "id": rid, "assignees": target}
+        if current.version is not None:
+            body["revision"] = current.version
+        return self.json_request("PUT", f"{self._prefix}/record/assignees.json", body)
+
+    def outcome(self, change: Change, response: HttpResponse) -> Outcome:
+        if response.status == 200:
+            body = response.json()
+            revision = body.get("revision") if isinstance(body, dict) else None
+            return Applied(str(revision) if revision is not None else None, body)
+        return self._error(response)
+
+    def _error(self, response: HttpResponse) -> Conflict | Retry | Failed:
+        body = response.json()
+        code = body.get("code") if isinstance(body, dict) else None
+        message = self.error_message(response)
+        if code in _CONFLICT:
+            return Conflict(f"{code}: {message}", response.status)
+        if code in _AUTH:
+            return Failed(f"{code}: not authorised: {message}", response.status)
+        if code in _NOT_FOUND:
+            return Failed(f"{code}: {message}", response.status)
+        if isinstance(body, dict) and isinstance(body.get("errors"), dict):
+            details = "; ".join(
+                f"{k}: {' '.join(v.get('messages', []))}"
+                for k, v in body["errors"].items()
+                if isinstance(v, dict)
+            )
+            message = f"{message} ({details})" if details else message
+        outcome = self.classify(response, f"{code}: {message}" if code else message)
+        return outcome

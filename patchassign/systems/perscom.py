@@ -1,0 +1,210 @@
+"""PERSCOM assignment records: ``PATCH /{version}/assignment-records/{id}``.
+
+No version token: PERSCOM applies the last write. When a change needs the current record
+(``expect``, ``set``, ``patch``) the adapter reads it first and diffs, which narrows but does
+not close the race with other writers; plain ``assign`` and ``merge`` are blind partial
+updates (idempotent). Validation mirrors the vendor's schema: integer ids (not booleans),
+``type`` primary/secondary, ``text`` at most 65,535 characters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .._json import json_equal
+from ..changes import Assign, Change, Merge, Patch, SetFields
+from ..errors import InvalidPatch, PatchConflict
+from ..patch import apply_patch
+from ._base import (
+    Applied,
+    BaseAdapter,
+    Conflict,
+    Current,
+    Failed,
+    HttpRequest,
+    HttpResponse,
+    Outcome,
+    Prepared,
+    Retry,
+    Secret,
+    Unchanged,
+    secret,
+    segment,
+    single,
+)
+
+__all__ = ["PerscomAdapter"]
+
+_INT_FIELDS = frozenset(
+    {"user_id", "status_id", "unit_id", "position_id", "specialty_id", "document_id", "author_id"}
+)
+_FIELDS = _INT_FIELDS | {"type", "text"}
+_TEXT_MAX = 65_535
+
+
+class PerscomAdapter(BaseAdapter):
+    """PERSCOM (``https://api.perscom.io``); Bearer token; last write wins.
+
+    Args:
+        base_url: API root, e.g. ``https://api.perscom.io``.
+        token: The API key (Bearer).
+        version: ``"v2"`` (default) or ``"v1"``.
+        tenant: Sent as ``X-Perscom-Id`` when the token carries no tenant claim.
+        notifications: ``False`` sends ``X-Perscom-Notifications: false`` (bulk runs).
+    """
+
+    system: ClassVar[str] = "perscom"
+    idempotent: ClassVar[bool] = True
+    versioned: ClassVar[bool] = False
+    actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "set", "patch"})
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | Secret,
+        *,
+        version: str = "v2",
+        tenant: str | None = None,
+        notifications: bool = True,
+    ) -> None:
+        if version not in ("v1", "v2"):
+            raise self.invalid(f"version must be v1 or v2, got {version!r}")
+        headers = {"Accept": "application/json"}
+        if tenant is not None:
+            headers["X-Perscom-Id"] = tenant
+        if not notifications:
+            headers["X-Perscom-Notifications"] = "false"
+        super().__init__(base_url, headers)
+        self._token = secret(token)
+        self.version = version
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token.reveal()}"}
+
+    def _path(self, change: Change) -> str:
+        return f"/{self.version}/assignment-records/{segment(self._id(change))}"
+
+    def _id(self, change: Change) -> int:
+        record = change.record
+        if isinstance(record, str) and record.isascii() and record.isdigit():
+            record = int(record)
+        if type(record) is not int or record <= 0:
+            raise self.invalid(
+                f"a PERSCOM record id is a positive integer, got {record!r}", "record"
+            )
+        return record
+
+    def check(self, change: Change) -> None:
+        self.check_action(change)
+        self._id(change)
+        if isinstance(change, Assign):
+            self._user(change.to, "to")
+            if change.expect is not None:
+                self._user(change.expect, "expect")
+            if change.to_type != "user":
+                raise self.invalid("PERSCOM assigns records to users, not teams", "to_type")
+        elif isinstance(change, Merge | SetFields):
+            self._fields(change.merge if isinstance(change, Merge) else change.state)
+
+    def _user(self, value: str | list[str], field: str) -> int:
+        text = single(value, self.system, field)
+        if not (text.isascii() and text.isdigit()):
+            raise self.invalid(f"a PERSCOM user is an integer user_id, got {text!r}", field)
+        return int(text)
+
+    def _fields(self, fields: dict[str, Any]) -> None:
+        for key, value in fields.items():
+            if key not in _FIELDS:
+                raise self.invalid(
+                    f"PERSCOM assignment records have no field {key!r} "
+                    f"(fields: {', '.join(sorted(_FIELDS))})",
+                    key,
+                )
+            if key in _INT_FIELDS:
+                if value is None and key != "user_id":
+                    continue
+                if type(value) is not int:
+                    raise self.invalid(f"{key} must be an integer", key)
+            elif key == "type" and value not in ("primary", "secondary"):
+                raise self.invalid("type must be 'primary' or 'secondary'", key)
+            elif key == "text" and value is not None:
+                if not isinstance(value, str):
+                    raise self.invalid("text must be a string or null", key)
+                if len(value) > _TEXT_MAX:
+                    raise self.invalid(f"text is longer than {_TEXT_MAX} characters", key)
+
+    def needs_read(self, change: Change) -> bool:
+        return isinstance(change, SetFields | Patch) or (
+            isinstance(change, Assign) and change.expect is not None
+        )
+
+    def read(self, change: Change) -> HttpRequest:
+        return self.get(self._path(change))
+
+    def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
+        if response.status == 200:
+            body = response.json()
+            data = body.get("data") if isinstance(body, dict) else None
+            if isinstance(data, dict):
+                return Current(data, data.get("updated_at"))
+            return Failed("PERSCOM answered a read without a data object", 200)
+        return self.classify(response, self.error_message(response))
+
+    def prepare(self, change: Change, current: Current | None) -> Prepared:
+        record = current.record if current is not None else None
+        body: dict[str, Any]
+        if isinstance(change, Assign):
+            user = self._user(change.to, "to")
+            body = {"user_id": user}
+            if record is not None and change.expect is not None:
+                held = record.get("user_id")
+                if held != user and held != self._user(change.expect, "expect"):
+                    return Conflict(
+                        f"assigned to user {held}, expected user {change.expect}",
+                        recoverable=False,
+                    )
+        elif isinstance(change, Merge):
+            body = dict(change.merge)
+        elif isinstance(change, SetFields):
+            body = dict(change.state)
+        elif isinstance(change, Patch):
+            if record is None:
+                return Failed("a PERSCOM patch needs the current record")
+            base = {k: v for k, v in record.items() if k in _FIELDS}
+            try:
+                new = apply_patch(base, change.patch, case_insensitive=True)
+            except PatchConflict as e:
+                return Conflict(f"the patch does not apply: {e}", recoverable=False)
+            except InvalidPatch as e:
+                return Failed(str(e))
+            if not isinstance(new, dict):
+                return Failed("the patch must leave an object")
+            body = {k: new.get(k) for k in _FIELDS if not json_equal(new.get(k), base.get(k))}
+            try:
+                self._fields(body)
+            except ValueError as e:
+                return Failed(str(e))
+        else:  # pragma: no cover - check() refuses the rest
+            return Failed(f"unsupported change {type(change).__name__}")
+        if record is not None:
+            body = {
+                k: v for k, v in body.items() if not json_equal(record.get(k), v) or k not in record
+            }
+            if not body:
+                return Unchanged(record.get("updated_at"))
+        return self.json_request("PATCH", self._path(change), body)
+
+    def outcome(self, change: Change, response: HttpResponse) -> Outcome:
+        if response.status == 200:
+            body = response.json()
+            data = body.get("data") if isinstance(body, dict) else None
+            version = data.get("updated_at") if isinstance(data, dict) else None
+            return Applied(version, data)
+        message = self.error_message(response)
+        if response.status == 422:
+            body = response.json()
+            errors = body.get("error", {}).get("errors") if isinstance(body, dict) else None
+            if isinstance(errors, dict) and errors:
+                message = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in errors.items())
+            return Failed(f"rejected: {message}", 422)
+        return self.classify(response, message)

@@ -1,0 +1,90 @@
+"""What every adapter relies on: encoding, header safety, secrets, Retry-After."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+import yarl
+
+from patchassign.errors import ConfigError
+from patchassign.systems import (
+    HttpRequest,
+    HttpResponse,
+    Secret,
+    check_header,
+    parse_retry_after,
+    segment,
+)
+from patchassign.systems._base import base_url
+
+
+@pytest.mark.parametrize(
+    ("raw", "encoded"),
+    [
+        ("../admin", "..%2Fadmin"),
+        ("a b/c", "a%20b%2Fc"),
+        ("..", "%2E%2E"),
+        (".", "%2E"),
+        ("x?y#z%", "x%3Fy%23z%25"),
+        ("ok-1.2_~", "ok-1.2_~"),
+        (42, "42"),
+        ("é", "%C3%A9"),
+    ],
+)
+def test_a_segment_cannot_change_the_path(raw: str | int, encoded: str) -> None:
+    assert segment(raw) == encoded
+    url = yarl.URL(f"http://h/v5/tasks/{segment(raw)}/update-assignment", encoded=True)
+    assert url.raw_path.split("/")[3] == encoded
+    assert url.raw_path.endswith("/update-assignment")
+    assert url.raw_path.count("/") == 4
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Evil: 1", "a\nb", "a\rb", "a\x00b", "a\x7fb"])
+def test_header_values_with_control_characters_are_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match="control character"):
+        check_header("If-Match", value)
+    with pytest.raises(ConfigError):
+        Secret(value)
+
+
+def test_secrets_never_show_themselves() -> None:
+    s = Secret("hunter2-token")
+    assert "hunter2" not in repr(s)
+    assert "hunter2" not in str(s)
+    assert "hunter2" not in f"{s} {s!r}"
+    assert s.reveal() == "hunter2-token"
+    with pytest.raises(TypeError):
+        pickle.dumps(s)
+    req = HttpRequest("GET", "http://h/x", {"Authorization": "Bearer hunter2-token"})
+    assert "hunter2" not in repr(req)
+
+
+def test_retry_after_seconds_and_http_dates() -> None:
+    now = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 120 ") == 120.0
+    later = format_datetime(now + timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(later, now=now.timestamp()) == pytest.approx(30.0)
+    earlier = format_datetime(now - timedelta(seconds=30), usegmt=True)
+    assert parse_retry_after(earlier, now=now.timestamp()) == 0.0
+    assert parse_retry_after("99999999") == 86_400.0
+    for bad in (None, "", "soon", "-5", "1.5e3"):
+        assert parse_retry_after(bad) is None
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://h", "/relative", "http://h/x?q=1", "http://u:p@h", "http://h\r\n/x", "https://"]
+)
+def test_base_urls_are_validated(url: str) -> None:
+    with pytest.raises(ConfigError):
+        base_url(url)
+
+
+def test_response_headers_match_case_insensitively() -> None:
+    r = HttpResponse(429, {"retry-after": "3"}, b"{}")
+    assert r.header("Retry-After") == "3"
+    assert r.header("X-Other") is None
+    assert HttpResponse(200, {}, b"not json").json() is None

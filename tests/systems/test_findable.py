@@ -1,0 +1,129 @@
+"""Findable adapter: unit tests on bytes, then end to end against the sandbox."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from patchassign.changes import Delegate
+from patchassign.errors import InvalidChange
+from patchassign.sandbox import Sandbox
+from patchassign.systems import (
+    Applied,
+    Conflict,
+    Current,
+    Failed,
+    FindableAdapter,
+    HttpRequest,
+    HttpResponse,
+    Retry,
+    Unchanged,
+)
+
+from .helpers import drive, send
+
+if TYPE_CHECKING:
+    import aiohttp
+
+OPEN = {
+    "id": "a1",
+    "status": "pending",
+    "assigneeEmail": "ada@example.com",
+    "allowDelegation": True,
+    "_etag": '"1"',
+}
+
+
+def delegate(**kw: Any) -> Delegate:
+    return Delegate(
+        system="findable", record=kw.pop("record", "a1"), to=kw.pop("to", "eve@example.com"), **kw
+    )
+
+
+def test_request_and_the_not_idempotent_contract() -> None:
+    a = FindableAdapter("https://findable.example.com/api", "aad-token")
+    assert a.idempotent is False
+    req = a.prepare(delegate(reason="holiday"), Current(OPEN, '"1"'))
+    assert isinstance(req, HttpRequest)
+    assert (req.method, req.url) == (
+        "POST",
+        "https://findable.example.com/api/assignments/a1/delegate",
+    )
+    assert req.headers["Authorization"] == "Bearer aad-token"
+    assert req.body is not None
+    assert json.loads(req.body) == {"toUpn": "eve@example.com", "reason": "holiday"}
+
+
+@pytest.mark.parametrize(
+    ("record", "kind", "recoverable"),
+    [
+        ({**OPEN, "status": "delegated", "delegatedTo": "EVE@example.com"}, Unchanged, None),
+        ({**OPEN, "status": "delegated", "delegatedTo": "zed@example.com"}, Conflict, False),
+        ({**OPEN, "status": "completed"}, Conflict, False),
+        ({**OPEN, "allowDelegation": False}, Conflict, False),
+        ({**OPEN, "assigneeEmail": "eve@example.com"}, Unchanged, None),
+    ],
+)
+def test_prepare_reads_the_state(record: Any, kind: type, recoverable: bool | None) -> None:
+    out = FindableAdapter("https://f.example.com", "t").prepare(delegate(), Current(record, None))
+    assert isinstance(out, kind)
+    if recoverable is not None:
+        assert isinstance(out, Conflict)
+        assert out.recoverable is recoverable
+
+
+def test_bad_upn_refused() -> None:
+    with pytest.raises(InvalidChange) as e:
+        FindableAdapter("https://f.example.com", "t").check(delegate(to="eve"))
+    assert e.value.field == "to"
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (201, Applied),
+        (409, Conflict),
+        (400, Failed),
+        (401, Failed),
+        (404, Failed),
+        (429, Retry),
+        (503, Retry),
+        (500, Retry),
+    ],
+)
+def test_response_classification(status: int, kind: type) -> None:
+    payload = (
+        {**OPEN, "id": "a2"} if status == 201 else {"error": {"code": "X", "message": f"m{status}"}}
+    )
+    out = FindableAdapter("https://f.example.com", "t").outcome(
+        delegate(), HttpResponse(status, {}, json.dumps(payload).encode())
+    )
+    assert isinstance(out, kind)
+    if status == 500:
+        assert isinstance(out, Retry)
+        assert out.ambiguous
+
+
+async def test_end_to_end_a_lost_answer_is_not_delegated_twice(
+    session: aiohttp.ClientSession,
+) -> None:
+    records = {"findable": [{"id": "a b/c", "assigneeEmail": "ada@example.com"}, {"id": "x1"}]}
+    async with Sandbox(records=records, systems=["findable"]) as sb:
+        f = sb.findable
+        a = FindableAdapter(f.url, f.token)
+        out, _ = await drive(a, delegate(record="a b/c", reason="r"), session)
+        assert isinstance(out, Applied)
+        assert out.record["delegatedFrom"] == "a b/c"
+        assert f.records["a b/c"]["status"] == "delegated"
+        # Simulate an answer lost after the server applied it: the resend path re-reads first.
+        change = delegate(record="x1")
+        sent = a.prepare(change, a.current(change, await send(session, a.read(change))))  # type: ignore[arg-type]
+        assert isinstance(sent, HttpRequest)
+        await send(session, sent)  # applied; pretend we never saw the answer
+        again, writes = await drive(a, change, session)
+        assert isinstance(again, Unchanged)
+        assert writes == []
+        assert f.stats.writes["x1"] == 1
+        assert sum(1 for r in f.records.values() if r.get("delegatedFrom") == "x1") == 1
