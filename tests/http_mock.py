@@ -12,9 +12,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiohttp import ClientResponse
+from aioresponses import CallbackResult as _CallbackResult
 from aioresponses import aioresponses as _aioresponses
 
-__all__ = ["aioresponses"]
+__all__ = ["CallbackResult", "aioresponses"]
 
 
 class _Response(ClientResponse):
@@ -27,3 +28,9 @@ class aioresponses(_aioresponses):
     def add(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _Response)
         super().add(*args, **kwargs)
+
+
+class CallbackResult(_CallbackResult):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _Response)
+        super().__init__(*args, **kwargs)

@@ -16,8 +16,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..systems import (
+    BaseAdapter,
+    FindableAdapter,
+    KintoneAdapter,
+    MaxsightAdapter,
+    PerscomAdapter,
+    SuperOfficeAdapter,
+)
 from ._server import FakeServer, Stats
-from .data import demo_records
+from .data import demo_change, demo_mismatches, demo_plan, demo_records
 from .faults import Faults, FaultsSpec
 from .findable import FindableServer
 from .kintone import KintoneServer
@@ -36,6 +44,9 @@ __all__ = [
     "Sandbox",
     "Stats",
     "SuperOfficeServer",
+    "demo_change",
+    "demo_mismatches",
+    "demo_plan",
     "demo_records",
 ]
 
@@ -160,6 +171,24 @@ class Sandbox:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def adapters(self) -> dict[str, BaseAdapter]:
+        """An adapter for each running server, with the sandbox's credentials."""
+        made: dict[str, BaseAdapter] = {}
+        for name, server in self.servers.items():
+            if not server.url:
+                raise RuntimeError("the sandbox is not started")
+            if name == "kintone":
+                made[name] = KintoneAdapter(server.url, api_token=server.token)
+            elif name == "maxsight":
+                made[name] = MaxsightAdapter(server.url, server.token, assigned_by="admin")
+            elif name == "perscom":
+                made[name] = PerscomAdapter(server.url, server.token, notifications=False)
+            elif name == "superoffice":
+                made[name] = SuperOfficeAdapter(server.url, token=server.token)
+            else:
+                made[name] = FindableAdapter(server.url, server.token)
+        return made
 
     def describe(self) -> dict[str, dict[str, str]]:
         """System -> ``{"url", "token"}`` (the sandbox's own throwaway credentials)."""

@@ -1,0 +1,188 @@
+"""The dispatcher against a plain aiohttp loop, and its memory as the input grows.
+
+Throughput: one sandbox server (PERSCOM, blind ``PATCH`` assignments: one request per
+change) runs in a child process on its own core; this process sends the same requests at
+the same concurrency, over the same kind of session, first with a plain aiohttp loop (N
+workers pulling prebuilt requests), then through ``Dispatcher.run``. Rounds alternate the
+two so that drift on a noisy machine hits both; the table gives the median of the rounds.
+
+Memory: a fresh process runs ``Dispatcher.run`` over a lazily generated input of 10,000 to
+1,000,000 changes and reports its peak resident memory (``ru_maxrss``).
+
+Run: python -m benchmarks.dispatch [--changes N] [--rounds R] [--concurrency C]
+                                   [--memory 10000,100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import yarl
+
+from benchmarks._harness import machine
+from benchmarks.sandbox import _serve
+from patchassign.changes import Assign, Change
+from patchassign.dispatch import Dispatcher, Limits
+from patchassign.systems import HttpRequest, PerscomAdapter
+
+RECORDS = 10_000
+
+
+def changes(n: int, first: int = 0) -> Iterator[Change]:
+    """``n`` blind PERSCOM reassignments (no read needed), cycling over the records."""
+    for i in range(first, first + n):
+        yield Assign(system="perscom", record=i % RECORDS + 1, to=str(200 + i % 7), id=str(i))
+
+
+def _limits(concurrency: int) -> dict[str, Limits]:
+    return {"perscom": Limits(concurrency=concurrency)}
+
+
+async def plain(adapter: PerscomAdapter, n: int, first: int, concurrency: int) -> float:
+    """Requests/s of a plain aiohttp loop: each worker builds the change's request with
+    the adapter (the same bytes the dispatcher sends) and sends it."""
+    statuses: Counter[int] = Counter()
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        it = changes(n, first)
+
+        async def worker() -> None:
+            for change in it:
+                adapter.check(change)
+                req = adapter.prepare(change, None)
+                assert isinstance(req, HttpRequest)
+                url = yarl.URL(req.url, encoded=True)
+                async with session.request(req.method, url, headers=req.headers, data=req.body) as r:
+                    await r.read()
+                    statuses[r.status] += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rate = n / (time.perf_counter() - t)
+    assert statuses == {200: n}, statuses
+    return rate
+
+
+async def dispatched(adapter: PerscomAdapter, n: int, first: int, concurrency: int) -> float:
+    """Changes/s through ``Dispatcher.run`` (one request each)."""
+    ok = 0
+    async with Dispatcher([adapter], concurrency=concurrency, limits=_limits(concurrency)) as d:
+        t = time.perf_counter()
+        async for r in d.run(changes(n, first)):
+            ok += r.status == "applied"
+        rate = n / (time.perf_counter() - t)
+    assert ok == n, ok
+    return rate
+
+
+def throughput(url: str, token: str, n: int, rounds: int, concurrency: int) -> None:
+    adapter = PerscomAdapter(url, token, notifications=False)
+
+    async def go() -> tuple[list[float], list[float]]:
+        await plain(adapter, n // 2, 0, concurrency)  # warm up both paths
+        await dispatched(adapter, n // 2, 0, concurrency)
+        p: list[float] = []
+        d: list[float] = []
+        for r in range(rounds):
+            p.append(await plain(adapter, n, (2 * r + 1) * n, concurrency))
+            d.append(await dispatched(adapter, n, (2 * r + 2) * n, concurrency))
+        return p, d
+
+    p, d = asyncio.run(go())
+    mp_, md = statistics.median(p), statistics.median(d)
+    print(
+        f"\n### Throughput: {n:,} changes per round, {rounds} rounds, concurrency {concurrency}\n"
+    )
+    print("| client | requests/s (median) | rounds | vs plain loop |")
+    print("|---|---|---|---|")
+    print(f"| plain aiohttp loop | {mp_:,.0f} | {', '.join(f'{x:,.0f}' for x in p)} | 100% |")
+    print(
+        f"| patchassign Dispatcher.run | {md:,.0f} | {', '.join(f'{x:,.0f}' for x in d)} "
+        f"| {md / mp_:.0%} |",
+        flush=True,
+    )
+
+
+def _memory_child(url: str, token: str, n: int, concurrency: int) -> None:
+    """Run ``n`` changes through the dispatcher; print peak RSS and time as JSON."""
+    adapter = PerscomAdapter(url, token, notifications=False)
+
+    async def go() -> dict[str, Any]:
+        counts: Counter[str] = Counter()
+        async with Dispatcher(
+            [adapter], concurrency=concurrency, limits=_limits(concurrency)
+        ) as d:
+            t = time.perf_counter()
+            async for r in d.run(changes(n)):
+                counts[r.status] += 1
+            elapsed = time.perf_counter() - t
+        return {"n": n, "elapsed": elapsed, "statuses": dict(counts)}
+
+    out = asyncio.run(go())
+    out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def memory(url: str, token: str, sizes: list[int], concurrency: int) -> None:
+    print("\n### Peak memory of the client process as the input grows\n")
+    print("| changes | peak RSS | time | changes/s | statuses |")
+    print("|---|---|---|---|---|")
+    for n in sizes:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.dispatch", "--child", url, token, str(n)]
+            + ["--concurrency", str(concurrency)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(
+            f"| {n:,} | {got['maxrss_mib']:,.1f} MiB | {got['elapsed']:,.1f} s "
+            f"| {n / got['elapsed']:,.0f} | {got['statuses']} |",
+            flush=True,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Dispatcher throughput and memory.")
+    parser.add_argument("--changes", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--memory", default="10000,100000,1000000")
+    parser.add_argument("--child", nargs=3, metavar=("URL", "TOKEN", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        url, token, n = args.child
+        _memory_child(url, token, int(n), args.concurrency)
+        return
+    print(machine())
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_serve, args=("perscom", RECORDS, child))
+    proc.start()
+    try:
+        info: dict[str, Any] = parent.recv()
+        print(f"server: sandbox PERSCOM fake in a child process, {RECORDS:,} records")
+        throughput(info["url"], info["token"], args.changes, args.rounds, args.concurrency)
+        sizes = [int(s) for s in args.memory.split(",") if s]
+        if sizes:
+            memory(info["url"], info["token"], sizes, args.concurrency)
+    finally:
+        parent.send("stop")
+        proc.join(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""The real dispatcher against the sandbox's five fake servers, with faults on."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from patchassign.dispatch import Dispatcher, Limits, Result, RetryPolicy
+from patchassign.sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
+
+N = 2000  # records per system: 10,000 changes in all
+FAULTS = Faults(
+    throttle=0.05,  # 429 with Retry-After (Maxsight: X-RateLimit-*; Kintone: none)
+    retry_after=1,
+    unavailable=0.05,  # 503
+    drop=0.02,  # half before the change is applied, half after
+    editor=0.1,  # a concurrent editor changes the record after a read
+    seed=11,
+)
+POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=10.0, attempts=8)
+LIMITS = {"perscom": Limits(concurrency=16)}  # the sandbox has no per-minute limit
+
+
+def moved_elsewhere(i: int) -> bool:
+    """Records someone else reassigned before the run: the plan's ``expect`` no longer
+    holds, so their changes must end as conflicts (SuperOffice's odd records carry
+    ``expect``; its even ones are guarded merges, which apply to whatever is there)."""
+    return i % 97 == 0 and i % 2 == 1
+
+
+def move_elsewhere(sb: Sandbox, i: int) -> None:
+    sb.perscom.records[str(i)]["user_id"] = 999
+    sb.maxsight.records[f"task-{i:06d}"]["assignment"]["assigned_to_id"] = "team-z"
+    sb.kintone.records[f"1:{i}"]["assignees"] = ["zed"]
+    sb.superoffice.records[str(i)]["PersonId"] = 999
+    sb.findable.records[f"asg-{i:06d}"]["assigneeEmail"] = "zed@example.com"
+
+
+async def test_ten_thousand_changes_with_faults_end_applied_or_in_genuine_conflict() -> None:
+    async with Sandbox(demo=N, faults=FAULTS) as sb:
+        moved = [i for i in range(1, N + 1) if moved_elsewhere(i)]
+        for i in moved:
+            move_elsewhere(sb, i)
+        results: list[Result] = []
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, seed=5) as d:
+            async for r in d.run(demo_plan(N)):
+                results.append(r)
+
+        assert len(results) == 5 * N
+        assert len({r.index for r in results}) == 5 * N
+        by = Counter((r.system, r.status) for r in results)
+        for system in SYSTEMS:
+            assert by[system, "applied"] == N - len(moved), (system, by)
+            assert by[system, "conflict"] == len(moved), (system, by)
+        conflicts = {(r.system, r.record) for r in results if r.status == "conflict"}
+        want = set()
+        for i in moved:
+            want |= {
+                ("perscom", i),
+                ("maxsight", f"task-{i:06d}"),
+                ("kintone", f"1:{i}"),
+                ("superoffice", i),
+                ("findable", f"asg-{i:06d}"),
+            }
+        assert conflicts == want
+        for r in results:
+            if r.status == "conflict":
+                assert r.error and ("expected" in r.error or "zed" in r.error or "999" in r.error)
+
+        # The faults did happen...
+        for server in sb:
+            stats = server.stats
+            assert sum(n for (_, s), n in stats.requests.items() if s == 429) > 50
+            assert sum(n for (_, s), n in stats.requests.items() if s == 503) > 50
+            assert stats.dropped["after"] > 5
+            assert sum(stats.edits.values()) > 50
+        # ...and no change was applied twice, none lost:
+        for server in sb:
+            writes = server.stats.writes
+            assert max(writes.values()) == 1, server
+            assert sum(writes.values()) == N - len(moved), server
+        wrong = [m for m in demo_mismatches(sb, N) if int(m.split()[2].rstrip(":")) not in moved]
+        assert wrong == []
+        # the moved records are as the other party left them
+        assert all(sb.kintone.records[f"1:{i}"]["assignees"] == ["zed"] for i in moved)
+        assert all(sb.findable.records[f"asg-{i:06d}"]["status"] != "delegated" for i in moved)
+
+
+async def test_a_stopped_run_then_a_second_run_applies_everything_once() -> None:
+    """What a resume relies on: re-running a plan after a stop (with writes in flight)
+    finishes the job without applying anything twice, delegations included."""
+    n = 300
+    faults: dict[str, Any] = {"latency": 0.02, "drop": 0.05, "seed": 4}
+    async with Sandbox(demo=n, faults=faults) as sb:
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, concurrency=32) as d:
+            first: list[Result] = []
+            async with d.run(demo_plan(n)) as run:
+                async for r in run:
+                    first.append(r)
+                    if len(first) == 400:
+                        break
+            assert 0 < len(run.stopped) <= 4 * 32
+            assert all(r.status in ("applied", "unchanged", "cancelled") for r in run.stopped)
+            second = await d.send_all(demo_plan(n))
+        statuses = Counter(r.status for r in second)
+        assert statuses["applied"] + statuses["unchanged"] == 5 * n, statuses
+        done_first = sum(r.status == "applied" for r in first + run.stopped)
+        assert statuses["unchanged"] >= done_first - len(run.unconfirmed)
+        for server in sb:
+            assert max(server.stats.writes.values()) == 1, server
+        assert demo_mismatches(sb, n) == []
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+async def test_a_server_down_for_a_while_is_waited_for(system: str) -> None:
+    async with Sandbox(demo=20, systems=[system]) as sb:
+        server = sb.servers[system]
+        policy = RetryPolicy(base=0.1, cap=0.3, attempts=20, timeout=5)
+        async with Dispatcher(sb.adapters(), retry=policy, limits=LIMITS) as d:
+            await server.go_down()
+            task = asyncio.ensure_future(d.send_all(demo_plan(20, [system])))
+            await asyncio.sleep(0.5)
+            await server.come_back()
+            results = await task
+        assert {r.status for r in results} == {"applied"}
+        assert max(server.stats.writes.values()) == 1
+        assert demo_mismatches(sb, 20, [system]) == []
