@@ -64,7 +64,9 @@ async def plain(adapter: PerscomAdapter, n: int, first: int, concurrency: int) -
                 req = adapter.prepare(change, None)
                 assert isinstance(req, HttpRequest)
                 url = yarl.URL(req.url, encoded=True)
-                async with session.request(req.method, url, headers=req.headers, data=req.body) as r:
+                async with session.request(
+                    req.method, url, headers=req.headers, data=req.body
+                ) as r:
                     await r.read()
                     statuses[r.status] += 1
 
@@ -121,9 +123,7 @@ def _memory_child(url: str, token: str, n: int, concurrency: int) -> None:
 
     async def go() -> dict[str, Any]:
         counts: Counter[str] = Counter()
-        async with Dispatcher(
-            [adapter], concurrency=concurrency, limits=_limits(concurrency)
-        ) as d:
+        async with Dispatcher([adapter], concurrency=concurrency, limits=_limits(concurrency)) as d:
             t = time.perf_counter()
             async for r in d.run(changes(n)):
                 counts[r.status] += 1
@@ -141,8 +141,17 @@ def memory(url: str, token: str, sizes: list[int], concurrency: int) -> None:
     print("|---|---|---|---|---|")
     for n in sizes:
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.dispatch", "--child", url, token, str(n)]
-            + ["--concurrency", str(concurrency)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.dispatch",
+                "--child",
+                url,
+                token,
+                str(n),
+                "--concurrency",
+                str(concurrency),
+            ],
             capture_output=True,
             text=True,
             check=True,

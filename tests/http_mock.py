@@ -25,6 +25,10 @@ class _Response(ClientResponse):
 
 
 class aioresponses(_aioresponses):
+    def __enter__(self) -> aioresponses:
+        super().__enter__()
+        return self
+
     def add(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("response_class", _Response)
         super().add(*args, **kwargs)

@@ -222,12 +222,12 @@ def _mismatch(
         return None
     key = f"asg-{i:06d}"
     rec = records[key]
-    want = f"{TEAM_B[b]}@example.com"
-    if rec["status"] != "delegated" or rec.get("delegatedTo") != want:
-        return f"status {rec['status']!r}, delegated to {rec.get('delegatedTo')!r}, want {want}"
+    email = f"{TEAM_B[b]}@example.com"
+    if rec["status"] != "delegated" or rec.get("delegatedTo") != email:
+        return f"status {rec['status']!r}, delegated to {rec.get('delegatedTo')!r}, want {email}"
     found = successors.get(key, [])
     if len(found) != 1:
         return f"{len(found)} successors, want exactly 1"
-    if found[0]["assigneeEmail"] != want:
-        return f"successor assigned to {found[0]['assigneeEmail']!r}, want {want}"
+    if found[0]["assigneeEmail"] != email:
+        return f"successor assigned to {found[0]['assigneeEmail']!r}, want {email}"
     return None

@@ -88,6 +88,7 @@ async def test_the_deadline_bounds_a_change_that_gets_no_answer(slow: Slow) -> N
         took = time.monotonic() - t
     assert took < 2.5
     assert r.status == "failed"
-    assert r.error is not None and ("deadline" in r.error or "no answer" in r.error)
+    assert r.error is not None
+    assert "deadline" in r.error or "no answer" in r.error
     assert r.unconfirmed  # a PATCH went out and nobody knows whether it landed
     assert slow.patches >= 2
