@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from .bulk import InvalidPlan, Options, Validation, run_plan, validate_plan
+from .config import Config, load_config
+from .diff import make_patch
+from .dispatch import Limits
+from .errors import ConfigError, PatchError
+from .merge import apply_merge_patch, make_merge_patch
+from .patch import JsonPatch, apply_patch
 
 __all__ = ["main"]
 
@@ -50,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--systems", metavar="LIST", help="comma-separated subset of systems")
     sb.add_argument("--json", action="store_true", help="print the URLs and tokens as JSON")
+    _run_parsers(sub)
+    _demo_parser(sub)
+    _core_parsers(sub)
     return parser
 
 
@@ -87,16 +104,415 @@ async def _sandbox(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_parsers(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="send a plan's changes (validated first), with a journal for --resume",
+        description="Validate the whole plan, then send its changes through the dispatcher. "
+        "Every outcome goes to the journal (SQLite) so that a run killed at any moment can "
+        "be finished with --resume without applying anything twice. Exit status: 0 every "
+        "change applied (or already in place), 1 not all, 2 bad input, 130 interrupted.",
+    )
+    run.add_argument("plan", type=Path, help="the plan: JSON Lines, one change per line")
+    run.add_argument("--config", "-c", type=Path, required=True, help="systems TOML file")
+    _run_options(run)
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--journal", type=Path, help="journal file (default: PLAN.journal)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run: skip what the journal has, read the rest before writing",
+    )
+    p.add_argument("--retry-failed", action="store_true", help="with --resume: redo failed ones")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read records (GET only) and print the write each change would send; write nothing",
+    )
+    p.add_argument(
+        "--skip-invalid", action="store_true", help="send the valid lines even if some are not"
+    )
+    p.add_argument("--results", type=Path, help="write one JSON line per plan line here")
+    p.add_argument("--concurrency", type=int, help="requests in flight over all systems")
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="SYSTEM=C[:RATE[:BURST]]",
+        help="per-system limit: concurrency, requests/s and burst (repeatable), e.g. "
+        "kintone=20 or perscom=8:10:5",
+    )
+    p.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "none"],
+        default="auto",
+        help="progress display (auto: a bar on a terminal, log lines otherwise)",
+    )
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between log lines",
+    )
+
+
+def _limits(specs: list[str]) -> dict[str, Limits]:
+    from .changes import SYSTEM_NAMES
+
+    out: dict[str, Limits] = {}
+    for spec in specs:
+        name, eq, values = spec.partition("=")
+        if not eq or name not in SYSTEM_NAMES:
+            raise UsageError(
+                f"--limit {spec!r}: expected SYSTEM=C[:RATE[:BURST]] with a known system"
+            )
+        parts = values.split(":")
+        try:
+            conc = int(parts[0])
+            rate = float(parts[1]) if len(parts) > 1 and parts[1] else None
+            burst = int(parts[2]) if len(parts) > 2 else 1
+            out[name] = msgspec.convert({"concurrency": conc, "rate": rate, "burst": burst}, Limits)
+        except (ValueError, IndexError, msgspec.ValidationError) as e:
+            raise UsageError(f"--limit {spec!r}: {e}") from None
+    return out
+
+
+def _options(args: argparse.Namespace, config: Config, plan: Path) -> Options:
+    if args.concurrency is not None and not 1 <= args.concurrency <= 10_000:
+        raise UsageError("--concurrency must be between 1 and 10000")
+    if args.retry_failed and not args.resume:
+        raise UsageError("--retry-failed goes with --resume")
+    if args.progress_interval <= 0:
+        raise UsageError("--progress-interval must be positive")
+    return Options(
+        plan=plan,
+        config=config,
+        journal=args.journal,
+        resume=args.resume,
+        dry_run=args.dry_run,
+        skip_invalid=args.skip_invalid,
+        retry_failed=args.retry_failed,
+        results=args.results,
+        progress=args.progress,
+        progress_interval=args.progress_interval,
+        concurrency=args.concurrency,
+        limits=_limits(args.limit),
+    )
+
+
+async def _cancellable(coro: Coroutine[Any, Any, int]) -> int:
+    """Run ``coro``; SIGTERM stops it like Ctrl-C does (cleanly, then exit 130)."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await task
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _execute(opts: Options) -> int:
+    try:
+        report = await run_plan(opts)
+    except InvalidPlan as e:
+        _print_invalid(e.validation)
+        raise UsageError(
+            f"{e.validation.invalid:,} invalid line(s) in {opts.plan}; nothing was sent "
+            "(fix them, or pass --skip-invalid)"
+        ) from None
+    print(report.render(), file=sys.stderr)
+    return EXIT_OK if report.all_applied else EXIT_FAILED
+
+
+def _print_invalid(v: Validation) -> None:
+    for line, error in v.errors[:50]:
+        print(f"line {line}: {error}", file=sys.stderr)
+    if v.invalid > 50:
+        print(f"... and {v.invalid - 50:,} more", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    opts = _options(args, config, args.plan)
+    _readable(args.plan)
+    return asyncio.run(_cancellable(_execute(opts)))
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
+def _readable(path: Path) -> None:
+    if not path.is_file():
+        raise UsageError(f"no such file: {path}")
+
+
+# -- validate, diff, apply ---------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path: Path = args.file
+    _readable(path)
+    as_plan = (
+        args.plan
+        or path.suffix in (".jsonl", ".ndjson")
+        or (not args.patch and _looks_like_plan(path))
+    )
+    if not as_plan:
+        data = path.read_bytes()
+        try:
+            patch = JsonPatch.from_json(data, case_insensitive=args.case_insensitive)
+        except PatchError as e:
+            raise UsageError(f"{path}: {e}") from None
+        print(f"{path}: a valid JSON Patch of {len(patch)} operation(s)")
+        return EXIT_OK
+    config = _load(args.config) if args.config else None
+    v = validate_plan(path, config)
+    if v.invalid:
+        _print_invalid(v)
+    systems = ", ".join(f"{n:,} {s}" for s, n in sorted(v.by_system.items()))
+    print(
+        f"{path}: {v.valid:,} valid change(s) ({systems or 'none'}), {v.invalid:,} invalid"
+        + ("" if config else " (adapters not checked: give --config to check values)")
+    )
+    return EXIT_OK if not v.invalid else EXIT_FAILED
+
+
+def _looks_like_plan(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip()
+    return head.startswith(b"{")
+
+
+def _json_file(path: Path) -> Any:
+    _readable(path)
+    try:
+        return msgspec.json.decode(path.read_bytes())
+    except msgspec.DecodeError as e:
+        raise UsageError(f"{path}: not JSON: {e}") from None
+
+
+def _diff(args: argparse.Namespace) -> int:
+    a, b = _json_file(args.a), _json_file(args.b)
+    if args.merge:
+        if args.guard:
+            raise UsageError("--guard applies to JSON Patch output, not --merge")
+        out: Any = make_merge_patch(a, b)
+    else:
+        out = make_patch(a, b, guard=args.guard).to_list()
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(out), indent=2).decode() + "\n")
+    return EXIT_OK
+
+
+def _apply(args: argparse.Namespace) -> int:
+    doc, patch = _json_file(args.doc), _json_file(args.patch)
+    try:
+        if args.merge:
+            result = apply_merge_patch(doc, patch, case_insensitive=args.case_insensitive)
+        else:
+            result = apply_patch(doc, patch, case_insensitive=args.case_insensitive)
+    except PatchError as e:
+        print(f"patchassign apply: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(result), indent=2).decode() + "\n")
+    return EXIT_OK
+
+
+def _core_parsers(sub: Any) -> None:
+    v = sub.add_parser(
+        "validate",
+        help="check a plan (JSON Lines) or a JSON Patch document without sending anything",
+    )
+    v.add_argument("file", type=Path)
+    v.add_argument("--config", "-c", type=Path, help="also check values against each system")
+    kind = v.add_mutually_exclusive_group()
+    kind.add_argument("--plan", action="store_true", help="the file is a plan")
+    kind.add_argument("--patch", action="store_true", help="the file is a JSON Patch")
+    v.add_argument("--case-insensitive", action="store_true", help="patch paths ignore case")
+
+    d = sub.add_parser("diff", help="print the patch that turns A.json into B.json")
+    d.add_argument("a", type=Path)
+    d.add_argument("b", type=Path)
+    d.add_argument("--merge", action="store_true", help="an RFC 7396 merge patch instead")
+    d.add_argument("--guard", action="store_true", help="add test ops pinning the old values")
+
+    a = sub.add_parser("apply", help="apply PATCH.json to DOC.json and print the result")
+    a.add_argument("doc", type=Path)
+    a.add_argument("patch", type=Path)
+    a.add_argument("--merge", action="store_true", help="PATCH is an RFC 7396 merge patch")
+    a.add_argument(
+        "--case-insensitive", action="store_true", help="paths ignore case; leading slash optional"
+    )
+
+
+# -- demo -------------------------------------------------------------------------------------
+
+
+def _demo_parser(sub: Any) -> None:
+    demo = sub.add_parser(
+        "demo",
+        help="start the sandbox, run a reassignment plan against it, check the result",
+        description="Start the five fake servers on 127.0.0.1, seed them with records owned "
+        "by team A, write a plan that moves them all to team B, run it with some faults on "
+        "(429s, 503s, dropped connections, concurrent editors), print the report, and check "
+        "the servers' final state. Needs no credentials and no network.",
+    )
+    demo.add_argument(
+        "--records", type=int, default=600, metavar="N", help="records per system (default 600)"
+    )
+    demo.add_argument("--no-faults", action="store_true", help="servers that never misbehave")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the servers' faults")
+    demo.add_argument("--keep", type=Path, metavar="DIR", help="keep plan, config, journal here")
+    demo.add_argument(
+        "--progress",
+        choices=["auto", "bar", "log", "none"],
+        default="auto",
+        help="progress display",
+    )
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from .sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+
+    if not 1 <= args.records <= 200_000:
+        raise UsageError("--records must be between 1 and 200000")
+    faults = None
+    if not args.no_faults:
+        faults = Faults(
+            throttle=0.03, retry_after=1, unavailable=0.03, drop=0.01, editor=0.05, seed=args.seed
+        )
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            folder = args.keep
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            folder = Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="patchassign-demo-"))
+            )
+        plan = folder / "plan.jsonl"
+        journal = folder / "plan.jsonl.journal"
+        journal.unlink(missing_ok=True)
+        for extra in ("-wal", "-shm"):
+            Path(str(journal) + extra).unlink(missing_ok=True)
+        async with Sandbox(demo=args.records, faults=faults) as sb:
+            with open(plan, "wb") as f:
+                for change in demo_plan(args.records):
+                    f.write(msgspec.json.encode(change) + b"\n")
+            env = _demo_config(sb, folder / "systems.toml")
+            config = load_config(folder / "systems.toml", env=env)
+            n = 5 * args.records
+            print(
+                f"patchassign demo: 5 fake systems on 127.0.0.1, {args.records:,} records each, "
+                f"owned by team A; moving all {n:,} to team B"
+                + ("" if args.no_faults else " with faults on (429, 503, drops, editors)"),
+                file=sys.stderr,
+            )
+            print(f"plan: {plan}  config: {folder / 'systems.toml'}", file=sys.stderr)
+            opts = Options(
+                plan=plan,
+                config=config,
+                journal=journal,
+                results=folder / "results.jsonl",
+                progress=args.progress,
+                progress_interval=2.0,
+            )
+            report = await run_plan(opts)
+            print(report.render(), file=sys.stderr)
+            wrong = demo_mismatches(sb, args.records)
+            doubles = sum(
+                1 for server in sb for n_writes in server.stats.writes.values() if n_writes > 1
+            )
+            faults_seen = sum(
+                n
+                for server in sb
+                for (_, status), n in server.stats.requests.items()
+                if status in (429, 503)
+            ) + sum(sum(server.stats.dropped.values()) for server in sb)
+        if faults is not None:
+            print(
+                f"faults the servers injected and the run absorbed: {faults_seen:,}",
+                file=sys.stderr,
+            )
+        if wrong or doubles:
+            for m in wrong[:20]:
+                print(f"MISMATCH {m}", file=sys.stderr)
+            print(
+                f"verification FAILED: {len(wrong):,} records not as planned, "
+                f"{doubles:,} applied twice",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        print(
+            f"verified: all {n:,} records are now with team B, each change applied once",
+            file=sys.stderr,
+        )
+        if args.keep:
+            print(
+                f"kept in {folder}: plan.jsonl, systems.toml, results.jsonl, the journal",
+                file=sys.stderr,
+            )
+    return EXIT_OK if report.all_applied else EXIT_FAILED
+
+
+def _demo_config(sb: Any, path: Path) -> dict[str, str]:
+    """A systems.toml for the running sandbox; returns the environment holding the tokens."""
+    env: dict[str, str] = {}
+    keys = {
+        "perscom": "token_env",
+        "maxsight": "api_key_env",
+        "kintone": "api_token_env",
+        "superoffice": "token_env",
+        "findable": "token_env",
+    }
+    lines = ["# patchassign demo: the sandbox's servers; tokens come from the environment", ""]
+    for name, info in sb.describe().items():
+        var = f"DEMO_{name.upper()}_TOKEN"
+        env[var] = info["token"]
+        lines += [f"[systems.{name}]", f'url = "{info["url"]}"', f'{keys[name]} = "{var}"']
+        if name == "maxsight":
+            lines.append('assigned_by = "admin"')
+        if name == "perscom":
+            lines.append("notifications = false")
+            lines.append(
+                "rate = 0  # the real one allows 1,000 requests a minute; the fake has no limit"
+            )
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "sandbox":
             return asyncio.run(_sandbox(args))
-    except UsageError as e:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "demo":
+            return asyncio.run(_cancellable(_demo(args)))
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "diff":
+            return _diff(args)
+        if args.command == "apply":
+            return _apply(args)
+    except (UsageError, ConfigError) as e:
         print(f"patchassign {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    except OSError as e:
+        print(f"patchassign {args.command}: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
+        return EXIT_USAGE
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"patchassign {args.command}: interrupted", file=sys.stderr)
         return 130
     raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 

@@ -78,7 +78,7 @@ __all__ = [
 
 log = logging.getLogger("patchassign.dispatch")
 
-Status = Literal["applied", "unchanged", "conflict", "failed", "cancelled"]
+Status = Literal["applied", "unchanged", "conflict", "failed", "cancelled", "planned"]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -145,7 +145,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             failure found it in place), ``unchanged`` (already as wanted; nothing
             sent), ``conflict`` (the record no longer fits the change; not forced),
             ``failed`` (permanent error, or retries exhausted), ``cancelled`` (the run
-            stopped first).
+            stopped first), ``planned`` (a dry run: the write was prepared, not sent).
         attempts: Requests sent for this change (reads and writes).
         writes: Write requests among them.
         http_status: The status of the last answer, if any.
@@ -157,6 +157,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         elapsed: Seconds from start to result, waits included.
         record_after: What the system returned for an applied change (for a Findable
             delegation: the successor assignment).
+        planned: In a dry run, the write that would be sent: ``method``, ``url`` and the
+            JSON ``body`` (headers, and so credentials, are left out).
     """
 
     index: int
@@ -173,6 +175,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     started: float = 0.0
     elapsed: float = 0.0
     record_after: Any = None
+    planned: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -438,6 +441,8 @@ class Dispatcher:
         retry: The :class:`RetryPolicy`.
         verify_tls: Verify servers' TLS certificates. Turning it off is logged as a
             warning every time a dispatcher starts.
+        dry_run: Read records (GET) but never write: each change that would write ends
+            ``planned``, with the request in :attr:`Result.planned`.
         seed: Seed for the backoff jitter (tests).
     """
 
@@ -450,6 +455,7 @@ class Dispatcher:
         limits: Mapping[str, Limits] | None = None,
         retry: RetryPolicy | None = None,
         verify_tls: bool = True,
+        dry_run: bool = False,
         seed: int | None = None,
     ) -> None:
         if isinstance(adapters, Mapping):
@@ -465,6 +471,7 @@ class Dispatcher:
                 raise ConfigError(f"limits[{name!r}] must be a Limits, got {type(lim).__name__}")
         self.retry = retry or RetryPolicy()
         self.verify_tls = verify_tls
+        self.dry_run = dry_run
         self._rng = random.Random(seed)  # noqa: S311 - jitter, not secrets
         self._session = session
         self._own_session = session is None
@@ -530,17 +537,21 @@ class Dispatcher:
 
     # -- public API ----------------------------------------------------------------------
 
-    def run(self, changes: Iterable[Change] | AsyncIterable[Change]) -> Run:
+    def run(
+        self, changes: Iterable[Change] | AsyncIterable[Change], *, read_first: bool = False
+    ) -> Run:
         """Send ``changes``; iterate the returned :class:`Run` for results as they complete.
 
         The input is read lazily, at most a few changes ahead of the sends, and results
         wait for the consumer (backpressure): memory does not grow with the input.
+        ``read_first``: read every record before writing, even where the change does not
+        need it, so a change already in place is not sent again (a resume after a crash).
         """
-        return Run(self, changes)
+        return Run(self, changes, read_first)
 
-    async def send(self, change: Change) -> Result:
+    async def send(self, change: Change, *, read_first: bool = False) -> Result:
         """Send one change and return its result."""
-        return await self._process(_Track(0, change), None)
+        return await self._process(_Track(0, change), None, read_first)
 
     async def send_all(self, changes: Iterable[Change] | AsyncIterable[Change]) -> list[Result]:
         """Send ``changes`` concurrently; results in input order."""
@@ -563,7 +574,9 @@ class Dispatcher:
             )
         return gate
 
-    async def _process(self, track: _Track, stop: asyncio.Event | None) -> Result:
+    async def _process(
+        self, track: _Track, stop: asyncio.Event | None, read_first: bool = False
+    ) -> Result:
         change = track.change
         assert change is not None
         adapter = self.adapters.get(change.system)
@@ -580,7 +593,7 @@ class Dispatcher:
         if not busy.try_acquire(key):
             await busy.acquire(key)
         try:
-            status, kw = await self._drive(adapter, change, track, stop)
+            status, kw = await self._drive(adapter, change, track, stop, read_first)
         except _Stop:
             return track.cancelled()
         finally:
@@ -588,7 +601,12 @@ class Dispatcher:
         return track.result(status, **kw)
 
     async def _drive(
-        self, adapter: Adapter, change: Change, track: _Track, stop: asyncio.Event | None
+        self,
+        adapter: Adapter,
+        change: Change,
+        track: _Track,
+        stop: asyncio.Event | None,
+        read_first: bool,
     ) -> tuple[Status, dict[str, Any]]:
         policy = self.retry
         loop = asyncio.get_running_loop()
@@ -596,7 +614,7 @@ class Dispatcher:
         gate = self._gate(adapter.system)
         failures = 0
         conflicts = 0
-        must_read = False  # after a conflict or an ambiguous failure
+        must_read = read_first  # and after a conflict or an ambiguous failure
         maybe_applied = False  # a write went out and may have been applied
 
         async def wait(after: float | None, why: str) -> str | None:
@@ -655,6 +673,8 @@ class Dispatcher:
                 return "conflict", {"error": step.reason}
             if isinstance(step, Failed):
                 return "failed", {"error": step.reason}
+            if self.dry_run:
+                return "planned", {"planned": _planned(step)}
             if stop is not None and stop.is_set():
                 raise _Stop
             sent = await self._request(adapter.system, gate, step, track, deadline, True)
@@ -703,6 +723,8 @@ class Dispatcher:
     ) -> HttpResponse | _Broken:
         """One request under the limits; an answer, or why there is none."""
         session, slots = self._session, self._slots
+        if write and self.dry_run:  # pragma: no cover - _drive stops before
+            raise RuntimeError("a dry run never writes")
         if session is None or slots is None:
             raise RuntimeError("the dispatcher is not started: use 'async with Dispatcher(...)'")
         loop = asyncio.get_running_loop()
@@ -776,6 +798,16 @@ class Dispatcher:
         return response
 
 
+def _planned(req: HttpRequest) -> dict[str, Any]:
+    body: Any = None
+    if req.body is not None:
+        try:
+            body = msgspec.json.decode(req.body)
+        except msgspec.DecodeError:
+            body = req.body.decode("utf-8", "replace")
+    return {"method": req.method, "url": req.url, "body": body}
+
+
 class _RunState:
     """What a run shares with its workers (not the :class:`Run` itself: a run dropped by
     its consumer must be collectable, so that its generator is closed)."""
@@ -798,10 +830,15 @@ class Run:
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, changes: Iterable[Change] | AsyncIterable[Change]
+        self,
+        dispatcher: Dispatcher,
+        changes: Iterable[Change] | AsyncIterable[Change],
+        read_first: bool = False,
     ) -> None:
         self._state = _RunState()
-        self._gen: AsyncGenerator[Result, None] = _results(dispatcher, changes, self._state)
+        self._gen: AsyncGenerator[Result, None] = _results(
+            dispatcher, changes, self._state, read_first
+        )
 
     def __aiter__(self) -> Self:
         return self
@@ -904,7 +941,10 @@ class _Pool:
 
 
 async def _results(
-    d: Dispatcher, changes: Iterable[Change] | AsyncIterable[Change], state: _RunState
+    d: Dispatcher,
+    changes: Iterable[Change] | AsyncIterable[Change],
+    state: _RunState,
+    read_first: bool,
 ) -> AsyncGenerator[Result, None]:
     n = d.concurrency
     todo: asyncio.Queue[tuple[int, Change] | None] = asyncio.Queue(maxsize=n)
@@ -949,7 +989,7 @@ async def _results(
                 if item is None:
                     break
                 track.reset(*item)
-                res = await d._process(track, stop)
+                res = await d._process(track, stop, read_first)
                 track.change = None
                 if stop.is_set():
                     state.stopped.append(res)

@@ -1,0 +1,232 @@
+"""The systems configuration file (TOML): where the systems are, how to log in, how hard to push.
+
+Credentials are never in the file: it names the environment variables that hold them
+(``token_env = "KINTONE_TOKEN"``), and they are read into :class:`~patchassign.systems.Secret`
+values when the file is loaded. See ``docs/configuration.md``::
+
+    concurrency = 64
+
+    [retry]
+    attempts = 6
+    deadline = 300
+
+    [systems.kintone]
+    url = "https://acme.kintone.com"
+    api_token_env = "KINTONE_TOKEN"      # several tokens: comma-separated in the variable
+    app = 7
+    concurrency = 50                     # per-system limits: concurrency, rate, burst
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+from .dispatch import DEFAULT_LIMITS, Limits, RetryPolicy
+from .errors import ConfigError
+from .systems import (
+    Adapter,
+    FindableAdapter,
+    KintoneAdapter,
+    MaxsightAdapter,
+    PerscomAdapter,
+    Secret,
+    SuperOfficeAdapter,
+)
+
+__all__ = ["Config", "SystemConfig", "load_config", "parse_config"]
+
+_Env = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class _System(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    url: str
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    #: Requests per second; ``0`` turns off the default rate limit.
+    rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class PerscomConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    token_env: _Env
+    tenant: str | None = None
+    version: str = "v2"
+    notifications: bool = True
+
+
+class MaxsightConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    api_key_env: _Env
+    assigned_by: str | None = None
+
+
+class KintoneConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    api_token_env: _Env | None = None
+    login: str | None = None
+    password_env: _Env | None = None
+    app: int | None = None
+    space: int | None = None
+
+
+class SuperOfficeConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    token_env: _Env | None = None
+    user: str | None = None
+    password_env: _Env | None = None
+    ticket_env: _Env | None = None
+    app_token_env: _Env | None = None
+
+
+class FindableConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    token_env: _Env
+
+
+SystemConfig = PerscomConfig | MaxsightConfig | KintoneConfig | SuperOfficeConfig | FindableConfig
+
+
+class _Systems(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    perscom: PerscomConfig | None = None
+    maxsight: MaxsightConfig | None = None
+    kintone: KintoneConfig | None = None
+    superoffice: SuperOfficeConfig | None = None
+    findable: FindableConfig | None = None
+
+
+class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    systems: _Systems
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
+    verify_tls: bool = True
+    retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+
+
+class Config:
+    """A loaded configuration: adapters with their credentials, limits, retry policy."""
+
+    def __init__(
+        self,
+        adapters: dict[str, Adapter],
+        limits: dict[str, Limits],
+        retry: RetryPolicy,
+        concurrency: int,
+        verify_tls: bool,
+    ) -> None:
+        self.adapters = adapters
+        self.limits = limits
+        self.retry = retry
+        self.concurrency = concurrency
+        self.verify_tls = verify_tls
+
+    def __repr__(self) -> str:
+        return f"<Config systems={sorted(self.adapters)} concurrency={self.concurrency}>"
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+    """Read a TOML configuration file; credentials come from ``env`` (``os.environ``).
+
+    Raises:
+        ConfigError: The file is missing or not TOML, a setting is unknown or of the
+            wrong type (named by its dotted path), or a credential variable is not set.
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, env, source=str(path))
+
+
+def parse_config(
+    data: Mapping[str, Any], env: Mapping[str, str] | None = None, *, source: str = "config"
+) -> Config:
+    """A :class:`Config` from already parsed TOML data (see :func:`load_config`)."""
+    try:
+        file = msgspec.convert(data, _File)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{source}: {_where(str(e))}") from None
+    env = os.environ if env is None else env
+    adapters: dict[str, Adapter] = {}
+    limits: dict[str, Limits] = {}
+    for name in _Systems.__struct_fields__:
+        conf: SystemConfig | None = getattr(file.systems, name)
+        if conf is None:
+            continue
+        try:
+            adapters[name] = _adapter(name, conf, env)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: systems.{name}: {e}") from None
+        base = DEFAULT_LIMITS.get(name, Limits())
+        limits[name] = Limits(
+            concurrency=conf.concurrency or base.concurrency,
+            rate=(conf.rate or None) if conf.rate is not None else base.rate,
+            burst=conf.burst or base.burst,
+        )
+    if not adapters:
+        raise ConfigError(f"{source}: no systems configured (add a [systems.<name>] table)")
+    return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls)
+
+
+def _secret(env: Mapping[str, str], var: str | None, what: str) -> Secret | None:
+    if var is None:
+        return None
+    value = env.get(var)
+    if not value:
+        raise ConfigError(f"{what}: environment variable {var} is not set")
+    return Secret(value)
+
+
+def _adapter(name: str, conf: SystemConfig, env: Mapping[str, str]) -> Adapter:
+    if isinstance(conf, PerscomConfig):
+        token = _secret(env, conf.token_env, "token_env")
+        assert token is not None
+        return PerscomAdapter(
+            conf.url,
+            token,
+            version=conf.version,
+            tenant=conf.tenant,
+            notifications=conf.notifications,
+        )
+    if isinstance(conf, MaxsightConfig):
+        key = _secret(env, conf.api_key_env, "api_key_env")
+        assert key is not None
+        return MaxsightAdapter(conf.url, key, assigned_by=conf.assigned_by)
+    if isinstance(conf, KintoneConfig):
+        tokens: list[str | Secret] | None = None
+        joined = _secret(env, conf.api_token_env, "api_token_env")
+        if joined is not None:
+            tokens = [Secret(t.strip()) for t in joined.reveal().split(",") if t.strip()]
+        return KintoneAdapter(
+            conf.url,
+            api_token=tokens,
+            login=conf.login,
+            password=_secret(env, conf.password_env, "password_env"),
+            app=conf.app,
+            space=conf.space,
+        )
+    if isinstance(conf, SuperOfficeConfig):
+        return SuperOfficeAdapter(
+            conf.url,
+            token=_secret(env, conf.token_env, "token_env"),
+            user=conf.user,
+            password=_secret(env, conf.password_env, "password_env"),
+            ticket=_secret(env, conf.ticket_env, "ticket_env"),
+            app_token=_secret(env, conf.app_token_env, "app_token_env"),
+        )
+    assert isinstance(conf, FindableConfig)
+    token = _secret(env, conf.token_env, "token_env")
+    assert token is not None
+    return FindableAdapter(conf.url, token)
+
+
+def _where(message: str) -> str:
+    """msgspec's "Object contains unknown field `x` - at `$.systems.kintone`" made plain."""
+    reason, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message
+    path = where.rstrip("`").lstrip(".")
+    return f"{path}: {reason}" if path else reason

@@ -1,0 +1,238 @@
+"""The other commands: validate, diff, apply, demo; and the journal and config on their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from patchassign.cli import main
+from patchassign.config import load_config, parse_config
+from patchassign.dispatch import Limits, Result
+from patchassign.errors import ConfigError
+from patchassign.journal import Journal, JournalError
+from patchassign.systems import KintoneAdapter, PerscomAdapter
+
+
+def write(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_diff_prints_a_patch_and_a_merge_patch(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write(tmp_path / "a.json", {"owner": "ada", "team": "A", "n": 1})
+    b = write(tmp_path / "b.json", {"owner": "eve", "team": "A"})
+    assert main(["diff", str(a), str(b)]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"op": "replace", "path": "/owner", "value": "eve"},
+        {"op": "remove", "path": "/n"},
+    ]
+    assert main(["diff", str(a), str(b), "--guard"]) == 0
+    ops = json.loads(capsys.readouterr().out)
+    assert {"op": "test", "path": "/owner", "value": "ada"} in ops
+    assert main(["diff", str(a), str(b), "--merge"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"owner": "eve", "n": None}
+
+
+def test_apply_with_case_insensitive_paths(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = write(tmp_path / "doc.json", {"Department": "Sales"})
+    patch = write(tmp_path / "p.json", [{"op": "replace", "path": "department", "value": "Ops"}])
+    assert main(["apply", str(doc), str(patch), "--case-insensitive"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"Department": "Ops"}
+    assert main(["apply", str(doc), str(patch)]) == 1  # strict: no such member
+    assert "department" in capsys.readouterr().err
+    merge = write(tmp_path / "m.json", {"department": None})
+    assert main(["apply", str(doc), str(merge), "--merge", "--case-insensitive"]) == 0
+    assert json.loads(capsys.readouterr().out) == {}
+
+
+def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path / "p.json", [{"op": "add", "path": "/a", "value": 1}])
+    assert main(["validate", str(good)]) == 0
+    assert "valid JSON Patch of 1 operation" in capsys.readouterr().out
+    bad = write(tmp_path / "bad.json", [{"op": "move", "path": "/a"}])
+    assert main(["validate", str(bad)]) == 2
+    assert "from" in capsys.readouterr().err
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text(
+        '{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n'
+        "\n"
+        '{"system": "kintone", "record": "1:2", "action": "asign", "to": "eve"}\n'
+    )
+    assert main(["validate", str(plan)]) == 1
+    captured = capsys.readouterr()
+    assert "line 3:" in captured.err
+    assert "asign" in captured.err
+    assert "1 valid change(s) (1 kintone), 1 invalid" in captured.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["diff", "nope.json", "nope.json"], "no such file"),
+        (["apply", "x.json", "y.json"], "no such file"),
+        (["run", "plan.jsonl"], "--config"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) if args[0] == "run" else _nothing():
+        code = main(args)
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_not_json_input_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = tmp_path / "a.json"
+    a.write_text("{not json")
+    assert main(["diff", str(a), str(a)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("patchassign diff:")
+    assert "not JSON" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_demo_runs_and_verifies() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "patchassign", "demo", "--records", "40", "--progress", "log"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "result: every change applied" in r.stderr
+    assert "verified: all 200 records are now with team B, each change applied once" in r.stderr
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_config_builds_adapters_and_limits_with_secrets_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "systems.toml"
+    path.write_text(
+        """
+concurrency = 32
+[retry]
+attempts = 4
+[systems.kintone]
+url = "https://acme.kintone.com"
+api_token_env = "K_TOKENS"
+app = 7
+concurrency = 20
+[systems.perscom]
+url = "https://api.perscom.io"
+token_env = "P_TOKEN"
+tenant = "42"
+"""
+    )
+    cfg = load_config(path, env={"K_TOKENS": "t1, t2", "P_TOKEN": "perscom-s3cret"})
+    assert isinstance(cfg.adapters["kintone"], KintoneAdapter)
+    assert isinstance(cfg.adapters["perscom"], PerscomAdapter)
+    assert cfg.limits["kintone"] == Limits(concurrency=20)
+    assert cfg.limits["perscom"].rate == pytest.approx(1000 / 60)  # the documented default
+    assert cfg.concurrency == 32
+    assert cfg.retry.attempts == 4
+    assert "t1" not in repr(cfg)
+    assert "s3cret" not in repr(cfg.adapters)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "systems"),
+        ({"systems": {}}, "no systems configured"),
+        ({"systems": {"jira": {"url": "x"}}}, "jira"),
+        ({"systems": {"findable": {"url": "https://f", "token_env": "NOPE"}}}, "NOPE is not set"),
+        (
+            {"systems": {"findable": {"url": "ftp://f", "token_env": "T"}}},
+            "absolute http(s) URL",
+        ),
+        ({"systems": {"findable": {"url": "https://f", "token": "abc"}}}, "token"),
+        ({"concurrency": 0, "systems": {}}, "concurrency"),
+    ],
+)
+def test_config_errors_name_the_setting(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_config(data, env={"T": "x"})
+
+
+# -- journal ----------------------------------------------------------------------------------
+
+
+def result(index: int, status: str = "applied", **kw: Any) -> Result:
+    return msgspec.convert(
+        {
+            "index": index,
+            "id": f"c{index}",
+            "system": "kintone",
+            "record": f"1:{index}",
+            "status": status,
+            **kw,
+        },
+        Result,
+    )
+
+
+def test_journal_batches_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path, batch=3, interval=3600) as j:
+        j.bind("plan.jsonl", "abc", resume=False)
+        j.record(1, result(0))
+        j.record(2, result(1, "conflict", error="assigned to zed"))
+        assert Journal(path).count() == 0  # buffered, not written yet
+        j.record(3, result(2, "failed", error="HTTP 404", elapsed=0.5))
+        assert Journal(path).count() == 3  # a batch of 3 went in one transaction
+        j.record(4, result(3, "cancelled", unconfirmed=True))
+    with Journal(path) as j:
+        assert j.count() == 4
+        assert j.done_lines() == {1, 2, 3}
+        assert j.done_lines(retry_failed=True) == {1, 2}
+        assert j.count_done() == 3
+        assert j.counts() == {
+            ("kintone", "applied"): 1,
+            ("kintone", "conflict"): 1,
+            ("kintone", "failed"): 1,
+            ("kintone", "cancelled"): 1,
+        }
+        with pytest.raises(JournalError, match="already holds 4 outcomes"):
+            j.bind("plan.jsonl", "abc", resume=False)
+        with pytest.raises(JournalError, match="another plan"):
+            j.bind("plan.jsonl", "def", resume=True)
+        j.bind("plan.jsonl", "abc", resume=True)
+        j.record(4, result(3, "applied", attempts=2))
+        j.flush()
+        row = next(r for r in j.rows() if r["line"] == 4)
+        assert row["status"] == "applied"
+        assert json.loads(row["record"]) == "1:3"
+
+
+def test_not_a_journal_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(JournalError, match="not a usable journal"):
+        Journal(path)

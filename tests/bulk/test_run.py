@@ -1,0 +1,302 @@
+"""``patchassign run`` as a user runs it: a subprocess against the sandbox (in this process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest_asyncio
+
+from patchassign.cli import _demo_config
+from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+
+
+@dataclass
+class Setup:
+    sb: Sandbox
+    dir: Path
+    plan: Path
+    config: Path
+    env: dict[str, str]
+    n: int
+
+    @property
+    def journal(self) -> Path:
+        return self.plan.with_name(self.plan.name + ".journal")
+
+
+async def patchassign(
+    setup: Setup, *args: str | Path, timeout: float = 120
+) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "patchassign",
+        *map(str, args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **setup.env},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write_plan(path: Path, n: int, extra: list[bytes] | None = None) -> None:
+    with open(path, "wb") as f:
+        for change in demo_plan(n):
+            f.write(msgspec.json.encode(change) + b"\n")
+        for line in extra or []:
+            f.write(line + b"\n")
+
+
+async def make(tmp_path: Path, n: int, faults: Any = None) -> AsyncIterator[Setup]:
+    async with Sandbox(demo=n, faults=faults) as sb:
+        config = tmp_path / "systems.toml"
+        env = _demo_config(sb, config)
+        plan = tmp_path / "plan.jsonl"
+        write_plan(plan, n)
+        yield Setup(sb, tmp_path, plan, config, env, n)
+
+
+@pytest_asyncio.fixture
+async def small(tmp_path: Path) -> AsyncIterator[Setup]:
+    async for s in make(tmp_path, 20):
+        yield s
+
+
+def results(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def writes(sb: Sandbox) -> int:
+    return sum(sum(s.stats.writes.values()) for s in sb)
+
+
+async def test_a_run_applies_the_plan_and_reports(small: Setup) -> None:
+    out_file = small.dir / "results.jsonl"
+    code, _, err = await patchassign(
+        small, "run", small.plan, "--config", small.config, "--results", out_file
+    )
+    assert code == 0, err
+    assert "result: every change applied" in err
+    assert "100 changes in" in err
+    assert "latency per change: p50" in err
+    assert demo_mismatches(small.sb, small.n) == []
+    rows = results(out_file)
+    assert [r["line"] for r in rows] == list(range(1, 101))
+    assert {r["status"] for r in rows} == {"applied"}
+    assert rows[0]["system"] == "perscom"
+    assert rows[0]["record"] == 1
+    assert rows[2]["record"] == "1:1"
+    # nothing of the credentials anywhere
+    journal_dump = "\n".join(sqlite3.connect(small.journal).iterdump())
+    for token in small.env.values():
+        assert token not in err
+        assert token not in out_file.read_text()
+        assert token not in journal_dump
+
+
+async def test_bad_lines_are_all_reported_and_nothing_is_sent(small: Setup) -> None:
+    write_plan(
+        small.plan,
+        small.n,
+        [
+            b'{"system": "kintone", "record": "1:1", "action": "assign"}',
+            b"not json",
+            b'{"system": "perscom", "record": 1, "action": "assign", "to": "eve"}',
+        ],
+    )
+    code, _, err = await patchassign(small, "run", small.plan, "--config", small.config)
+    assert code == 2
+    assert "line 101: field 'to'" in err
+    assert "line 102: not valid JSON" in err
+    assert "line 103: field 'to': a PERSCOM user is an integer user_id" in err
+    assert "3 invalid line(s)" in err
+    assert "nothing was sent" in err
+    assert "Traceback" not in err
+    assert sum(s.stats.count() for s in small.sb) == 0
+
+
+async def test_skip_invalid_sends_the_rest_and_exits_1(small: Setup) -> None:
+    write_plan(small.plan, small.n, [b"not json"])
+    out_file = small.dir / "r.jsonl"
+    code, _, err = await patchassign(
+        small, "run", small.plan, "-c", small.config, "--skip-invalid", "--results", out_file
+    )
+    assert code == 1
+    assert "NOT everything applied" in err
+    rows = results(out_file)
+    assert len(rows) == 101
+    assert rows[-1]["status"] == "invalid"
+    assert rows[-1]["line"] == 101
+    assert demo_mismatches(small.sb, small.n) == []
+
+
+async def test_dry_run_reads_and_shows_but_writes_nothing(small: Setup) -> None:
+    code, out, err = await patchassign(small, "run", small.plan, "-c", small.config, "--dry-run")
+    assert code == 0, err
+    assert writes(small.sb) == 0
+    assert all(
+        status == 200 for s in small.sb for (endpoint, status) in s.stats.requests
+    )  # reads only
+    lines = out.splitlines()
+    assert len(lines) == 100
+    assert any(
+        "kintone 1:1: PUT http://127.0.0.1:" in line and '"assignees":["fay"]' in line
+        for line in lines
+    )
+    assert any(
+        "findable asg-000001: POST" in line and '"toUpn":"fay@example.com"' in line
+        for line in lines
+    )
+    assert "would write 100" in err
+    assert not small.journal.exists()
+
+
+async def test_conflicts_and_failures_are_reported_with_exit_1(small: Setup) -> None:
+    small.sb.kintone.records["1:3"]["assignees"] = ["zed"]
+    small.sb.findable.records["asg-000004"]["status"] = "completed"
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config)
+    assert code == 1
+    assert "conflict" in err
+    assert "kintone conflict" in err
+    assert "zed" in err
+    assert "findable conflict" in err
+    assert "completed" in err
+
+
+async def test_a_journal_is_not_reused_by_accident(small: Setup) -> None:
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config)
+    assert code == 0, err
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config)
+    assert code == 2
+    assert "already holds 100 outcomes" in err
+    assert "--resume" in err
+    # resuming a finished run does nothing, and says so
+    before = sum(s.stats.count() for s in small.sb)
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config, "--resume")
+    assert code == 0, err
+    assert "100 already done" in err
+    assert sum(s.stats.count() for s in small.sb) == before
+    # a changed plan is refused
+    write_plan(small.plan, small.n - 1)
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config, "--resume")
+    assert code == 2
+    assert "belongs to another plan" in err
+
+
+async def test_configuration_errors_are_one_line(small: Setup) -> None:
+    env_less = Setup(small.sb, small.dir, small.plan, small.config, {}, small.n)
+    saved = {k: os.environ.pop(k) for k in small.env if k in os.environ}
+    try:
+        code, _, err = await patchassign(env_less, "run", small.plan, "-c", small.config)
+    finally:
+        os.environ.update(saved)
+    assert code == 2
+    assert "environment variable DEMO_PERSCOM_TOKEN is not set" in err
+    assert len(err.strip().splitlines()) == 1
+    bad = small.dir / "bad.toml"
+    bad.write_text('[systems.kintone]\nurl = "http://127.0.0.1:1"\ncolour = "blue"\n')
+    code, _, err = await patchassign(small, "run", small.plan, "-c", bad)
+    assert code == 2
+    assert "systems.kintone" in err
+    assert "colour" in err
+    code, _, err = await patchassign(small, "run", small.dir / "missing.jsonl", "-c", small.config)
+    assert code == 2
+    assert "no such file" in err
+
+
+async def test_a_run_with_faults_applies_everything_once(tmp_path: Path) -> None:
+    faults = Faults(throttle=0.05, retry_after=1, unavailable=0.05, drop=0.03, editor=0.1, seed=9)
+    async for s in make(tmp_path, 200, faults):
+        code, _, err = await patchassign(s, "run", s.plan, "-c", s.config, "--progress", "log")
+        assert code == 0, err
+        assert "progress:" in err
+        assert demo_mismatches(s.sb, s.n) == []
+        for server in s.sb:
+            assert max(server.stats.writes.values()) == 1
+            assert sum(server.stats.writes.values()) == s.n
+
+
+async def kill_at_random(setup: Setup, rng: random.Random, *extra: str) -> tuple[int, int]:
+    """Start a run, SIGKILL it once its journal shows progress.
+
+    Returns the exit status (``-9``: killed) and the outcomes journaled by then.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "patchassign",
+        "run",
+        str(setup.plan),
+        "-c",
+        str(setup.config),
+        "--progress",
+        "none",
+        "--concurrency",
+        "8",
+        *extra,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **setup.env},
+    )
+    start = 0
+    if setup.journal.exists():
+        with sqlite3.connect(setup.journal) as db:
+            start = db.execute("SELECT count(*) FROM items").fetchone()[0]
+    target = start + rng.randint(1, max(1, (5 * setup.n - start) // 3))
+    seen = start
+    for _ in range(400):
+        await asyncio.sleep(0.05)
+        if proc.returncode is not None:
+            break
+        if setup.journal.exists():
+            try:
+                with sqlite3.connect(setup.journal) as db:
+                    seen = db.execute("SELECT count(*) FROM items").fetchone()[0]
+            except sqlite3.OperationalError:
+                continue
+            if seen >= target:
+                break
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+    return await proc.wait(), int(seen)
+
+
+async def test_killed_runs_resume_without_applying_anything_twice(tmp_path: Path) -> None:
+    """kill -9 at random points, three times, then finish: same state, nothing twice."""
+    faults = Faults(latency=0.02, jitter=0.02, drop=0.02, seed=3)
+    rng = random.Random(1)
+    async for s in make(tmp_path, 120, faults):
+        extra: tuple[str, ...] = ()
+        journaled = []
+        for _ in range(3):
+            code, seen = await kill_at_random(s, rng, *extra)
+            assert code == -signal.SIGKILL  # killed mid-run, not finished
+            journaled.append(seen)
+            extra = ("--resume",)
+        assert journaled == sorted(set(journaled))  # each run got further
+        assert journaled[-1] < 5 * s.n, journaled
+        out_file = s.dir / "results.jsonl"
+        code, _, err = await patchassign(
+            s, "run", s.plan, "-c", s.config, "--resume", "--results", out_file
+        )
+        assert code == 0, err
+        assert demo_mismatches(s.sb, s.n) == []
+        for server in s.sb:
+            assert max(server.stats.writes.values()) == 1, server
+            assert sum(server.stats.writes.values()) == s.n, server
+        rows = results(out_file)
+        assert len(rows) == 5 * s.n
+        assert {r["status"] for r in rows} <= {"applied", "unchanged"}
