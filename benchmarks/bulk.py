@@ -46,7 +46,9 @@ def one(size: int, concurrency: int, folder: Path) -> dict[str, float | int]:
     )
     try:
         assert server.stdout is not None
-        described = json.loads("".join(iter(server.stdout.readline, "}\n")) + "}")
+        described: dict[str, dict[str, str]] = json.loads(
+            "".join(iter(server.stdout.readline, "}\n")) + "}"
+        )
 
         class _Described:
             def describe(self) -> dict[str, dict[str, str]]:
