@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import IO, TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -63,7 +63,28 @@ _encode = msgspec.json.Encoder().encode
 
 
 class JournalError(ConfigError):
-    """The journal cannot be used for this run (another plan's, or not a journal)."""
+    """The journal cannot be used for this run (another plan's, in use, or not a journal)."""
+
+
+def _exclusive(path: Path) -> IO[bytes]:
+    """Hold ``<journal>.lock`` exclusively: two runs must never share a journal.
+
+    The lock is the operating system's (``flock``): it goes away with the process, even
+    after ``kill -9``, so there is never a stale lock to clean up.
+    """
+    handle = open(f"{path}.lock", "ab")  # noqa: SIM115 - held until close()
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise JournalError(
+            f"{path} is in use by another run (wait for it, or stop it first)"
+        ) from None
+    return handle
 
 
 class Journal:
@@ -82,12 +103,14 @@ class Journal:
         self._buffer: list[tuple[Any, ...]] = []
         self._last = time.monotonic()
         self.run_id = 0
+        self._lock = _exclusive(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
+            self._lock.close()
             raise JournalError(f"{self.path}: not a usable journal ({e})") from None
         version = self.meta("version")
         if version is None:
@@ -108,8 +131,11 @@ class Journal:
 
     def close(self) -> None:
         """Write what is buffered and close."""
-        self.flush()
-        self._db.close()
+        try:
+            self.flush()
+            self._db.close()
+        finally:
+            self._lock.close()
 
     # -- plan identity and runs -----------------------------------------------------------
 

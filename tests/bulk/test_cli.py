@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -198,15 +199,22 @@ def result(index: int, status: str = "applied", **kw: Any) -> Result:
     )
 
 
+def stored(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
 def test_journal_batches_and_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     with Journal(path, batch=3, interval=3600) as j:
         j.bind("plan.jsonl", "abc", resume=False)
         j.record(1, result(0))
         j.record(2, result(1, "conflict", error="assigned to zed"))
-        assert Journal(path).count() == 0  # buffered, not written yet
+        assert stored(path) == 0  # buffered, not written yet
         j.record(3, result(2, "failed", error="HTTP 404", elapsed=0.5))
-        assert Journal(path).count() == 3  # a batch of 3 went in one transaction
+        assert stored(path) == 3  # a batch of 3 went in one transaction
+        with pytest.raises(JournalError, match="in use by another run"):
+            Journal(path)
         j.record(4, result(3, "cancelled", unconfirmed=True))
     with Journal(path) as j:
         assert j.count() == 4
