@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import subprocess
@@ -12,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from patchassign.bulk import Progress
 from patchassign.cli import main
 from patchassign.config import load_config, parse_config
 from patchassign.dispatch import Limits, Result
@@ -244,3 +246,33 @@ def test_not_a_journal_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(JournalError, match="not a usable journal"):
         Journal(path)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    tty = _Tty()
+    bar = Progress(4, tty, "auto")
+    assert bar.mode == "bar"
+    for status in ("applied", "conflict", "applied", "failed"):
+        bar.update(result(0, status))
+    bar.close()
+    text = tty.getvalue()
+    assert text.startswith("\r[")
+    assert "4/4 (100%)" in text
+    assert "conflicts 1 failed 1 !" in text
+    assert text.endswith("\n")
+    log = io.StringIO()
+    lines = Progress(10, log, "auto", interval=0.0)
+    assert lines.mode == "log"
+    lines.update(result(0))
+    assert log.getvalue().startswith("progress: 1/10 (10%)")
+    assert "ETA" in log.getvalue()
+    quiet = io.StringIO()
+    none = Progress(1, quiet, "none")
+    none.update(result(0))
+    none.close()
+    assert quiet.getvalue() == ""
