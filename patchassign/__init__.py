@@ -10,6 +10,7 @@ from patchassign.diff import make_patch
 from patchassign.errors import (
     InvalidPatch,
     InvalidPointer,
+    LimitExceeded,
     NotRepresentable,
     PatchConflict,
     PatchError,
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidPatch",
     "InvalidPointer",
     "JsonPatch",
+    "LimitExceeded",
     "Move",
     "NotRepresentable",
     "Operation",

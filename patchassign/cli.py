@@ -23,7 +23,7 @@ from .bulk import InvalidPlan, Options, Validation, run_plan, validate_plan
 from .config import Config, load_config
 from .diff import make_patch
 from .dispatch import Limits
-from .errors import ConfigError, PatchError
+from .errors import ConfigError, LimitExceeded, PatchError
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
 
@@ -298,6 +298,10 @@ def _json_file(path: Path) -> Any:
         return msgspec.json.decode(path.read_bytes())
     except msgspec.DecodeError as e:
         raise UsageError(f"{path}: not JSON: {e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not JSON: not valid UTF-8") from None
+    except RecursionError:
+        raise UsageError(f"{path}: {LimitExceeded()}") from None
 
 
 def _diff(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import msgspec
 
+from patchassign.errors import depth_limited
 from patchassign.patch import Add, JsonPatch, Operation, Remove, Replace, Test
 from patchassign.pointer import escape
 
@@ -29,6 +30,7 @@ _MISSING: Final = object()
 _NUMBERS: Final = (int, float)
 
 
+@depth_limited
 def make_patch(src: Any, dst: Any, *, guard: bool = False) -> JsonPatch:
     """Return a JSON Patch that turns ``src`` into ``dst``.
 

@@ -8,8 +8,9 @@ message that names the operation (by index, op and path) when there is one::
     │   └── InvalidPointer      a JSON Pointer is malformed
     ├── PatchConflict           a valid patch does not fit the document: a path is
     │                           missing, a ``test`` failed, a key is ambiguous
-    └── NotRepresentable        a change has no form in the patch format asked for
-                                (a member set to null in a merge patch, ``move``...)
+    ├── NotRepresentable        a change has no form in the patch format asked for
+    │                           (a member set to null in a merge patch, ``move``...)
+    └── LimitExceeded           a document nests deeper than supported (a ValueError)
 
     InvalidChange               an assignment change (a plan line) is malformed or not
                                 supported by its system (also a ValueError)
@@ -23,7 +24,10 @@ succeed.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any, Final, Literal, TypeVar
 
 __all__ = [
     "ConfigError",
@@ -31,6 +35,7 @@ __all__ = [
     "InvalidChange",
     "InvalidPatch",
     "InvalidPointer",
+    "LimitExceeded",
     "NotRepresentable",
     "PatchConflict",
     "PatchError",
@@ -185,6 +190,38 @@ class NotRepresentable(PatchError):
             else f"at {path or 'the document root'!r}: "
         )
         super().__init__(f"{where}{detail}")
+
+
+class LimitExceeded(PatchError, ValueError):
+    """A document is beyond what patchassign handles: nested too deeply.
+
+    JSON nesting is bounded by Python's recursion limit (``sys.getrecursionlimit()``,
+    1,000 by default: about 900 levels in practice). Deeper input is refused with this
+    error (or :class:`InvalidPatch` / :class:`InvalidChange` while decoding) instead of
+    crashing with ``RecursionError``.
+    """
+
+    def __init__(self, what: str = "the document") -> None:
+        super().__init__(
+            f"{what} is nested too deeply (the limit is Python's recursion limit, "
+            f"{sys.getrecursionlimit()} frames: about 900 levels of JSON nesting)"
+        )
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def depth_limited(fn: F) -> F:
+    """Turn a ``RecursionError`` raised by ``fn`` into :class:`LimitExceeded`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RecursionError:
+            raise LimitExceeded() from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 class InvalidChange(ValueError):

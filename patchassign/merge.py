@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from patchassign._json import json_equal
-from patchassign.errors import NotRepresentable, PatchConflict
+from patchassign.errors import NotRepresentable, PatchConflict, depth_limited
 from patchassign.patch import (
     Add,
     Copy,
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 
+@depth_limited
 def apply_merge_patch(doc: Any, merge: Any, *, case_insensitive: bool = False) -> Any:
     """Apply an RFC 7396 merge patch and return the result; ``doc`` is not mutated.
 
@@ -78,6 +79,7 @@ def _strip_nulls(merge: dict[str, Any]) -> dict[str, Any]:
     return {k: _strip_nulls(v) if type(v) is dict else v for k, v in merge.items() if v is not None}
 
 
+@depth_limited
 def make_merge_patch(src: Any, dst: Any) -> Any:
     """Return a merge patch that turns ``src`` into ``dst``.
 
@@ -134,6 +136,7 @@ def _check_no_nulls(value: dict[str, Any], path: str) -> None:
             _check_no_nulls(v, p)
 
 
+@depth_limited
 def merge_to_json_patch(
     merge: Any, base: Any = None, *, case_insensitive: bool = False
 ) -> JsonPatch:
@@ -200,6 +203,7 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
             ops.append(Replace(p, v))
 
 
+@depth_limited
 def json_patch_to_merge(patch: PatchLike) -> Any:
     """Return the merge patch with the same effect as a JSON Patch.
 

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, overload
 import msgspec
 
 from patchassign._json import a_type_name, deep_copy, json_equal, type_name
-from patchassign.errors import MISSING, InvalidPatch, InvalidPointer, PatchConflict
+from patchassign.errors import (
+    MISSING,
+    InvalidPatch,
+    InvalidPointer,
+    LimitExceeded,
+    PatchConflict,
+    depth_limited,
+)
 from patchassign.pointer import array_index, find_key, format_tokens, parse_tokens, resolve_tokens
 
 if TYPE_CHECKING:
@@ -133,7 +140,10 @@ class JsonPatch(Sequence[Operation]):
     ) -> None:
         ops = operations if isinstance(operations, list | tuple) else list(operations)
         if not all(type(o) in _KIND for o in ops):
-            ops = _convert(ops)
+            try:
+                ops = _convert(ops)
+            except RecursionError:
+                raise InvalidPatch(str(LimitExceeded("the patch document"))) from None
         self._init(tuple(ops), allowed_ops, case_insensitive)  # type: ignore[arg-type]
 
     def _init(
@@ -207,6 +217,10 @@ class JsonPatch(Sequence[Operation]):
             raise _invalid_from_msgspec(e, lambda: _any_decoder.decode(data)) from None
         except msgspec.DecodeError as e:
             raise InvalidPatch(f"not valid JSON: {e}") from None
+        except UnicodeDecodeError:
+            raise InvalidPatch("not valid JSON: the text is not valid UTF-8") from None
+        except RecursionError:
+            raise InvalidPatch(str(LimitExceeded("the patch document"))) from None
         self = cls.__new__(cls)
         self._init(tuple(ops), allowed_ops, case_insensitive)
         return self
@@ -242,6 +256,7 @@ class JsonPatch(Sequence[Operation]):
                     field="op",
                 )
 
+    @depth_limited
     def apply(
         self,
         doc: Any,
@@ -315,6 +330,7 @@ class JsonPatch(Sequence[Operation]):
         return f"JsonPatch({list(self._ops)!r})"
 
 
+@depth_limited
 def apply_patch(
     doc: Any,
     patch: PatchLike,

@@ -1,0 +1,323 @@
+"""Hostile input to the core, the plan decoder, the adapters and the CLI.
+
+Every outcome must be a typed error or a correct result: no other exception, no hang, no
+blow-up. The limits these tests pin are documented in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import patchassign as pa
+from patchassign.changes import SYSTEM_NAMES, Change, decode_change
+from patchassign.errors import InvalidChange
+from patchassign.plan import MAX_LINE, iter_plan
+from patchassign.pointer import Pointer
+from patchassign.systems import (
+    ADAPTERS,
+    Conflict,
+    Current,
+    Failed,
+    HttpRequest,
+    HttpResponse,
+    Unchanged,
+)
+
+DEEP = 100_000
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["", "a", "A", "__proto__", "~0", "/", "-"]), inner, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+HOSTILE_TOKENS = [
+    b"NaN",
+    b"Infinity",
+    b"-Infinity",
+    b"1e999",
+    b"9" * 5000,
+    b"-" + b"9" * 400,
+    b'"\\ud800"',
+    b'"\xff\xfe"',
+    b"[" * DEEP + b"]" * DEEP,
+    b"{" * 5000,
+    b'{"a":1,"a":2}',
+    b'{"__proto__":{"polluted":true}}',
+    b'"' + b"k" * 2_000_000 + b'"',
+    b"",
+    b"\x00",
+]
+
+
+def typed_patch(data: bytes | str) -> None:
+    try:
+        patch = pa.JsonPatch.from_json(data)
+    except pa.InvalidPatch:
+        return
+    docs: tuple[Any, ...] = ({}, [], {"a": {"b": [1, 2]}}, None)
+    for doc in docs:
+        with contextlib.suppress(pa.PatchConflict, pa.InvalidPatch, pa.LimitExceeded):
+            pa.apply_patch(doc, patch)
+
+
+@pytest.mark.parametrize("token", HOSTILE_TOKENS, ids=lambda t: repr(t[:12]))
+def test_hostile_values_in_a_patch_are_typed(token: bytes) -> None:
+    typed_patch(b'[{"op": "add", "path": "/a", "value": ' + token + b"}]")
+    typed_patch(b'[{"op": "add", "path": ' + token + b', "value": 1}]')
+    typed_patch(token)
+
+
+@pytest.mark.parametrize("token", HOSTILE_TOKENS, ids=lambda t: repr(t[:12]))
+def test_hostile_values_in_a_plan_line_are_typed(token: bytes) -> None:
+    lines = [
+        b'{"system": "superoffice", "record": 1, "action": "merge", "merge": {"a": '
+        + token
+        + b"}}",
+        b'{"system": "kintone", "record": ' + token + b', "action": "assign", "to": "eve"}',
+        b'{"system": "perscom", "record": 1, "action": "assign", "to": ' + token + b"}",
+        token,
+    ]
+    for number, item in iter_plan(lines):
+        if isinstance(item, InvalidChange):
+            assert item.line == number
+            continue
+        check_with_adapter(item)
+
+
+def check_with_adapter(change: Change) -> None:
+    adapter = ADAPTERS[change.system]("https://x.example", **_creds(change.system))
+    try:
+        adapter.check(change)
+    except InvalidChange:
+        return
+    for record in ({}, {"a": None}, {"assignees": [1, {}], "$revision": 3}):
+        current = Current(record, "v1")
+        step = adapter.prepare(change, current)
+        assert isinstance(step, HttpRequest | Unchanged | Conflict | Failed)
+        if isinstance(step, HttpRequest):
+            assert "\r" not in step.url
+            assert "\n" not in step.url
+            for status in (200, 201, 400, 409, 412, 429, 500, 503):
+                out = adapter.outcome(change, HttpResponse(status, {}, b'{"x": [}'))
+                assert out is not None
+
+
+def _creds(system: str) -> dict[str, Any]:
+    if system == "kintone":
+        return {"api_token": "t"}
+    if system == "superoffice":
+        return {"token": "t"}
+    if system == "maxsight":
+        return {"api_key": "k", "assigned_by": "me"}
+    return {"token": "t"}
+
+
+def test_deep_nesting_is_refused_with_a_typed_error_everywhere() -> None:
+    deep: list[Any] = []
+    cur = deep
+    for _ in range(DEEP):
+        nxt: list[Any] = []
+        cur.append(nxt)
+        cur = nxt
+    with pytest.raises(pa.LimitExceeded):
+        pa.make_patch({"a": deep}, {"a": [deep]})
+    with pytest.raises(pa.LimitExceeded):
+        pa.apply_patch({"a": deep}, [{"op": "test", "path": "/a", "value": [[1]]}])
+    with pytest.raises(pa.LimitExceeded):
+        pa.apply_patch({"a": deep}, [], independent=True)
+    with pytest.raises(pa.LimitExceeded):
+        pa.make_merge_patch({"a": deep}, {"a": [deep]})
+    with pytest.raises(pa.InvalidPatch, match="nested too deeply"):
+        pa.JsonPatch.from_json(
+            b'[{"op":"add","path":"/a","value":' + b"[" * DEEP + b"]" * DEEP + b"}]"
+        )
+    with pytest.raises(InvalidChange, match="nested too deeply"):
+        decode_change(
+            b'{"system":"superoffice","record":1,"action":"merge","merge":{"a":'
+            + b"[" * DEEP
+            + b"]" * DEEP
+            + b"}}"
+        )
+    # shallow work on a deep document that does not descend into it is fine
+    assert pa.apply_patch({"a": deep}, [{"op": "add", "path": "/b", "value": 1}])["b"] == 1
+
+
+def test_keys_with_special_meaning_elsewhere_are_plain_keys_here() -> None:
+    doc: dict[str, Any] = {}
+    for key in ("__proto__", "constructor", "prototype", "__class__", "-", ""):
+        path = "/" + key.replace("~", "~0").replace("/", "~1")
+        doc = pa.apply_patch(doc, [{"op": "add", "path": path, "value": {"polluted": True}}])
+    assert set(doc) == {"__proto__", "constructor", "prototype", "__class__", "-", ""}
+    assert pa.apply_merge_patch({}, {"__proto__": {"x": 1}}) == {"__proto__": {"x": 1}}
+    assert type(doc) is dict
+    assert not hasattr({}, "polluted")
+
+
+def test_empty_and_root_paths() -> None:
+    assert pa.apply_patch({"a": 1}, [{"op": "replace", "path": "", "value": [1]}]) == [1]
+    assert pa.apply_patch({"": 5}, [{"op": "replace", "path": "/", "value": 6}]) == {"": 6}
+    with pytest.raises(pa.InvalidPatch, match="cannot remove the whole document"):
+        pa.apply_patch({"a": 1}, [{"op": "remove", "path": ""}])
+    with pytest.raises(pa.InvalidPatch):
+        pa.apply_patch({"a": 1}, [{"op": "add", "path": "a", "value": 1}])  # strict mode
+
+
+def test_duplicate_members_in_a_plan_line_are_refused() -> None:
+    line = b'{"system": "perscom", "system": "kintone", "record": "1:1", "action": "assign", "to": "x"}'
+    with pytest.raises(InvalidChange, match="appears twice"):
+        decode_change(line)
+    nested = b'{"system": "superoffice", "record": 1, "action": "merge", "merge": {"a": 1, "a": 2}}'
+    with pytest.raises(InvalidChange, match="'a' appears twice"):
+        decode_change(nested)
+    # a member name inside a string value is not a duplicate
+    ok = b'{"system": "kintone", "record": "1:1", "action": "assign", "to": "x", "comment": "\\"system\\""}'
+    assert decode_change(ok).system == "kintone"
+
+
+def test_a_line_past_the_limit_is_refused_not_read() -> None:
+    big = (
+        b'{"system": "kintone", "record": "1:1", "action": "assign", "to": "'
+        + b"x" * MAX_LINE
+        + b'"}'
+    )
+    [(_number, item)] = list(iter_plan([big]))
+    assert isinstance(item, InvalidChange)
+    assert "longer than" in str(item)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=300))
+def test_random_bytes_as_a_patch_are_typed(data: bytes) -> None:
+    typed_patch(data)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=40), json_values)
+def test_random_pointers_are_typed(text: str, doc: Any) -> None:
+    for ci in (False, True):
+        try:
+            pointer = Pointer.parse(text, case_insensitive=ci)
+        except pa.InvalidPointer:
+            continue
+        with contextlib.suppress(pa.PatchConflict):
+            pointer.resolve(doc)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.fixed_dictionaries(
+        {
+            "system": st.sampled_from([*SYSTEM_NAMES, "jira", ""]),
+            "record": st.one_of(
+                st.text(max_size=12), st.integers(), st.none(), st.just("../admin")
+            ),
+            "action": st.sampled_from(
+                ["assign", "unassign", "delegate", "merge", "patch", "set", "x"]
+            ),
+        },
+        optional={
+            "to": st.one_of(
+                st.text(max_size=12), st.lists(st.text(max_size=5), max_size=3), st.integers()
+            ),
+            "expect": st.one_of(st.text(max_size=12), st.none()),
+            "merge": json_values,
+            "state": json_values,
+            "patch": st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "op": st.sampled_from(["add", "remove", "replace", "test", "move", "copy"]),
+                        "path": st.text(max_size=8),
+                    },
+                    optional={"value": json_values, "from": st.text(max_size=8)},
+                ),
+                max_size=3,
+            ),
+            "guard": st.booleans(),
+            "to_type": st.sampled_from(["user", "team", "x"]),
+            "comment": st.text(max_size=10),
+        },
+    )
+)
+def test_random_plan_lines_are_typed_end_to_end(obj: dict[str, Any]) -> None:
+    line = json.dumps(obj).encode()
+    [(_, item)] = list(iter_plan([line]))
+    if isinstance(item, InvalidChange):
+        return
+    check_with_adapter(item)
+
+
+@settings(max_examples=200)
+@given(json_values, json_values)
+def test_random_documents_round_trip_or_raise_typed(a: Any, b: Any) -> None:
+    patch = pa.make_patch(a, b)
+    assert msgspec_equal(pa.apply_patch(a, patch), b)
+    merge = pa.make_merge_patch(a, b) if not _has_null_member(b) else None
+    if merge is not None:
+        with contextlib.suppress(pa.PatchError):
+            pa.apply_merge_patch(a, merge)
+
+
+def _has_null_member(v: Any) -> bool:
+    if isinstance(v, dict):
+        return any(x is None or _has_null_member(x) for x in v.values())
+    if isinstance(v, list):
+        return any(_has_null_member(x) for x in v)
+    return False
+
+
+def msgspec_equal(x: Any, y: Any) -> bool:
+    from patchassign._json import json_equal
+
+    return json_equal(x, y)
+
+
+def test_the_cli_never_shows_a_traceback_for_hostile_files(tmp_path: Path) -> None:
+    files = {
+        "deep.json": b"[" * DEEP + b"]" * DEEP,
+        "nan.json": b'[{"op":"add","path":"/a","value":NaN}]',
+        "utf8.json": b'[{"op":"add","path":"/\xff","value":1}]',
+        "plan.jsonl": b"\n".join(
+            [
+                b'{"system":"perscom","system":"kintone","record":"1:1","action":"assign","to":"x"}',
+                b"[" * DEEP,
+                b'{"system":"kintone","record":"\xff","action":"assign","to":"x"}',
+                b"\x00\x01\x02",
+            ]
+        ),
+    }
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        for args in (
+            ["validate", str(path)],
+            ["apply", str(path), str(path)],
+            ["diff", str(path), str(path)],
+        ):
+            r = subprocess.run(
+                [sys.executable, "-m", "patchassign", *args],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert r.returncode in (0, 1, 2), (args, r.stderr)
+            assert "Traceback" not in r.stderr, (args, r.stderr)
