@@ -371,6 +371,8 @@ async def run_plan(
             try:
                 async with run:
                     async for r in run:
+                        if r.error is not None:
+                            r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
                         line = lines.pop(r.index)
                         run_counts[r.status] += 1
                         progress.update(r)

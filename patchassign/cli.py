@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 import tempfile
@@ -157,6 +158,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds between log lines",
     )
+    p.add_argument(
+        "--verbose", "-v", action="store_true", help="log retries and slowdowns (never credentials)"
+    )
 
 
 def _limits(specs: list[str]) -> dict[str, Limits]:
@@ -236,7 +240,19 @@ def _print_invalid(v: Validation) -> None:
         print(f"... and {v.invalid - 50:,} more", file=sys.stderr)
 
 
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if verbose:  # our own debug lines, not every library's
+        for name in ("asyncio", "aiohttp"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _run(args: argparse.Namespace) -> int:
+    _logging(args.verbose)
     config = _load(args.config)
     opts = _options(args, config, args.plan)
     _readable(args.plan)

@@ -112,8 +112,10 @@ class Config:
         retry: RetryPolicy,
         concurrency: int,
         verify_tls: bool,
+        secrets: tuple[Secret, ...] = (),
     ) -> None:
         self.adapters = adapters
+        self._secrets = secrets
         self.limits = limits
         self.retry = retry
         self.concurrency = concurrency
@@ -121,6 +123,18 @@ class Config:
 
     def __repr__(self) -> str:
         return f"<Config systems={sorted(self.adapters)} concurrency={self.concurrency}>"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured credential replaced by ``********``.
+
+        Defence in depth for what servers send back: an error message that echoes a
+        token must not carry it into the journal, the results or the report.
+        """
+        for s in self._secrets:
+            value = s.reveal()
+            if value in text:
+                text = text.replace(value, "********")
+        return text
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -152,12 +166,14 @@ def parse_config(
     env = os.environ if env is None else env
     adapters: dict[str, Adapter] = {}
     limits: dict[str, Limits] = {}
+    read: list[Secret] = []
     for name in _Systems.__struct_fields__:
         conf: SystemConfig | None = getattr(file.systems, name)
         if conf is None:
             continue
         try:
             adapters[name] = _adapter(name, conf, env)
+            read += _secrets_of(conf, env)
         except ConfigError as e:
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
         base = DEFAULT_LIMITS.get(name, Limits())
@@ -168,7 +184,20 @@ def parse_config(
         )
     if not adapters:
         raise ConfigError(f"{source}: no systems configured (add a [systems.<name>] table)")
-    return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls)
+    return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read))
+
+
+def _secrets_of(conf: SystemConfig, env: Mapping[str, str]) -> list[Secret]:
+    out = []
+    for field in conf.__struct_fields__:
+        if field.endswith("_env"):
+            var = getattr(conf, field)
+            if var is not None and env.get(var):
+                value = env[var]
+                out.append(Secret(value))
+                parts = [p.strip() for p in value.split(",")]
+                out += [Secret(p) for p in parts if p and p != value]
+    return out
 
 
 def _secret(env: Mapping[str, str], var: str | None, what: str) -> Secret | None:

@@ -208,6 +208,7 @@ class _Gate:
         "_tat",
         "_tolerance",
         "_waiters",
+        "down",
         "in_flight",
         "max",
         "paused_until",
@@ -230,6 +231,7 @@ class _Gate:
         self.threshold = threshold
         self._cut_until = 0.0
         self.slowdowns = 0
+        self.down = 0  # connection failures in a row
 
     @property
     def limit(self) -> int:
@@ -293,6 +295,14 @@ class _Gate:
                 self.in_flight += 1
                 fut.set_result(None)
 
+    def unreachable(self, now: float, rng: random.Random) -> float:
+        """No connection could be made: pause the whole system, longer each time in a
+        row (0.5 s doubling up to 30 s, jittered); returns the pause."""
+        self.down += 1
+        pause: float = min(30.0, 0.5 * 2.0 ** min(self.down - 1, 10)) * rng.uniform(0.5, 1.0)
+        self.paused_until = max(self.paused_until, now + pause)
+        return pause
+
     def feedback(self, throttled: bool, after: float | None, now: float) -> bool:
         """Learn from an answer; ``True`` when it made the system slow down."""
         if not throttled:
@@ -313,10 +323,18 @@ class _Gate:
 
 
 class _Broken(msgspec.Struct, frozen=True):
-    """A request that got no answer. ``sent``: it may have reached the server."""
+    """A request that got no answer. ``sent``: it may have reached the server.
+
+    ``unreachable``: no connection could be made (the system is down): the system's
+    gate pauses all of its traffic, and the change's attempts are not spent on it.
+    """
 
     reason: str
     sent: bool
+    unreachable: bool = False
+
+
+_DEADLINE = _Broken("the deadline came before the request could be sent", False)
 
 
 class _Track:
@@ -615,6 +633,7 @@ class Dispatcher:
         failures = 0
         conflicts = 0
         must_read = read_first  # and after a conflict or an ambiguous failure
+        last = "no answer yet"  # the last reason a request failed
         maybe_applied = False  # a write went out and may have been applied
 
         async def wait(after: float | None, why: str) -> str | None:
@@ -648,12 +667,22 @@ class Dispatcher:
                     adapter.system, gate, adapter.read(change), track, deadline, False
                 )
                 if isinstance(got, _Broken):
+                    if got is _DEADLINE:
+                        return "failed", {
+                            "error": f"deadline of {policy.deadline:g}s reached: {last}"
+                        }
+                    last = got.reason
+                    if got.unreachable:
+                        if loop.time() >= deadline:
+                            return "failed", {"error": f"deadline reached: {got.reason}"}
+                        continue  # the system's gate waits for it to come back
                     give_up = await wait(None, got.reason)
                     if give_up:
                         return "failed", {"error": give_up}
                     continue
                 read = adapter.current(change, got)
                 if isinstance(read, Retry):
+                    last = read.reason
                     give_up = await wait(read.after, read.reason)
                     if give_up:
                         return "failed", {"error": give_up}
@@ -679,9 +708,16 @@ class Dispatcher:
                 raise _Stop
             sent = await self._request(adapter.system, gate, step, track, deadline, True)
             if isinstance(sent, _Broken):
+                if sent is _DEADLINE:
+                    return "failed", {"error": f"deadline of {policy.deadline:g}s reached: {last}"}
+                last = sent.reason
                 if sent.sent:
                     maybe_applied = track.unconfirmed = True
                     must_read = True
+                elif sent.unreachable:
+                    if loop.time() >= deadline:
+                        return "failed", {"error": f"deadline reached: {sent.reason}"}
+                    continue  # the system's gate waits for it to come back
                 give_up = await wait(None, sent.reason)
                 if give_up:
                     return "failed", {"error": give_up}
@@ -696,6 +732,7 @@ class Dispatcher:
                 if outcome.ambiguous:
                     maybe_applied = track.unconfirmed = True
                     must_read = True
+                last = outcome.reason
                 give_up = await wait(outcome.after, outcome.reason)
                 if give_up:
                     return "failed", {"error": give_up}
@@ -711,6 +748,14 @@ class Dispatcher:
                 must_read = True
                 continue
             return "failed", {"error": outcome.reason}
+
+    def _down(self, system: str, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        if gate.paused_until > now:
+            return  # already paused: one pause per outage step, not one per request
+        pause = gate.unreachable(now, self._rng)
+        if gate.down == 1 or gate.down % 5 == 0:
+            log.warning("%s: cannot connect; pausing its requests for %.1fs", system, pause)
 
     async def _request(
         self,
@@ -748,7 +793,7 @@ class Dispatcher:
                 if limit >= self.retry.timeout:
                     limit = self.retry.timeout
                 elif limit <= 0:
-                    return _Broken("deadline reached before the request could be sent", False)
+                    return _DEADLINE
                 else:  # the change's deadline comes first
                     timeout = aiohttp.ClientTimeout(total=limit, sock_connect=timeout.sock_connect)
                 track.attempts += 1
@@ -766,13 +811,15 @@ class Dispatcher:
                         response = HttpResponse(r.status, r.headers, await r.read())
                 except aiohttp.ConnectionTimeoutError:
                     self.counts[system, 0] += 1
-                    return _Broken(f"cannot connect within {timeout.sock_connect:g}s", False)
+                    self._down(system, gate, loop)
+                    return _Broken(f"cannot connect within {timeout.sock_connect:g}s", False, True)
                 except TimeoutError:
                     self.counts[system, 0] += 1
                     return _Broken(f"no answer within {limit:.3g}s", True)
                 except aiohttp.ClientConnectorError as e:
                     self.counts[system, 0] += 1
-                    return _Broken(f"cannot connect: {e.os_error}", False)
+                    self._down(system, gate, loop)
+                    return _Broken(f"cannot connect: {e.os_error}", False, True)
                 except aiohttp.ClientError as e:
                     self.counts[system, 0] += 1
                     return _Broken(f"connection failed: {type(e).__name__}: {e}", True)
@@ -785,6 +832,7 @@ class Dispatcher:
         status = response.status
         track.last_status = status
         self.counts[system, status] += 1
+        gate.down = 0
         if status == 429:
             after = parse_retry_after(response.header("Retry-After"))
             if gate.feedback(True, after, loop.time()):

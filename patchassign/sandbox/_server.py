@@ -311,13 +311,21 @@ class FakeServer(abc.ABC):
 
     async def body(self, request: web.Request) -> Any:
         """The request's JSON body; raises :class:`BadBody` with a useful message."""
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionResetError:
+            # The client went away (or an outage cut it) mid-body: nobody to answer.
+            raise web.HTTPServiceUnavailable() from None
         if not raw:
             raise BadBody("the request body is empty; a JSON body is required")
         try:
             return _decode(raw)
         except msgspec.DecodeError as e:
             raise BadBody(f"the request body is not valid JSON: {e}") from None
+        except UnicodeDecodeError:
+            raise BadBody("the request body is not valid UTF-8") from None
+        except RecursionError:
+            raise BadBody("the request body is nested too deeply") from None
 
 
 class BadBody(Exception):

@@ -127,3 +127,45 @@ async def test_a_server_down_for_a_while_is_waited_for(system: str) -> None:
         assert {r.status for r in results} == {"applied"}
         assert max(server.stats.writes.values()) == 1
         assert demo_mismatches(sb, 20, [system]) == []
+
+
+async def test_chaos_short_every_fault_at_once_with_outages() -> None:
+    """The short version of ``python -m benchmarks.reliability chaos``."""
+    n = 400
+    faults = Faults(
+        throttle=0.05,
+        retry_after=1,
+        unavailable=0.05,
+        jitter=0.005,
+        spikes=0.01,
+        spike=0.3,
+        drop=0.02,
+        editor=0.1,
+        seed=17,
+    )
+    async with Sandbox(demo=n, faults=faults) as sb:
+        moved = [i for i in range(1, n + 1) if moved_elsewhere(i)]
+        for i in moved:
+            move_elsewhere(sb, i)
+        downs = 0
+
+        async def outages() -> None:
+            nonlocal downs
+            for server in sb:
+                await asyncio.sleep(0.2)
+                await server.go_down()
+                downs += 1
+                await asyncio.sleep(0.5)
+                await server.come_back()
+
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, seed=3) as d:
+            chaos = asyncio.create_task(outages())
+            results = [r async for r in d.run(demo_plan(n))]
+            await chaos
+        assert downs == 5
+        statuses = Counter(r.status for r in results)
+        assert statuses == {"applied": 5 * (n - len(moved)), "conflict": 5 * len(moved)}
+        for server in sb:
+            assert max(server.stats.writes.values()) == 1, server
+        wrong = [m for m in demo_mismatches(sb, n) if int(m.split()[2].rstrip(":")) not in moved]
+        assert wrong == []

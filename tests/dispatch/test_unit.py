@@ -536,3 +536,43 @@ def test_results_never_show_credentials() -> None:
     assert "s3cr3t" not in repr(r)
     response = HttpResponse(200, {}, b"")
     assert response.json() is None
+
+
+def _refused() -> aiohttp.ClientConnectorError:
+    return aiohttp.ClientConnectorError(
+        aiohttp.client_reqrep.ConnectionKey("h", 1, True, True, None, None, None),
+        OSError(111, "Connection refused"),
+    )
+
+
+async def test_a_system_that_is_down_pauses_and_does_not_spend_attempts(
+    mocked: aioresponses,
+) -> None:
+    seen: list[float] = []
+
+    def at(url: URL, **kw: Any) -> None:
+        seen.append(time.monotonic())
+
+    mocked.patch(p_url(), exception=_refused(), callback=at)
+    mocked.patch(p_url(), exception=_refused(), callback=at)
+    mocked.patch(p_url(), status=200, payload=p_ok(), callback=at)
+    async with dispatcher(retry=RetryPolicy(attempts=1, base=0.01)) as d:
+        r = await d.send(assign_p())
+        assert d._gates["perscom"].down == 0  # reset by the answer
+    assert r.status == "applied"
+    assert r.attempts == 3
+    # paused 0.25-0.5 s after the first refusal, 0.5-1 s after the second
+    assert seen[1] - seen[0] >= 0.25
+    assert seen[2] - seen[1] >= 0.5
+
+
+async def test_a_system_that_stays_down_fails_at_the_deadline(mocked: aioresponses) -> None:
+    mocked.patch(p_url(), exception=_refused(), repeat=True)
+    async with dispatcher(retry=RetryPolicy(deadline=1.0)) as d:
+        t = time.monotonic()
+        r = await d.send(assign_p())
+    assert time.monotonic() - t < 3
+    assert r.status == "failed"
+    assert r.error is not None
+    assert "cannot connect" in r.error
+    assert not r.unconfirmed

@@ -1,0 +1,235 @@
+"""The long reliability runs: chaos (every fault at once) and repeated kill -9 with resume.
+
+chaos: the demo plan (five systems interleaved) against the sandbox with 429s (with
+Retry-After), 503s, latency spikes, dropped connections (half after the change applied),
+concurrent editors, and every server going down for a while and coming back, all at once;
+plus records someone else reassigned before the run (their changes must end as
+conflicts). Reports applied, conflicts, failed, duplicates (must be 0), lost (must be 0)
+and the time against a fault-free run of the same plan.
+
+kills: ``patchassign run`` in a subprocess, killed with SIGKILL at random points (at least
+20 times) and resumed each time, then finished; the final state must equal the plan's and
+no change may be applied twice.
+
+Run: python -m benchmarks.reliability chaos [--records 10000]     # 5 x 10,000 changes
+     python -m benchmarks.reliability kills [--records 400] [--kills 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from benchmarks._harness import machine
+from patchassign.cli import _demo_config
+from patchassign.dispatch import Dispatcher, Limits, RetryPolicy
+from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+
+CHAOS = Faults(
+    throttle=0.05,
+    retry_after=1,
+    unavailable=0.05,
+    latency=0.0,
+    jitter=0.005,
+    spikes=0.01,
+    spike=0.5,
+    drop=0.02,
+    editor=0.1,
+    seed=2026,
+)
+POLICY = RetryPolicy(base=0.1, cap=2.0, timeout=10.0, attempts=10, deadline=600)
+LIMITS = {"perscom": Limits(concurrency=16)}  # the fake has no per-minute limit
+
+
+def moved_elsewhere(i: int) -> bool:
+    return i % 97 == 0 and i % 2 == 1
+
+
+def move_elsewhere(sb: Sandbox, i: int) -> None:
+    sb.perscom.records[str(i)]["user_id"] = 999
+    sb.maxsight.records[f"task-{i:06d}"]["assignment"]["assigned_to_id"] = "team-z"
+    sb.kintone.records[f"1:{i}"]["assignees"] = ["zed"]
+    sb.superoffice.records[str(i)]["PersonId"] = 999
+    sb.findable.records[f"asg-{i:06d}"]["assigneeEmail"] = "zed@example.com"
+
+
+async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any]:
+    async with Sandbox(demo=n, faults=faults) as sb:
+        moved = {i for i in range(1, n + 1) if moved_elsewhere(i)}
+        for i in moved:
+            move_elsewhere(sb, i)
+        statuses: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        outage_log: list[str] = []
+
+        async def outage() -> None:
+            # each server in turn: down for 3 s, back for 2 s
+            await asyncio.sleep(2)
+            for server in sb:
+                await server.go_down()
+                outage_log.append(f"{server.system} down")
+                await asyncio.sleep(3)
+                await server.come_back()
+                await asyncio.sleep(2)
+
+        t = time.perf_counter()
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, seed=1) as d:
+            chaos = asyncio.create_task(outage()) if outages else None
+            results = 0
+            async for r in d.run(demo_plan(n)):
+                statuses[r.status] += 1
+                results += 1
+                if r.status == "failed":
+                    errors[f"{r.system}: {r.error}"] += 1
+            if chaos is not None:
+                chaos.cancel()
+        elapsed = time.perf_counter() - t
+        duplicates = sum(1 for s in sb for count in s.stats.writes.values() if count > 1)
+        wrong = [m for m in demo_mismatches(sb, n) if int(m.split()[2].rstrip(":")) not in moved]
+        injected = {
+            "429": sum(c for s in sb for (_, st), c in s.stats.requests.items() if st == 429),
+            "503": sum(c for s in sb for (_, st), c in s.stats.requests.items() if st == 503),
+            "dropped": sum(sum(s.stats.dropped.values()) for s in sb),
+            "edits": sum(sum(s.stats.edits.values()) for s in sb),
+        }
+        return {
+            "changes": 5 * n,
+            "results": results,
+            "statuses": dict(statuses),
+            "expected_conflicts": 5 * len(moved),
+            "duplicates": duplicates,
+            "lost": len(wrong) + (5 * n - results),
+            "elapsed": elapsed,
+            "injected": injected,
+            "outages": len(outage_log),
+            "errors": errors.most_common(5),
+        }
+
+
+def chaos(records: int) -> None:
+    print(machine())
+    clean = asyncio.run(one_run(records, None, False))
+    rough = asyncio.run(one_run(records, CHAOS, True))
+    print(f"\n### Chaos: {5 * records:,} changes, every fault at once\n")
+    print("| run | applied | conflicts (expected) | failed | duplicates | lost | time |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in (("fault-free", clean), ("chaos", rough)):
+        s = r["statuses"]
+        print(
+            f"| {name} | {s.get('applied', 0):,} | {s.get('conflict', 0):,} "
+            f"({r['expected_conflicts']:,}) | {s.get('failed', 0):,} | {r['duplicates']} "
+            f"| {r['lost']} | {r['elapsed']:,.1f} s |"
+        )
+    inj = rough["injected"]
+    print(
+        f"\nInjected in the chaos run: {inj['429']:,} x 429, {inj['503']:,} x 503, "
+        f"{inj['dropped']:,} dropped connections, {inj['edits']:,} concurrent edits, "
+        f"{rough['outages']} server outages of 3 s; slowdown {rough['elapsed'] / clean['elapsed']:.1f}x."
+    )
+    for error, count in rough["errors"]:
+        print(f"  failed {count} x {error}")
+    ok = rough["duplicates"] == 0 and rough["lost"] == 0 and not rough["statuses"].get("failed")
+    print("PASS" if ok else "FAIL")
+    sys.exit(0 if ok else 1)
+
+
+async def kills(records: int, count: int) -> None:
+    print(machine())
+    rng = random.Random(20)
+    faults = Faults(latency=0.01, jitter=0.01, drop=0.01, seed=5)
+    with tempfile.TemporaryDirectory() as folder:
+        d = Path(folder)
+        async with Sandbox(demo=records, faults=faults) as sb:
+            env = _demo_config(sb, d / "systems.toml")
+            plan = d / "plan.jsonl"
+            with open(plan, "wb") as f:
+                for change in demo_plan(records):
+                    f.write(msgspec.json.encode(change) + b"\n")
+            journal = d / "plan.jsonl.journal"
+            total = 5 * records
+            killed_at: list[int] = []
+            t = time.perf_counter()
+            for k in range(count):
+                done = _journaled(journal)
+                target = done + rng.randint(1, max(1, (total - done) // (count - k + 1)))
+                code, seen = await _run_and_kill(plan, d, env, target, resume=k > 0)
+                if code != -signal.SIGKILL:
+                    print(f"run {k} ended by itself ({code}) before its kill point")
+                killed_at.append(seen)
+            code, _ = await _run_and_kill(plan, d, env, None, resume=True)
+            elapsed = time.perf_counter() - t
+            duplicates = sum(1 for s in sb for c in s.stats.writes.values() if c > 1)
+            wrong = demo_mismatches(sb, records)
+            print(f"\n### Kill -9 and resume: {total:,} changes, {count} kills\n")
+            print(f"journaled outcomes at each kill: {killed_at}")
+            print(
+                f"final run exit {code}; records not as planned: {len(wrong)}; "
+                f"changes applied twice: {duplicates}; total time {elapsed:,.1f} s"
+            )
+            ok = code == 0 and not wrong and duplicates == 0
+            print("PASS" if ok else "FAIL")
+            sys.exit(0 if ok else 1)
+
+
+def _journaled(journal: Path) -> int:
+    if not journal.exists():
+        return 0
+    with sqlite3.connect(journal) as db:
+        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+
+async def _run_and_kill(
+    plan: Path, d: Path, env: dict[str, str], target: int | None, *, resume: bool
+) -> tuple[int, int]:
+    args = ["-m", "patchassign", "run", str(plan), "-c", str(d / "systems.toml")]
+    args += ["--progress", "none", "--concurrency", "16"] + (["--resume"] if resume else [])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+    seen = 0
+    if target is not None:
+        while proc.returncode is None:
+            await asyncio.sleep(0.02)
+            try:
+                seen = _journaled(plan.with_name(plan.name + ".journal"))
+            except sqlite3.OperationalError:
+                continue
+            if seen >= target:
+                proc.send_signal(signal.SIGKILL)
+                break
+    return await proc.wait(), seen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Long reliability runs.")
+    sub = parser.add_subparsers(dest="what", required=True)
+    c = sub.add_parser("chaos")
+    c.add_argument("--records", type=int, default=10_000, help="per system")
+    k = sub.add_parser("kills")
+    k.add_argument("--records", type=int, default=400, help="per system")
+    k.add_argument("--kills", type=int, default=20)
+    args = parser.parse_args()
+    if args.what == "chaos":
+        chaos(args.records)
+    else:
+        asyncio.run(kills(args.records, args.kills))
+
+
+if __name__ == "__main__":
+    main()
