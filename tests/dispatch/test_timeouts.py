@@ -46,7 +46,7 @@ class Slow:
 
     async def patch(self, request: web.Request) -> web.Response:
         self.patches += 1
-        await asyncio.sleep(5)
+        await asyncio.sleep(1.5)
         return web.json_response({"data": {}})
 
 
