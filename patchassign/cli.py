@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("--systems", metavar="LIST", help="comma-separated subset of systems")
     sb.add_argument("--json", action="store_true", help="print the URLs and tokens as JSON")
+    sb.add_argument(
+        "--write-config",
+        type=Path,
+        metavar="FILE",
+        help="write a systems.toml for these servers, and print the token variables to export",
+    )
     _run_parsers(sub)
     _demo_parser(sub)
     _core_parsers(sub)
@@ -92,6 +98,11 @@ async def _sandbox(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with sandbox:
         described = sandbox.describe()
+        if args.write_config:
+            env = _demo_config(sandbox, args.write_config)
+            print(f"wrote {args.write_config}; its tokens, for your shell:", file=sys.stderr)
+            for var, value in env.items():
+                print(f"export {var}={value}", file=sys.stderr)
         if args.json:
             print(json.dumps(described, indent=2), flush=True)
         else:
