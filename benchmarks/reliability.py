@@ -35,7 +35,14 @@ import msgspec
 from benchmarks._harness import machine
 from patchassign.cli import _demo_config
 from patchassign.dispatch import Dispatcher, Limits, RetryPolicy
-from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+from patchassign.sandbox import (
+    Faults,
+    Sandbox,
+    demo_mismatches,
+    demo_plan,
+    move_elsewhere,
+    moved_elsewhere,
+)
 
 CHAOS = Faults(
     throttle=0.05,
@@ -51,18 +58,6 @@ CHAOS = Faults(
 )
 POLICY = RetryPolicy(base=0.1, cap=2.0, timeout=10.0, attempts=10, deadline=600)
 LIMITS = {"perscom": Limits(concurrency=16)}  # the fake has no per-minute limit
-
-
-def moved_elsewhere(i: int) -> bool:
-    return i % 97 == 0 and i % 2 == 1
-
-
-def move_elsewhere(sb: Sandbox, i: int) -> None:
-    sb.perscom.records[str(i)]["user_id"] = 999
-    sb.maxsight.records[f"task-{i:06d}"]["assignment"]["assigned_to_id"] = "team-z"
-    sb.kintone.records[f"1:{i}"]["assignees"] = ["zed"]
-    sb.superoffice.records[str(i)]["PersonId"] = 999
-    sb.findable.records[f"asg-{i:06d}"]["assigneeEmail"] = "zed@example.com"
 
 
 async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any]:
@@ -97,7 +92,7 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
                 chaos.cancel()
         elapsed = time.perf_counter() - t
         duplicates = sum(1 for s in sb for count in s.stats.writes.values() if count > 1)
-        wrong = [m for m in demo_mismatches(sb, n) if int(m.split()[2].rstrip(":")) not in moved]
+        wrong = demo_mismatches(sb, n, skip=set(moved))
         injected = {
             "429": sum(c for s in sb for (_, st), c in s.stats.requests.items() if st == 429),
             "503": sum(c for s in sb for (_, st), c in s.stats.requests.items() if st == 503),

@@ -658,6 +658,19 @@ class Dispatcher:
                     pool.back()
             return None
 
+        async def recover(broken: _Broken) -> tuple[Status, dict[str, Any]] | None:
+            """After a request without an answer: the final result, or None to go on."""
+            nonlocal last
+            if broken is _DEADLINE:
+                return "failed", {"error": f"deadline of {policy.deadline:g}s reached: {last}"}
+            last = broken.reason
+            if broken.unreachable:
+                if loop.time() >= deadline:
+                    return "failed", {"error": f"deadline reached: {broken.reason}"}
+                return None  # the system's gate waits for it to come back
+            give_up = await wait(None, broken.reason)
+            return ("failed", {"error": give_up}) if give_up else None
+
         while True:
             if stop is not None and stop.is_set():
                 raise _Stop
@@ -667,18 +680,9 @@ class Dispatcher:
                     adapter.system, gate, adapter.read(change), track, deadline, False
                 )
                 if isinstance(got, _Broken):
-                    if got is _DEADLINE:
-                        return "failed", {
-                            "error": f"deadline of {policy.deadline:g}s reached: {last}"
-                        }
-                    last = got.reason
-                    if got.unreachable:
-                        if loop.time() >= deadline:
-                            return "failed", {"error": f"deadline reached: {got.reason}"}
-                        continue  # the system's gate waits for it to come back
-                    give_up = await wait(None, got.reason)
-                    if give_up:
-                        return "failed", {"error": give_up}
+                    final = await recover(got)
+                    if final is not None:
+                        return final
                     continue
                 read = adapter.current(change, got)
                 if isinstance(read, Retry):
@@ -708,19 +712,12 @@ class Dispatcher:
                 raise _Stop
             sent = await self._request(adapter.system, gate, step, track, deadline, True)
             if isinstance(sent, _Broken):
-                if sent is _DEADLINE:
-                    return "failed", {"error": f"deadline of {policy.deadline:g}s reached: {last}"}
-                last = sent.reason
                 if sent.sent:
                     maybe_applied = track.unconfirmed = True
                     must_read = True
-                elif sent.unreachable:
-                    if loop.time() >= deadline:
-                        return "failed", {"error": f"deadline reached: {sent.reason}"}
-                    continue  # the system's gate waits for it to come back
-                give_up = await wait(None, sent.reason)
-                if give_up:
-                    return "failed", {"error": give_up}
+                final = await recover(sent)
+                if final is not None:
+                    return final
                 continue
             outcome = adapter.outcome(change, sent)
             if not isinstance(outcome, Retry):

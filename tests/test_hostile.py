@@ -104,6 +104,8 @@ def test_hostile_values_in_a_plan_line_are_typed(token: bytes) -> None:
 
 
 def check_with_adapter(change: Change) -> None:
+    if change.system not in ADAPTERS:
+        return  # a name of no built-in system: validation against a config refuses it
     adapter = ADAPTERS[change.system]("https://x.example", **_creds(change.system))
     try:
         adapter.check(change)

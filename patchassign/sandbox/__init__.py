@@ -25,7 +25,14 @@ from ..systems import (
     SuperOfficeAdapter,
 )
 from ._server import FakeServer, Stats
-from .data import demo_change, demo_mismatches, demo_plan, demo_records
+from .data import (
+    demo_change,
+    demo_mismatches,
+    demo_plan,
+    demo_records,
+    move_elsewhere,
+    moved_elsewhere,
+)
 from .faults import Faults, FaultsSpec
 from .findable import FindableServer
 from .kintone import KintoneServer
@@ -48,6 +55,8 @@ __all__ = [
     "demo_mismatches",
     "demo_plan",
     "demo_records",
+    "move_elsewhere",
+    "moved_elsewhere",
 ]
 
 SERVERS: dict[str, type[FakeServer]] = {

@@ -115,6 +115,7 @@ async def test_bad_lines_are_all_reported_and_nothing_is_sent(small: Setup) -> N
             b'{"system": "kintone", "record": "1:1", "action": "assign"}',
             b"not json",
             b'{"system": "perscom", "record": 1, "action": "assign", "to": "eve"}',
+            b'{"system": "jira", "record": 1, "action": "assign", "to": "eve"}',
         ],
     )
     code, _, err = await patchassign(small, "run", small.plan, "--config", small.config)
@@ -122,7 +123,8 @@ async def test_bad_lines_are_all_reported_and_nothing_is_sent(small: Setup) -> N
     assert "line 101: field 'to'" in err
     assert "line 102: not valid JSON" in err
     assert "line 103: field 'to': a PERSCOM user is an integer user_id" in err
-    assert "3 invalid line(s)" in err
+    assert "line 104: system 'jira' is not in the configuration" in err
+    assert "4 invalid line(s)" in err
     assert "nothing was sent" in err
     assert "Traceback" not in err
     assert sum(s.stats.count() for s in small.sb) == 0
