@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .dispatch import DEFAULT_LIMITS, Limits, RetryPolicy
+from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
 from .systems import (
     Adapter,
@@ -176,7 +176,7 @@ def parse_config(
             read += _secrets_of(conf, env)
         except ConfigError as e:
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
-        base = DEFAULT_LIMITS.get(name, Limits())
+        base = adapters[name].limits
         limits[name] = Limits(
             concurrency=conf.concurrency or base.concurrency,
             rate=(conf.rate or None) if conf.rate is not None else base.rate,

@@ -11,7 +11,7 @@ What it does for every change:
 
 * **Limits**: at most ``concurrency`` requests in flight overall, and per system its
   :class:`Limits` (concurrency, requests per second with a burst). Defaults respect the
-  systems' documented limits (:data:`DEFAULT_LIMITS`).
+  systems' documented limits (each adapter's ``limits``).
 * **Retries** on connection errors, timeouts, 429 and 5xx, with exponential backoff and
   full jitter, never sooner than the server's ``Retry-After``; bounded by
   :attr:`RetryPolicy.attempts` and a total :attr:`RetryPolicy.deadline` per change.
@@ -57,6 +57,7 @@ from .systems import (
     Failed,
     HttpRequest,
     HttpResponse,
+    Limits,
     Retry,
     Unchanged,
     parse_retry_after,
@@ -66,7 +67,6 @@ if TYPE_CHECKING:
     from .changes import Change
 
 __all__ = [
-    "DEFAULT_LIMITS",
     "Dispatcher",
     "Limits",
     "Result",
@@ -80,29 +80,6 @@ log = logging.getLogger("patchassign.dispatch")
 
 Status = Literal["applied", "unchanged", "conflict", "failed", "cancelled", "planned"]
 _Positive = Annotated[float, msgspec.Meta(gt=0)]
-
-
-class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """How hard one system may be driven.
-
-    Attributes:
-        concurrency: Requests in flight at once, at most.
-        rate: Requests per second (reads and writes), or ``None`` for no limit.
-        burst: Requests that may go at once before ``rate`` applies.
-    """
-
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
-    rate: _Positive | None = None
-    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
-
-
-#: Defaults from the systems' documentation (``SYSTEMS.md``): Kintone blocks a whole domain
-#: past 100 concurrent requests, so we stay at half of that; PERSCOM allows 1,000
-#: requests a minute per user. Other systems document no limit and get :class:`Limits`.
-DEFAULT_LIMITS: Mapping[str, Limits] = {
-    "kintone": Limits(concurrency=50),
-    "perscom": Limits(concurrency=16, rate=1000 / 60, burst=20),
-}
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -455,7 +432,8 @@ class Dispatcher:
             have aiohttp's silent resend of idempotent requests turned off, which the
             dispatcher's own session has (see ``docs/reliability.md``).
         concurrency: Requests in flight at once, over all systems.
-        limits: Per-system :class:`Limits`, over :data:`DEFAULT_LIMITS`.
+        limits: Per-system :class:`Limits`, over each adapter's own ``limits`` (its
+            system's documented limits).
         retry: The :class:`RetryPolicy`.
         verify_tls: Verify servers' TLS certificates. Turning it off is logged as a
             warning every time a dispatcher starts.
@@ -483,7 +461,8 @@ class Dispatcher:
         if not 1 <= concurrency <= 10_000:
             raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency}")
         self.concurrency = concurrency
-        self.limits = {**DEFAULT_LIMITS, **(limits or {})}
+        self.limits = {name: a.limits for name, a in self.adapters.items()}
+        self.limits.update(limits or {})
         for name, lim in self.limits.items():
             if not isinstance(lim, Limits):
                 raise ConfigError(f"limits[{name!r}] must be a Limits, got {type(lim).__name__}")

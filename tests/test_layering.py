@@ -31,3 +31,45 @@ def test_core_imports_with_aiohttp_blocked() -> None:
         + "assert 'aiohttp' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_dispatcher_knows_no_system_by_name() -> None:
+    """DESIGN: dispatch.py drives adapters through the protocol only; per-system
+    knowledge (limits included) lives in the adapters. Docstrings may give examples."""
+    import ast
+    from pathlib import Path
+
+    import patchassign.dispatch
+
+    tree = ast.parse(Path(patchassign.dispatch.__file__).read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    names = {"perscom", "maxsight", "kintone", "superoffice", "findable"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if id(node) in docstrings:
+                continue
+            assert not any(n in node.value.lower() for n in names), node.value
+        if isinstance(node, ast.Name | ast.Attribute):
+            text = node.id if isinstance(node, ast.Name) else node.attr
+            assert not any(n in text.lower() for n in names), text
+
+
+def test_adapters_carry_their_systems_documented_limits() -> None:
+    from patchassign.dispatch import Dispatcher, Limits
+    from patchassign.systems import KintoneAdapter, MaxsightAdapter, PerscomAdapter
+
+    k = KintoneAdapter("https://k.example", api_token="t")
+    p = PerscomAdapter("https://p.example", "t")
+    m = MaxsightAdapter("https://m.example", "k")
+    d = Dispatcher([k, p, m], limits={"maxsight": Limits(concurrency=3)})
+    assert d.limits["kintone"].concurrency == 50  # Kintone blocks a domain past 100
+    assert d.limits["perscom"].rate is not None
+    assert abs(d.limits["perscom"].rate - 1000 / 60) < 1e-9  # 1,000 a minute
+    assert d.limits["maxsight"] == Limits(concurrency=3)  # the caller's word wins

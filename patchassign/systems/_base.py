@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -40,6 +40,7 @@ __all__ = [
     "Failed",
     "HttpRequest",
     "HttpResponse",
+    "Limits",
     "Outcome",
     "Prepared",
     "Retry",
@@ -147,6 +148,20 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     delay = when.timestamp() - (time.time() if now is None else now)
     return min(max(delay, 0.0), 86_400.0)
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How hard one system may be driven.
+
+    Attributes:
+        concurrency: Requests in flight at once, at most.
+        rate: Requests per second (reads and writes), or ``None`` for no limit.
+        burst: Requests that may go at once before ``rate`` applies.
+    """
+
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
+    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
 
 
 class HttpRequest(msgspec.Struct, frozen=True):
@@ -263,6 +278,10 @@ class Adapter(Protocol):
     def versioned(self) -> bool:
         """The system checks a version token on write (optimistic concurrency)."""
 
+    @property
+    def limits(self) -> Limits:
+        """How hard the system may be driven by default (its documented limits)."""
+
     def check(self, change: Change) -> None:
         """Refuse a change this system cannot do, before anything is sent.
 
@@ -292,6 +311,8 @@ class BaseAdapter(abc.ABC):
     system: ClassVar[str]
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = False
+    #: Default limits; a system with documented limits overrides this.
+    limits: ClassVar[Limits] = Limits()
     actions: ClassVar[frozenset[str]]
 
     def __init__(self, base: str, headers: Mapping[str, str]) -> None:

@@ -24,6 +24,7 @@ from ._base import (
     Failed,
     HttpRequest,
     HttpResponse,
+    Limits,
     Outcome,
     Prepared,
     Retry,
@@ -58,6 +59,8 @@ class KintoneAdapter(BaseAdapter):
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = True
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "unassign"})
+    #: Past 100 concurrent requests Kintone blocks the whole domain: stay at half.
+    limits: ClassVar[Limits] = Limits(concurrency=50)
 
     def __init__(
         self,

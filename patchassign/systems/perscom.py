@@ -23,6 +23,7 @@ from ._base import (
     Failed,
     HttpRequest,
     HttpResponse,
+    Limits,
     Outcome,
     Prepared,
     Retry,
@@ -57,6 +58,8 @@ class PerscomAdapter(BaseAdapter):
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = False
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "set", "patch"})
+    #: 1,000 requests a minute per user.
+    limits: ClassVar[Limits] = Limits(concurrency=16, rate=1000 / 60, burst=20)
 
     def __init__(
         self,
