@@ -38,6 +38,16 @@ from patchassign.dispatch import Dispatcher, Limits
 from patchassign.systems import HttpRequest, PerscomAdapter
 
 RECORDS = 10_000
+UVLOOP = "--uvloop" in sys.argv
+
+
+def _loop_run(coro: Any) -> Any:
+    if UVLOOP:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
 
 
 def changes(n: int, first: int = 0) -> Iterator[Change]:
@@ -102,7 +112,7 @@ def throughput(url: str, token: str, n: int, rounds: int, concurrency: int) -> N
             d.append(await dispatched(adapter, n, (2 * r + 2) * n, concurrency))
         return p, d
 
-    p, d = asyncio.run(go())
+    p, d = _loop_run(go())
     mp_, md = statistics.median(p), statistics.median(d)
     print(
         f"\n### Throughput: {n:,} changes per round, {rounds} rounds, concurrency {concurrency}\n"
@@ -130,7 +140,7 @@ def _memory_child(url: str, token: str, n: int, concurrency: int) -> None:
             elapsed = time.perf_counter() - t
         return {"n": n, "elapsed": elapsed, "statuses": dict(counts)}
 
-    out = asyncio.run(go())
+    out = _loop_run(go())
     out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -151,6 +161,7 @@ def memory(url: str, token: str, sizes: list[int], concurrency: int) -> None:
                 str(n),
                 "--concurrency",
                 str(concurrency),
+                *(["--uvloop"] if UVLOOP else []),
             ],
             capture_output=True,
             text=True,
@@ -170,6 +181,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--memory", default="10000,100000,1000000")
+    parser.add_argument("--uvloop", action="store_true", help="both clients on uvloop")
     parser.add_argument("--child", nargs=3, metavar=("URL", "TOKEN", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
