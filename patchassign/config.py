@@ -84,19 +84,38 @@ class FindableConfig(_System, kw_only=True, forbid_unknown_fields=True):
     token_env: _Env
 
 
-SystemConfig = PerscomConfig | MaxsightConfig | KintoneConfig | SuperOfficeConfig | FindableConfig
+class CustomConfig(_System, kw_only=True, forbid_unknown_fields=False):
+    """A system of your own: ``adapter = "package.module:AdapterClass"``.
+
+    The adapter is built as ``AdapterClass(url, **options)``: every other key of the
+    table except the limits is passed as a keyword argument, and a key ending in ``_env``
+    is read from that environment variable and passed without the suffix
+    (``token_env = "ACME_TOKEN"`` passes ``token=<value>``).
+    """
+
+    adapter: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
 
 
-class _Systems(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    perscom: PerscomConfig | None = None
-    maxsight: MaxsightConfig | None = None
-    kintone: KintoneConfig | None = None
-    superoffice: SuperOfficeConfig | None = None
-    findable: FindableConfig | None = None
+SystemConfig = (
+    PerscomConfig
+    | MaxsightConfig
+    | KintoneConfig
+    | SuperOfficeConfig
+    | FindableConfig
+    | CustomConfig
+)
+_BUILT_IN: dict[str, type[_System]] = {
+    "perscom": PerscomConfig,
+    "maxsight": MaxsightConfig,
+    "kintone": KintoneConfig,
+    "superoffice": SuperOfficeConfig,
+    "findable": FindableConfig,
+}
+_NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 
 
 class _File(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    systems: _Systems
+    systems: dict[_NAME, dict[str, Any]]
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 64
     verify_tls: bool = True
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
@@ -167,13 +186,21 @@ def parse_config(
     adapters: dict[str, Adapter] = {}
     limits: dict[str, Limits] = {}
     read: list[Secret] = []
-    for name in _Systems.__struct_fields__:
-        conf: SystemConfig | None = getattr(file.systems, name)
-        if conf is None:
-            continue
+    for name, table in file.systems.items():
+        kind = _BUILT_IN.get(name, CustomConfig)
         try:
-            adapters[name] = _adapter(name, conf, env)
-            read += _secrets_of(conf, env)
+            conf: SystemConfig = msgspec.convert(table, kind)  # type: ignore[assignment]
+        except msgspec.ValidationError as e:
+            reason = _where(str(e))
+            if kind is CustomConfig and "adapter" in reason:
+                reason += (
+                    f" ({name!r} is not a built-in system: give "
+                    "adapter = 'package.module:AdapterClass')"
+                )
+            raise ConfigError(f"{source}: systems.{name}: {reason}") from None
+        try:
+            adapters[name] = _adapter(name, conf, env, table)
+            read += _secrets_of(table, env)
         except ConfigError as e:
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
         base = adapters[name].limits
@@ -187,16 +214,14 @@ def parse_config(
     return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read))
 
 
-def _secrets_of(conf: SystemConfig, env: Mapping[str, str]) -> list[Secret]:
+def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret]:
     out = []
-    for field in conf.__struct_fields__:
-        if field.endswith("_env"):
-            var = getattr(conf, field)
-            if var is not None and env.get(var):
-                value = env[var]
-                out.append(Secret(value))
-                parts = [p.strip() for p in value.split(",")]
-                out += [Secret(p) for p in parts if p and p != value]
+    for field, var in table.items():
+        if field.endswith("_env") and isinstance(var, str) and env.get(var):
+            value = env[var]
+            out.append(Secret(value))
+            parts = [p.strip() for p in value.split(",")]
+            out += [Secret(p) for p in parts if p and p != value]
     return out
 
 
@@ -209,7 +234,44 @@ def _secret(env: Mapping[str, str], var: str | None, what: str) -> Secret | None
     return Secret(value)
 
 
-def _adapter(name: str, conf: SystemConfig, env: Mapping[str, str]) -> Adapter:
+def _custom(
+    name: str, conf: CustomConfig, table: Mapping[str, Any], env: Mapping[str, str]
+) -> Adapter:
+    import importlib
+
+    module_name, _, attr = conf.adapter.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"adapter {conf.adapter!r} cannot be imported: {e}") from None
+    limits = set(_System.__struct_fields__)
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in limits or key == "adapter":
+            continue
+        if key.endswith("_env"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must name an environment variable")
+            secret_value = _secret(env, value, key)
+            options[key[: -len("_env")]] = None if secret_value is None else secret_value.reveal()
+        else:
+            options[key] = value
+    try:
+        adapter = cls(conf.url, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"adapter {conf.adapter}: {e}") from None
+    if not isinstance(adapter, Adapter) or getattr(adapter, "system", None) != name:
+        raise ConfigError(
+            f"adapter {conf.adapter} must implement the Adapter protocol with system = {name!r}"
+        )
+    return adapter
+
+
+def _adapter(
+    name: str, conf: SystemConfig, env: Mapping[str, str], table: Mapping[str, Any]
+) -> Adapter:
+    if isinstance(conf, CustomConfig):
+        return _custom(name, conf, table, env)
     if isinstance(conf, PerscomConfig):
         token = _secret(env, conf.token_env, "token_env")
         assert token is not None

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from patchassign.changes import decode_change
 from patchassign.config import parse_config
-from patchassign.systems import ADAPTERS
+from patchassign.systems import ADAPTERS, FindableAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
@@ -44,7 +45,15 @@ def test_python_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "toml")], ids=ids)
-def test_configuration_examples_parse(page: Path) -> None:
+def test_configuration_examples_parse(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the adapter how-to's configuration names its example module
+    acme = types.ModuleType("acme_adapter")
+
+    class AcmeAdapter(FindableAdapter):
+        system = "acme"
+
+    acme.AcmeAdapter = AcmeAdapter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "acme_adapter", acme)
     env = _AnyEnv()
     for code in blocks(page, "toml"):
         config = parse_config(tomllib.loads(code), env=env, source=page.name)

@@ -276,3 +276,43 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
     none.update(result(0))
     none.close()
     assert quiet.getvalue() == ""
+
+
+ACME = """
+from patchassign.systems import FindableAdapter
+
+
+class Acme(FindableAdapter):
+    system = "acme"
+
+    def __init__(self, url, token, team="a"):
+        super().__init__(url, token)
+        self.team = team
+"""
+
+
+def test_a_custom_adapter_from_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "acme_mod.py").write_text(ACME)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    table = {"adapter": "acme_mod:Acme", "url": "https://acme.example", "token_env": "A"}
+    config = parse_config(
+        {"systems": {"acme": {**table, "team": "b", "concurrency": 3}}}, env={"A": "acme-tok"}
+    )
+    acme = config.adapters["acme"]
+    assert type(acme).__name__ == "Acme"
+    assert acme.team == "b"  # type: ignore[attr-defined]
+    assert config.limits["acme"].concurrency == 3
+    assert config.scrub("x acme-tok y") == "x ******** y"
+    bad = [
+        ({"url": "https://a.example"}, "not a built-in system"),
+        ({**table, "adapter": "nope_mod:Acme"}, "cannot be imported"),
+        ({**table, "adapter": "acme_mod:Missing"}, "cannot be imported"),
+        ({**table, "colour": 1}, "unexpected keyword"),
+    ]
+    for t, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"systems": {"acme": t}}, env={"A": "x"})
+    with pytest.raises(ConfigError, match="system = 'other'"):
+        parse_config({"systems": {"other": table}}, env={"A": "x"})
