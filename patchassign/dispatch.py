@@ -48,7 +48,7 @@ import aiohttp
 import msgspec
 import yarl
 
-from .errors import ConfigError, InvalidChange
+from .errors import ConfigError, InvalidChange, PatchError
 from .systems import (
     Adapter,
     Applied,
@@ -593,6 +593,10 @@ class Dispatcher:
             status, kw = await self._drive(adapter, change, track, stop, read_first)
         except _Stop:
             return track.cancelled()
+        except (PatchError, InvalidChange, ConfigError) as e:
+            # An adapter refusing with one of our typed errors instead of returning
+            # Failed: still one change's problem, not the run's.
+            return track.result("failed", error=f"{type(e).__name__}: {e}")
         finally:
             busy.release(key)
         return track.result(status, **kw)

@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from yarl import URL
 
+from patchassign import errors as pa_errors
 from patchassign.changes import Assign, Change, Delegate, Merge
 from patchassign.dispatch import Dispatcher, Limits, Result, RetryPolicy, backoff_delay
 from patchassign.errors import ConfigError
@@ -573,3 +574,18 @@ async def test_a_system_that_stays_down_fails_at_the_deadline(mocked: aiorespons
     assert r.error is not None
     assert "cannot connect" in r.error
     assert not r.unconfirmed
+
+
+async def test_a_typed_error_from_an_adapter_fails_only_that_change(mocked: aioresponses) -> None:
+    class Picky(PerscomAdapter):
+        def prepare(self, change: Change, current: Current | None) -> HttpRequest:
+            if change.record == 2:
+                raise pa_errors.PatchConflict("the record does not fit", reason="missing")
+            return super().prepare(change, current)  # type: ignore[return-value]
+
+    mocked.patch(p_url(1), status=200, payload=p_ok(1))
+    mocked.patch(p_url(3), status=200, payload=p_ok(3))
+    async with dispatcher(Picky(BASE, "t")) as d:
+        results = await d.send_all(assign_p(n) for n in (1, 2, 3))
+    assert [r.status for r in results] == ["applied", "failed", "applied"]
+    assert results[1].error == "PatchConflict: the record does not fit"
