@@ -631,14 +631,7 @@ class Dispatcher:
             log.debug("retrying %s/%s in %.2fs: %s", change.system, change.record, delay, why)
             if stop is not None and stop.is_set():
                 raise _Stop
-            pool = track.pool
-            if pool is not None:
-                pool.resting()
-            try:
-                await asyncio.sleep(delay)
-            finally:
-                if pool is not None:
-                    pool.back()
+            await _resting(track, asyncio.sleep(delay))
             return None
 
         async def recover(broken: _Broken) -> tuple[Status, dict[str, Any]] | None:
@@ -756,14 +749,7 @@ class Dispatcher:
         # The system's gate first: waiting for a busy system must not hold a slot that
         # another system could use.
         if not gate.try_acquire(loop.time()):
-            pool = track.pool
-            if pool is not None:
-                pool.resting()
-            try:
-                await gate.acquire(loop)
-            finally:
-                if pool is not None:
-                    pool.back()
+            await _resting(track, gate.acquire(loop))
         try:
             if not slots.try_acquire(0.0):
                 await slots.acquire(loop)
@@ -824,6 +810,20 @@ class Dispatcher:
         elif status < 300 and (gate.pressure or gate.window < gate.max):
             gate.feedback(False, None, 0.0)
         return response
+
+
+async def _resting(track: _Track, waiting: Awaitable[None]) -> None:
+    """Await ``waiting`` (a backoff, a busy system) while the run's worker pool counts
+    this worker as resting, so that another may use the connections meanwhile."""
+    pool = track.pool
+    if pool is None:
+        await waiting
+        return
+    pool.resting()
+    try:
+        await waiting
+    finally:
+        pool.back()
 
 
 def _planned(req: HttpRequest) -> dict[str, Any]:
