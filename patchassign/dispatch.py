@@ -621,8 +621,9 @@ class Dispatcher:
 
         async def wait(after: float | None, why: str) -> str | None:
             """Back off before trying again; the reason to give up, if it is time to."""
-            nonlocal failures
+            nonlocal failures, last
             failures += 1
+            last = why
             if failures >= policy.attempts:
                 return f"gave up after {failures} attempts: {why}"
             delay = backoff_delay(failures, after, policy, self._rng)
@@ -639,8 +640,8 @@ class Dispatcher:
             nonlocal last
             if broken is _DEADLINE:
                 return "failed", {"error": f"deadline of {policy.deadline:g}s reached: {last}"}
-            last = broken.reason
             if broken.unreachable:
+                last = broken.reason
                 if loop.time() >= deadline:
                     return "failed", {"error": f"deadline reached: {broken.reason}"}
                 return None  # the system's gate waits for it to come back
@@ -662,7 +663,6 @@ class Dispatcher:
                     continue
                 read = adapter.current(change, got)
                 if isinstance(read, Retry):
-                    last = read.reason
                     give_up = await wait(read.after, read.reason)
                     if give_up:
                         return "failed", {"error": give_up}
@@ -705,7 +705,6 @@ class Dispatcher:
                 if outcome.ambiguous:
                     maybe_applied = track.unconfirmed = True
                     must_read = True
-                last = outcome.reason
                 give_up = await wait(outcome.after, outcome.reason)
                 if give_up:
                     return "failed", {"error": give_up}

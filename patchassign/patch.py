@@ -330,7 +330,6 @@ class JsonPatch(Sequence[Operation]):
         return f"JsonPatch({list(self._ops)!r})"
 
 
-@depth_limited
 def apply_patch(
     doc: Any,
     patch: PatchLike,

@@ -25,6 +25,7 @@ from aiohttp import web
 from ..errors import InvalidPatch, PatchConflict, PatchError
 from ..merge import merge_to_json_patch
 from ..patch import JsonPatch, apply_patch
+from ..systems.superoffice import parse_updated
 from ._server import BadBody, FakeServer
 
 __all__ = ["SuperOfficeServer", "parse_updated"]
@@ -76,16 +77,6 @@ def format_updated(t: datetime, offset: timedelta) -> str:
         + ":"
         + local.strftime("%z")[3:]
     )
-
-
-def parse_updated(text: str) -> datetime:
-    """An ``Updated`` value as an aware UTC datetime (fractions beyond 6 digits dropped)."""
-    head, dot, rest = text.partition(".")
-    if dot:
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
-    t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 class SuperOfficeServer(FakeServer):
