@@ -49,6 +49,12 @@ def apply_merge_patch(doc: Any, merge: Any, *, case_insensitive: bool = False) -
     Raises:
         PatchConflict: In case-insensitive mode, a name matches two members.
     """
+    return _merge(doc, merge, case_insensitive)
+
+
+def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
+    # The recursion stays below the public, depth-guarded entry point: a guard per
+    # nested object doubled the cost of a merge.
     if type(merge) is not dict:
         return merge
     if type(doc) is not dict:
@@ -65,7 +71,7 @@ def apply_merge_patch(doc: Any, merge: Any, *, case_insensitive: bool = False) -
                 del out[key]
             continue
         old = doc.get(key)
-        new = apply_merge_patch(old, value, case_insensitive=case_insensitive)
+        new = _merge(old, value, case_insensitive)
         if key in doc and new is old:
             continue
         if out is None:
