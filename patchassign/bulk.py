@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from .dispatch import Dispatcher, Limits, Result
-from .errors import InvalidChange
+from .dispatch import Check, Dispatcher, Limits, Result
+from .errors import InvalidChange, PatchassignError
+from .hooks import LoggingHooks, RetryEvent
 from .journal import DONE, Journal
 from .plan import read_plan
 
@@ -54,6 +55,8 @@ class Options:
     progress_interval: float = 10.0
     concurrency: int | None = None
     limits: dict[str, Limits] = field(default_factory=dict)
+    verbose: bool = False
+    preflight: bool = True
 
     def journal_path(self) -> Path:
         return self.journal or self.plan.with_name(self.plan.name + ".journal")
@@ -69,6 +72,7 @@ class Validation:
     errors: list[tuple[int, str]] = field(default_factory=list)  # the first 1,000
     digest: str = ""
     by_system: Counter[str] = field(default_factory=Counter)
+    samples: dict[str, Change] = field(default_factory=dict)  # a valid change per system
 
 
 def validate_plan(path: Path, config: Config | None) -> Validation:
@@ -85,6 +89,7 @@ def validate_plan(path: Path, config: Config | None) -> Validation:
             out.valid += 1
             assert not isinstance(item, InvalidChange)
             out.by_system[item.system] += 1
+            out.samples.setdefault(item.system, item)
         else:
             out.invalid += 1
             if len(out.errors) < 1000:
@@ -366,7 +371,17 @@ async def run_plan(
             retry=cfg.retry,
             verify_tls=cfg.verify_tls,
             dry_run=opts.dry_run,
+            hooks=[ScrubbedLog(cfg)] if opts.verbose else [],
         ) as d:
+            if opts.preflight and validation.samples and total > 0:
+                checks = await d.check(
+                    validation.samples.values(), systems=sorted(validation.samples)
+                )
+                for c in checks.values():
+                    err.write(render_check(c, cfg) + "\n")
+                failed = [c for c in checks.values() if not c.ok]
+                if failed:
+                    raise PreflightFailed(failed)
             run = d.run(changes(), read_first=opts.resume)
             try:
                 async with run:
@@ -475,7 +490,39 @@ def export_results(journal: Journal, path: Path) -> int:
     return n
 
 
-class InvalidPlan(Exception):
+class ScrubbedLog(LoggingHooks):
+    """``--verbose`` retry lines, with configured credentials scrubbed from the reasons."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def on_retry(self, event: RetryEvent) -> None:
+        super().on_retry(msgspec.structs.replace(event, reason=self.config.scrub(event.reason)))
+
+
+def render_check(c: Check, config: Config | None = None) -> str:
+    """One line of a preflight check."""
+    where = f"{c.system} ({c.host})"
+    if c.ok:
+        ms = f"{(c.latency or 0) * 1000:,.0f} ms"
+        return f"check: {where}: reachable, authenticated, {ms}"
+    error = c.error or "not ok"
+    if config is not None:
+        error = config.scrub(error)
+    return f"check: {where}: FAILED: {error}"
+
+
+class PreflightFailed(PatchassignError):
+    """A system of the plan failed its preflight check; nothing was written."""
+
+    def __init__(self, checks: list[Check]) -> None:
+        self.checks = checks
+        names = ", ".join(c.system for c in checks)
+        super().__init__(f"preflight check failed for {names}; nothing was written")
+
+
+class InvalidPlan(PatchassignError):
     """The plan has invalid lines and the run was not told to skip them."""
 
     def __init__(self, validation: Validation) -> None:

@@ -18,17 +18,28 @@ import sys
 import tempfile
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .bulk import InvalidPlan, Options, Validation, run_plan, validate_plan
+from .bulk import (
+    InvalidPlan,
+    Options,
+    PreflightFailed,
+    Validation,
+    render_check,
+    run_plan,
+    validate_plan,
+)
 from .config import Config, load_config
 from .diff import make_patch
-from .dispatch import Limits
+from .dispatch import Dispatcher, Limits
 from .errors import ConfigError, LimitExceeded, PatchError
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
+
+if TYPE_CHECKING:
+    from .changes import Change
 
 __all__ = ["main"]
 
@@ -73,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a systems.toml for these servers, and print the token variables to export",
     )
+    sb.set_defaults(func=lambda args: _arun(_sandbox(args)))
     _run_parsers(sub)
     _demo_parser(sub)
     _core_parsers(sub)
@@ -146,6 +158,19 @@ def _run_parsers(sub: Any) -> None:
     run.add_argument("plan", type=Path, help="the plan: JSON Lines, one change per line")
     run.add_argument("--config", "-c", type=Path, required=True, help="systems TOML file")
     _run_options(run)
+    run.set_defaults(func=_run)
+
+    check = sub.add_parser(
+        "check",
+        help="preflight: one authenticated read per system, no writes",
+        description="Read one record per system (from the plan when one is given, else a "
+        "harmless probe) and say, per system, whether it is reachable, whether it accepts the "
+        "credentials, and how long it took. Exit status 0 when every system is fine, 1 when "
+        "one is not, 2 on bad input. `patchassign run` does the same first.",
+    )
+    check.add_argument("plan", type=Path, nargs="?", help="a plan whose records to read")
+    check.add_argument("--config", "-c", type=Path, required=True, help="systems TOML file")
+    check.set_defaults(func=lambda args: _arun(_check(args)))
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -190,6 +215,11 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verbose", "-v", action="store_true", help="log retries and slowdowns (never credentials)"
     )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="skip the check of each system (one read) before the first write",
+    )
 
 
 def _limits(specs: list[str]) -> dict[str, Limits]:
@@ -231,6 +261,8 @@ def _options(args: argparse.Namespace, config: Config, plan: Path) -> Options:
         progress_interval=args.progress_interval,
         concurrency=args.concurrency,
         limits=_limits(args.limit),
+        verbose=args.verbose,
+        preflight=not args.no_preflight,
     )
 
 
@@ -256,6 +288,9 @@ async def _execute(opts: Options) -> int:
             f"{e.validation.invalid:,} invalid line(s) in {opts.plan}; nothing was sent "
             "(fix them, or pass --skip-invalid)"
         ) from None
+    except PreflightFailed as e:
+        print(f"patchassign run: {e} (fix it, or pass --no-preflight)", file=sys.stderr)
+        return EXIT_FAILED
     print(report.render(), file=sys.stderr)
     return EXIT_OK if report.all_applied else EXIT_FAILED
 
@@ -284,6 +319,30 @@ def _run(args: argparse.Namespace) -> int:
     opts = _options(args, config, args.plan)
     _readable(args.plan)
     return _arun(_cancellable(_execute(opts)))
+
+
+async def _check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    samples: list[Change] = []
+    systems = sorted(config.adapters)
+    if args.plan is not None:
+        _readable(args.plan)
+        v = validate_plan(args.plan, config)
+        if v.invalid:
+            _print_invalid(v)
+            raise UsageError(f"{v.invalid:,} invalid line(s) in {args.plan}")
+        samples = list(v.samples.values())
+        systems = sorted(v.samples)
+    async with Dispatcher(
+        {s: config.adapters[s] for s in systems},
+        limits=config.limits,
+        retry=config.retry,
+        verify_tls=config.verify_tls,
+    ) as d:
+        checks = await d.check(samples, systems=systems)
+    for c in checks.values():
+        print(render_check(c, config))
+    return EXIT_OK if all(c.ok for c in checks.values()) else EXIT_FAILED
 
 
 def _load(path: Path) -> Config:
@@ -384,12 +443,14 @@ def _core_parsers(sub: Any) -> None:
     kind.add_argument("--plan", action="store_true", help="the file is a plan")
     kind.add_argument("--patch", action="store_true", help="the file is a JSON Patch")
     v.add_argument("--case-insensitive", action="store_true", help="patch paths ignore case")
+    v.set_defaults(func=_validate)
 
     d = sub.add_parser("diff", help="print the patch that turns A.json into B.json")
     d.add_argument("a", type=Path)
     d.add_argument("b", type=Path)
     d.add_argument("--merge", action="store_true", help="an RFC 7396 merge patch instead")
     d.add_argument("--guard", action="store_true", help="add test ops pinning the old values")
+    d.set_defaults(func=_diff)
 
     a = sub.add_parser("apply", help="apply PATCH.json to DOC.json and print the result")
     a.add_argument("doc", type=Path)
@@ -398,6 +459,7 @@ def _core_parsers(sub: Any) -> None:
     a.add_argument(
         "--case-insensitive", action="store_true", help="paths ignore case; leading slash optional"
     )
+    a.set_defaults(func=_apply)
 
 
 # -- demo -------------------------------------------------------------------------------------
@@ -424,6 +486,7 @@ def _demo_parser(sub: Any) -> None:
         default="auto",
         help="progress display",
     )
+    demo.set_defaults(func=lambda args: _arun(_cancellable(_demo(args))))
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -540,18 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        if args.command == "sandbox":
-            return _arun(_sandbox(args))
-        if args.command == "run":
-            return _run(args)
-        if args.command == "demo":
-            return _arun(_cancellable(_demo(args)))
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "diff":
-            return _diff(args)
-        if args.command == "apply":
-            return _apply(args)
+        status: int = args.func(args)
+        return status
     except (UsageError, ConfigError) as e:
         print(f"patchassign {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -561,7 +614,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print(f"patchassign {args.command}: interrupted", file=sys.stderr)
         return 130
-    raise AssertionError(f"unhandled command {args.command}")  # pragma: no cover
 
 
 if __name__ == "__main__":

@@ -1,35 +1,29 @@
-"""The dispatcher: sends changes to their systems concurrently, safely, and reports each one.
+"""The dispatcher: one lane per system, so a slow, limited or broken system holds back no other.
 
-This is the only module that does network I/O. It drives the sans-I/O adapters
-(:mod:`patchassign.systems`) over one aiohttp ``ClientSession``::
+It drives each change's :class:`~patchassign.flow.Flow` (the pure per-change state
+machine) over a :class:`~patchassign.transports.Transport`::
 
     async with Dispatcher([KintoneAdapter(url, api_token=t), ...]) as d:
         async for result in d.run(changes):      # results as they complete
             print(result.id, result.status)
 
-What it does for every change:
+* **Lanes.** Each system has its own bounded buffer of waiting changes, its own workers
+  and its own limits (:class:`Limits`: concurrency, rate, burst). Reading the input
+  pauses only when the buffer of the system the next change belongs to is full. A change
+  waiting for its system holds no slot of the overall ``concurrency``, which bounds the
+  requests in flight over all systems. Changes to the same record go in input order.
+* **Limits that adapt.** A lane starts with a few requests in flight and opens up as
+  answers come back (so wrong credentials cost a handful of requests, not hundreds);
+  when most answers are 429 it halves its window and pauses for the Retry-After.
+* **Fail fast, say why.** Credentials refused on ``auth_stop`` records in a row, an
+  unreachable system past the ``outage`` budget, or a DNS/TLS failure stop the lane: its
+  remaining changes end at once (``failed``, or ``unsent`` so that a resume sends them),
+  with one reason naming the system and its host.
+* **Hard deadlines.** A change ends by its deadline plus at most one request timeout,
+  also while it waits for its system.
 
-* **Limits**: at most ``concurrency`` requests in flight overall, and per system its
-  :class:`Limits` (concurrency, requests per second with a burst). Defaults respect the
-  systems' documented limits (each adapter's ``limits``).
-* **Retries** on connection errors, timeouts, 429 and 5xx, with exponential backoff and
-  full jitter, never sooner than the server's ``Retry-After``; bounded by
-  :attr:`RetryPolicy.attempts` and a total :attr:`RetryPolicy.deadline` per change.
-  When a system answers many 429s, all of its traffic slows down (its concurrency window
-  halves and it pauses for the Retry-After), then recovers gradually.
-* **Conflicts** (a stale version token): re-read the record, prepare the change again on
-  the fresh state (re-diff), resend; bounded by :attr:`RetryPolicy.conflicts`. A change
-  that no longer applies (someone else moved the assignment, a guarded ``test`` fails) is
-  reported as a ``conflict`` result, never forced.
-* **Ambiguous failures** (a timeout or dropped connection after the write went out, a
-  5xx that may have applied): the record is read again before any resend, so a change is
-  not applied twice even where the system is not idempotent (Findable's delegate); a
-  change found already in place then is reported ``applied``.
-* Changes to the same record are sent one after the other, in input order.
-
-Nothing raises out of :meth:`Dispatcher.run` for one bad change: it becomes a ``failed``
-result. A programming error (an exception that is not an HTTP or input problem) still
-surfaces.
+Nothing raises out of :meth:`Dispatcher.run` for one bad change: it becomes a result. A
+programming error (an exception that is not an HTTP or input problem) still surfaces.
 """
 
 from __future__ import annotations
@@ -40,33 +34,26 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
-import aiohttp
 import msgspec
-import yarl
 
-from .errors import ConfigError, InvalidChange, PatchError
-from .systems import (
-    Adapter,
-    Applied,
-    Conflict,
-    Current,
-    Failed,
-    HttpRequest,
-    HttpResponse,
-    Limits,
-    Retry,
-    Unchanged,
-    parse_retry_after,
-)
+from .errors import ConfigError, ConnectError, SetupError, TransportError
+from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
+from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
+from .systems import Adapter, Current, Failed, HttpResponse, Limits
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from .changes import Change
+    from .transports import Transport
 
 __all__ = [
+    "Check",
     "Dispatcher",
     "Limits",
     "Result",
@@ -78,301 +65,72 @@ __all__ = [
 
 log = logging.getLogger("patchassign.dispatch")
 
-Status = Literal["applied", "unchanged", "conflict", "failed", "cancelled", "planned"]
-_Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A lane begins with this many requests in flight (at most its limit) and opens up by
+#: one per answer that is not refused (slow start).
+_FIRST_WINDOW = 4
 
 
-class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Retries, backoff and time bounds, per change.
-
-    Attributes:
-        attempts: Tries of one request (connection error, timeout, 429, 5xx count as
-            failed tries) before the change is reported ``failed``. Any answer that is
-            not a transient failure starts the count again; the deadline bounds the total.
-        conflicts: Re-read-and-resend rounds after version conflicts.
-        base: First backoff ceiling in seconds; it doubles per failure (full jitter:
-            the wait is drawn uniformly below the ceiling).
-        cap: Largest backoff ceiling in seconds.
-        timeout: Seconds one request may take (connecting, sending, reading).
-        deadline: Seconds one change may take in all, retries and waits included.
-        slowdown: Share of recent answers that are 429 above which the whole system is
-            slowed down (its concurrency halves and it pauses for the Retry-After). It is
-            a moving average over about the last 20 answers: a background of occasional
-            429s does not trigger it, a server refusing most requests does.
-    """
-
-    attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 6
-    conflicts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
-    base: _Positive = 0.2
-    cap: _Positive = 30.0
-    timeout: _Positive = 30.0
-    deadline: _Positive = 300.0
-    slowdown: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+class _Expired(Exception):
+    """The change's deadline came while it waited for its system."""
 
 
-class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What happened to one change.
-
-    Attributes:
-        index: The change's position in the input of :meth:`Dispatcher.run` (0-based).
-        id: The change's id (plans default it to ``line-<n>``).
-        system: The target system.
-        record: The record the change is about.
-        status: ``applied`` (the system took it, or a read-back after an ambiguous
-            failure found it in place), ``unchanged`` (already as wanted; nothing
-            sent), ``conflict`` (the record no longer fits the change; not forced),
-            ``failed`` (permanent error, or retries exhausted), ``cancelled`` (the run
-            stopped first), ``planned`` (a dry run: the write was prepared, not sent).
-        attempts: Requests sent for this change (reads and writes).
-        writes: Write requests among them.
-        http_status: The status of the last answer, if any.
-        version: The record's version token after the change, where the system has one.
-        error: Why it is not applied, in the server's words where it gave some.
-        unconfirmed: A write went out and its effect is unknown (a dropped connection or
-            a timeout, then no confirmation): read the record before trusting either way.
-        started: When work on the change began (Unix time, seconds).
-        elapsed: Seconds from start to result, waits included.
-        record_after: What the system returned for an applied change (for a Findable
-            delegation: the successor assignment).
-        planned: In a dry run, the write that would be sent: ``method``, ``url`` and the
-            JSON ``body`` (headers, and so credentials, are left out).
-    """
-
-    index: int
-    id: str | None
-    system: str
-    record: str | int
-    status: Status
-    attempts: int = 0
-    writes: int = 0
-    http_status: int | None = None
-    version: str | None = None
-    error: str | None = None
-    unconfirmed: bool = False
-    started: float = 0.0
-    elapsed: float = 0.0
-    record_after: Any = None
-    planned: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Applied or already in place."""
-        return self.status in ("applied", "unchanged")
+class _Halted(Exception):
+    """The change's system was stopped while it waited."""
 
 
-def backoff_delay(
-    failures: int, after: float | None, policy: RetryPolicy, rng: random.Random
-) -> float:
-    """Seconds to wait after the ``failures``-th transient failure of a change.
-
-    Full jitter: uniform in ``[0, min(cap, base * 2**(failures-1))]``. A server's
-    ``Retry-After`` is a floor: the wait is at least ``after``, plus up to 10% of it so
-    that the clients it throttled do not all come back in the same instant.
-    """
-    ceiling = min(policy.cap, policy.base * 2 ** max(0, failures - 1))
-    delay = rng.uniform(0.0, ceiling)
-    if after is not None and after > 0:
-        delay = max(delay, after + rng.uniform(0.0, after * 0.1))
-    return delay
+class _Stop(Exception):
+    """The run is stopping: do not start anything new."""
 
 
-class _Gate:
-    """One system's limits: an adaptive concurrency window, a rate (GCRA) and pauses."""
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
 
-    __slots__ = (
-        "_cut_until",
-        "_interval",
-        "_tat",
-        "_tolerance",
-        "_waiters",
-        "down",
-        "in_flight",
-        "max",
-        "paused_until",
-        "pressure",
-        "slowdowns",
-        "threshold",
-        "window",
-    )
 
-    def __init__(self, limits: Limits, threshold: float) -> None:
-        self.max = limits.concurrency
-        self.window = float(limits.concurrency)
-        self.in_flight = 0
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class _Slots:
+    """The overall concurrency: a FIFO semaphore with a lock-free fast path."""
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._interval = 1.0 / limits.rate if limits.rate else 0.0
-        self._tolerance = (limits.burst - 1) * self._interval
-        self._tat = 0.0
-        self.paused_until = 0.0
-        self.pressure = 0.0
-        self.threshold = threshold
-        self._cut_until = 0.0
-        self.slowdowns = 0
-        self.down = 0  # connection failures in a row
 
-    @property
-    def limit(self) -> int:
-        return max(1, int(self.window))
-
-    def try_acquire(self, now: float) -> bool:
-        """Take a slot if one is free and nothing makes the request wait."""
-        if (
-            self.in_flight < self.window
-            and not self._waiters
-            and not self._interval
-            and self.paused_until <= now
-        ):
-            self.in_flight += 1
-            return True
-        return False
-
-    async def acquire(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.in_flight < self.limit and not self._waiters:
-            self.in_flight += 1
-        else:
-            fut: asyncio.Future[None] = loop.create_future()
-            self._waiters.append(fut)
-            try:
-                await fut  # release() hands its slot over (in_flight already counted)
-            except BaseException:
-                if fut.done() and not fut.cancelled():
-                    self.release()
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(fut)
-                raise
+    async def acquire(self) -> None:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
         try:
-            await self._pace(loop)
+            await fut  # release() hands its slot over
         except BaseException:
-            self.release()
+            if fut.done() and not fut.cancelled():
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
             raise
 
-    async def _pace(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            now = loop.time()
-            start = max(now, self.paused_until)
-            if self._interval:
-                tat = max(self._tat, start)
-                start = max(start, tat - self._tolerance)
-                self._tat = tat + self._interval
-            if start <= now:
-                return
-            await asyncio.sleep(start - now)
-            if self.paused_until <= loop.time():
-                return
-
     def release(self) -> None:
-        self.in_flight -= 1
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters and self.in_flight < self.limit:
+        while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
-                self.in_flight += 1
                 fut.set_result(None)
-
-    def unreachable(self, now: float, rng: random.Random) -> float:
-        """No connection could be made: pause the whole system, longer each time in a
-        row (0.5 s doubling up to 30 s, jittered); returns the pause."""
-        self.down += 1
-        pause: float = min(30.0, 0.5 * 2.0 ** min(self.down - 1, 10)) * rng.uniform(0.5, 1.0)
-        self.paused_until = max(self.paused_until, now + pause)
-        return pause
-
-    def feedback(self, throttled: bool, after: float | None, now: float) -> bool:
-        """Learn from an answer; ``True`` when it made the system slow down."""
-        if not throttled:
-            self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
-            if self.window < self.max:
-                self.window = min(float(self.max), self.window + 1.0 / self.window)
-                self._wake()
-            return False
-        self.pressure = self.pressure * 0.95 + 0.05
-        if self.pressure < self.threshold or now < self._cut_until:
-            return False
-        pause = after if after is not None else 1.0
-        self.window = max(1.0, self.window / 2)
-        self.paused_until = max(self.paused_until, now + pause)
-        self._cut_until = now + max(pause, 1.0)
-        self.slowdowns += 1
-        return True
-
-
-class _Broken(msgspec.Struct, frozen=True):
-    """A request that got no answer. ``sent``: it may have reached the server.
-
-    ``unreachable``: no connection could be made (the system is down): the system's
-    gate pauses all of its traffic, and the change's attempts are not spent on it.
-    """
-
-    reason: str
-    sent: bool
-    unreachable: bool = False
-
-
-_DEADLINE = _Broken("the deadline came before the request could be sent", False)
-
-
-class _Track:
-    """What one change's processing has done so far (for its result, and for a stop)."""
-
-    __slots__ = (
-        "attempts",
-        "change",
-        "in_request",
-        "index",
-        "last_status",
-        "pool",
-        "started",
-        "t0",
-        "unconfirmed",
-        "writes",
-    )
-
-    def __init__(self, index: int = 0, change: Change | None = None) -> None:
-        self.pool: _Pool | None = None
-        self.reset(index, change)
-
-    def reset(self, index: int, change: Change | None) -> None:
-        """Start tracking another change."""
-        self.index = index
-        self.change = change
-        self.started = time.time()
-        self.t0 = time.monotonic()
-        self.attempts = 0
-        self.writes = 0
-        self.last_status: int | None = None
-        self.unconfirmed = False
-        self.in_request = False
-
-    def result(self, status: Status, **kw: Any) -> Result:
-        change = self.change
-        assert change is not None
-        return Result(
-            index=self.index,
-            id=change.id,
-            system=change.system,
-            record=change.record,
-            status=status,
-            attempts=self.attempts,
-            writes=self.writes,
-            http_status=self.last_status,
-            unconfirmed=self.unconfirmed and status not in ("applied", "unchanged"),
-            started=self.started,
-            elapsed=time.monotonic() - self.t0,
-            **kw,
-        )
-
-    def cancelled(self) -> Result:
-        return self.result("cancelled", error="the run stopped before this change finished")
+                return
+        self.free += 1
 
 
 class _KeyLocks:
     """Changes to the same record wait for each other, in arrival order.
 
     A key is present while a change to its record is in progress; its value holds the
-    changes waiting for it (``None``: nobody waits), so a free key costs nothing.
+    changes waiting for it (``None``: nobody waits), so a free key costs one dict entry.
     """
 
     __slots__ = ("_busy",)
@@ -417,8 +175,312 @@ class _KeyLocks:
         return len(self._busy)
 
 
-class _Stop(Exception):
-    """The run is stopping: do not start anything new."""
+class _Pool:
+    """A lane's workers: ``target`` of them working, more while some wait.
+
+    A worker that waits (a backoff, a busy or paused system, a predecessor on the same
+    record) is *resting*; while fewer than ``target`` work, another is started (up to
+    ``4 * target``), so waiting changes do not idle the lane. Workers beyond the target
+    retire when their change is done.
+    """
+
+    __slots__ = ("active", "live", "max", "spawn", "target")
+
+    def __init__(self, target: int, spawn: Any) -> None:
+        self.target = target
+        self.max = 4 * target
+        self.spawn = spawn
+        self.active = 0
+        self.live = 0
+
+    def resting(self) -> None:
+        self.active -= 1
+        if self.active < self.target and self.live < self.max:
+            self.spawn()
+
+    def back(self) -> None:
+        self.active += 1
+
+
+class _Lane:
+    """One system: its adapter, buffer, limits, pauses, and whether it was stopped."""
+
+    __slots__ = (
+        "_cut_until",
+        "_interval",
+        "_sleepers",
+        "_tat",
+        "_tolerance",
+        "_waiters",
+        "adapter",
+        "auth_streak",
+        "down",
+        "host",
+        "in_flight",
+        "keys",
+        "max",
+        "outage_since",
+        "paused_until",
+        "pressure",
+        "slow_start",
+        "slowdowns",
+        "stop_cause",
+        "stop_reason",
+        "stop_status",
+        "stop_until",
+        "stopped",
+        "system",
+        "threshold",
+        "where",
+        "window",
+    )
+
+    def __init__(self, adapter: Adapter, limits: Limits, threshold: float) -> None:
+        self.adapter = adapter
+        self.system = adapter.system
+        self.host = _host_of(adapter)
+        self.where = f"{self.system} ({self.host})"
+        self.keys = _KeyLocks()
+        self.max = limits.concurrency
+        self.window = float(min(limits.concurrency, _FIRST_WINDOW))
+        self.slow_start = self.window < self.max
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._interval = 1.0 / limits.rate if limits.rate else 0.0
+        self._tolerance = (limits.burst - 1) * self._interval
+        self._tat = 0.0
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self.paused_until = 0.0
+        self.pressure = 0.0
+        self.threshold = threshold
+        self._cut_until = 0.0
+        self.slowdowns = 0
+        self.down = 0  # connection failures in a row
+        self.outage_since: float | None = None
+        self.auth_streak: set[str] = set()
+        self.stopped = False
+        self.stop_status: Status = "failed"
+        self.stop_reason = ""
+        self.stop_cause = ""
+        self.stop_until: float | None = None
+
+    # -- limits ---------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self.window))
+
+    def try_acquire(self, now: float) -> bool:
+        """Take a slot if one is free and nothing makes the request wait."""
+        if (
+            self.in_flight < self.window
+            and not self._waiters
+            and not self._interval
+            and self.paused_until <= now
+            and not self.stopped
+        ):
+            self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        """A slot under the lane's limits by ``until``, or :class:`_Expired` /
+        :class:`_Halted`."""
+        if self.stopped:
+            raise _Halted
+        if self.in_flight < self.limit and not self._waiters:
+            self.in_flight += 1
+        else:
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(fut)
+            timer = loop.call_at(until, _expire, fut)
+            try:
+                await fut  # release() hands its slot over (in_flight already counted)
+            except BaseException:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    self.release()
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(fut)
+                raise
+            finally:
+                timer.cancel()
+        try:
+            await self._pace(loop, until)
+        except BaseException:
+            self.release()
+            raise
+
+    async def _pace(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        while True:
+            now = loop.time()
+            start = max(now, self.paused_until)
+            tat = 0.0
+            if self._interval:
+                tat = max(self._tat, start)
+                start = max(start, tat - self._tolerance)
+            if start > until:
+                raise _Expired
+            if self._interval:
+                self._tat = tat + self._interval
+            if start <= now:
+                return
+            await self.sleep(loop, start - now)
+            if self.stopped:
+                raise _Halted
+            if self.paused_until <= loop.time():
+                return
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self.in_flight += 1
+                fut.set_result(None)
+
+    async def sleep(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        """Sleep, cut short when the lane is stopped."""
+        fut: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_later(seconds, _wake, fut)
+        self._sleepers.add(fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            self._sleepers.discard(fut)
+
+    def answered(self) -> None:
+        """An answer that is not a refusal: the system is up and takes our credentials."""
+        self.down = 0
+        self.outage_since = None
+        if self.auth_streak:
+            self.auth_streak.clear()
+        if self.window < self.max:
+            if self.slow_start:
+                self.window += 1.0
+                self.slow_start = self.window < self.max
+            else:
+                self.window = min(float(self.max), self.window + 1.0 / self.window)
+            self.window = min(self.window, float(self.max))
+            self._wake()
+        if self.pressure:
+            self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
+
+    def throttled(self, after: float | None, now: float) -> float | None:
+        """A 429: the pause when it made the system slow down, else ``None``."""
+        self.down = 0
+        self.outage_since = None
+        self.pressure = self.pressure * 0.95 + 0.05
+        if self.pressure < self.threshold or now < self._cut_until:
+            return None
+        pause = after if after is not None else 1.0
+        self.window = max(1.0, self.window / 2)
+        self.slow_start = False
+        self.paused_until = max(self.paused_until, now + pause)
+        self._cut_until = now + max(pause, 1.0)
+        self.slowdowns += 1
+        return pause
+
+    # -- stopping -------------------------------------------------------------------------
+
+    def stop(self, status: Status, cause: str, reason: str, until: float | None) -> None:
+        """Stop the lane: waiting changes end with ``status`` and ``reason``."""
+        self.stopped = True
+        self.stop_status = status
+        self.stop_cause = cause
+        self.stop_reason = reason
+        self.stop_until = until
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_exception(_Halted())
+        for fut in list(self._sleepers):
+            _wake(fut)
+
+    def is_stopped(self, now: float) -> bool:
+        if self.stopped and self.stop_until is not None and now >= self.stop_until:
+            self.reopen()
+        return self.stopped
+
+    def reopen(self) -> None:
+        self.stopped = False
+        self.stop_until = None
+        self.outage_since = None
+        self.auth_streak.clear()
+        self.down = 0
+
+
+def _host_of(adapter: Adapter) -> str:
+    base = getattr(adapter, "base", None)
+    if not isinstance(base, str):
+        return "?"
+    parts = urlsplit(base)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    port = port or {"https": 443, "http": 80}.get(parts.scheme)
+    return f"{host}:{port}" if port else host
+
+
+class _Track:
+    """What a worker is doing, for a run that stops early."""
+
+    __slots__ = ("flow", "in_request", "pool")
+
+    def __init__(self, pool: _Pool | None = None) -> None:
+        self.pool = pool
+        self.flow: Flow | None = None
+        self.in_request = False
+
+
+async def _resting(track: _Track, waiting: Awaitable[None]) -> None:
+    """Await ``waiting`` while the lane's pool counts this worker as resting, so that
+    another may take the lane's next change meanwhile."""
+    pool = track.pool
+    if pool is None:
+        await waiting
+        return
+    pool.resting()
+    try:
+        await waiting
+    finally:
+        pool.back()
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    """A preflight check of one system (:meth:`Dispatcher.check`).
+
+    Attributes:
+        system: The system.
+        host: ``host:port`` it was reached at.
+        reachable: An answer came back.
+        authenticated: The credentials were accepted (``None``: not known, e.g. the
+            system answered only 429 or 503).
+        latency: Seconds the answer took.
+        status: The HTTP status of the answer.
+        error: What is wrong, when something is.
+    """
+
+    system: str
+    host: str
+    reachable: bool
+    authenticated: bool | None = None
+    latency: float | None = None
+    status: int | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Reachable and the credentials accepted."""
+        return self.reachable and self.authenticated is True and self.error is None
 
 
 class Dispatcher:
@@ -426,19 +488,24 @@ class Dispatcher:
 
     Args:
         adapters: One adapter per system (a list, or a mapping of system name to adapter).
-        session: An aiohttp session to use (the caller keeps it open and closes it); by
-            default the dispatcher owns one with a connection pool of ``concurrency``.
-            A session of your own should allow ``concurrency`` connections, and cannot
-            have aiohttp's silent resend of idempotent requests turned off, which the
-            dispatcher's own session has (see ``docs/reliability.md``).
+        transport: How requests are sent (a :class:`~patchassign.transports.Transport`):
+            by default an owned :class:`~patchassign.transports.AiohttpTransport` with a
+            pool of ``concurrency`` connections; :class:`~patchassign.MockTransport` in
+            tests.
+        session: An aiohttp session for the default transport (the caller keeps it open
+            and closes it). It keeps aiohttp's silent resend of idempotent requests,
+            which the owned session turns off (see ``docs/reliability.md``).
         concurrency: Requests in flight at once, over all systems.
         limits: Per-system :class:`Limits`, over each adapter's own ``limits`` (its
             system's documented limits).
-        retry: The :class:`RetryPolicy`.
-        verify_tls: Verify servers' TLS certificates. Turning it off is logged as a
-            warning every time a dispatcher starts.
+        retry: The :class:`RetryPolicy` (retries, deadlines, fail-fast budgets).
+        verify_tls: Verify servers' TLS certificates (default transport). Turning it off
+            is logged as a warning.
         dry_run: Read records (GET) but never write: each change that would write ends
             ``planned``, with the request in :attr:`Result.planned`.
+        buffer: Changes read ahead and waiting, per system, at most.
+        hooks: :class:`~patchassign.hooks.Hooks` to tell of results, retries, slowdowns
+            and stops.
         seed: Seed for the backoff jitter (tests).
     """
 
@@ -446,12 +513,15 @@ class Dispatcher:
         self,
         adapters: Iterable[Adapter] | Mapping[str, Adapter],
         *,
+        transport: Transport | None = None,
         session: aiohttp.ClientSession | None = None,
         concurrency: int = 64,
         limits: Mapping[str, Limits] | None = None,
         retry: RetryPolicy | None = None,
         verify_tls: bool = True,
         dry_run: bool = False,
+        buffer: int = 10_000,
+        hooks: Iterable[Hooks] = (),
         seed: int | None = None,
     ) -> None:
         if isinstance(adapters, Mapping):
@@ -460,26 +530,36 @@ class Dispatcher:
             self.adapters = {a.system: a for a in adapters}
         if not 1 <= concurrency <= 10_000:
             raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency}")
+        if not 1 <= buffer <= 10_000_000:
+            raise ConfigError(f"buffer must be between 1 and 10000000, got {buffer}")
+        if transport is not None and session is not None:
+            raise ConfigError("give a transport or a session, not both")
         self.concurrency = concurrency
+        self.buffer = buffer
         self.limits = {name: a.limits for name, a in self.adapters.items()}
         self.limits.update(limits or {})
         for name, lim in self.limits.items():
             if not isinstance(lim, Limits):
                 raise ConfigError(f"limits[{name!r}] must be a Limits, got {type(lim).__name__}")
         self.retry = retry or RetryPolicy()
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         self.verify_tls = verify_tls
         self.dry_run = dry_run
         self._rng = random.Random(seed)  # noqa: S311 - jitter, not secrets
+        self.transport = transport
         self._session = session
-        self._own_session = session is None
-        self._gates: dict[str, _Gate] = {}
-        self._slots: _Gate | None = None
-        # Per request: in flight never exceeds the pool, so ``total`` does not count a
-        # wait for a connection (aiohttp#10313).
-        self._timeout = aiohttp.ClientTimeout(
-            total=self.retry.timeout, sock_connect=min(10.0, self.retry.timeout)
-        )
-        self._busy = _KeyLocks()
+        self._own_transport = transport is None
+        self._slots = _Slots(concurrency)
+        self._lanes = {
+            name: _Lane(a, self.limits.get(name, Limits()), self.retry.slowdown)
+            for name, a in self.adapters.items()
+        }
+        hooks = list(hooks)
+        self._on_result = [h.on_result for h in hooks if _overrides(h, "on_result")]
+        self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
+        self._on_slowdown = [h.on_slowdown for h in hooks if _overrides(h, "on_slowdown")]
+        self._on_stop = [h.on_stop for h in hooks if _overrides(h, "on_stop")]
         #: Requests answered, per ``(system, status)``; ``status`` 0: no answer.
         self.counts: Counter[tuple[str, int]] = Counter()
 
@@ -501,36 +581,24 @@ class Dispatcher:
         await self.close()
 
     async def start(self) -> None:
-        """Open the session (when the dispatcher owns it). ``async with`` calls this."""
-        if not self.verify_tls:
-            log.warning(
-                "TLS certificate verification is OFF: any server can impersonate the "
-                "target systems and read the credentials sent to them"
+        """Open the default transport (when the dispatcher owns one). ``async with`` calls
+        this."""
+        if self.transport is None:
+            from .transports._aiohttp import AiohttpTransport
+
+            aio = AiohttpTransport(
+                session=self._session, limit=self.concurrency, verify_tls=self.verify_tls
             )
-        self._slots = _Gate(Limits(concurrency=self.concurrency), 1.0)
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self.concurrency,
-                limit_per_host=0,
-                ttl_dns_cache=300,
-                ssl=self.verify_tls,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                trust_env=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-            # aiohttp resends an idempotent request (PUT) once, silently, when the
-            # connection drops: a second write we did not decide on. We decide.
-            if hasattr(self._session, "_retry_connection"):
-                self._session._retry_connection = False
+            aio.open()
+            self.transport = aio
 
     async def close(self) -> None:
-        """Close the session if the dispatcher owns it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the transport if the dispatcher owns it."""
+        if self._own_transport and self.transport is not None:
+            closer = getattr(self.transport, "aclose", None)
+            if closer is not None:
+                await closer()
+            self.transport = None
 
     # -- public API ----------------------------------------------------------------------
 
@@ -539,16 +607,23 @@ class Dispatcher:
     ) -> Run:
         """Send ``changes``; iterate the returned :class:`Run` for results as they complete.
 
-        The input is read lazily, at most a few changes ahead of the sends, and results
-        wait for the consumer (backpressure): memory does not grow with the input.
-        ``read_first``: read every record before writing, even where the change does not
-        need it, so a change already in place is not sent again (a resume after a crash).
+        The input is read ahead into each system's buffer (at most ``buffer`` changes
+        per system) and results wait for the consumer (backpressure): memory does not
+        grow with the input. ``read_first``: read every record before writing, even where
+        the change does not need it, so a change already in place is not sent again (a
+        resume after a crash). A run starts with every system open again, even one a
+        previous run stopped.
         """
+        for lane in self._lanes.values():
+            lane.reopen()
         return Run(self, changes, read_first)
 
     async def send(self, change: Change, *, read_first: bool = False) -> Result:
         """Send one change and return its result."""
-        return await self._process(_Track(0, change), None, read_first)
+        lane = self._lanes.get(change.system)
+        if lane is None:
+            return self._no_adapter(0, change)
+        return await self._process(lane, _Track(), 0, change, None, read_first)
 
     async def send_all(self, changes: Iterable[Change] | AsyncIterable[Change]) -> list[Result]:
         """Send ``changes`` concurrently; results in input order."""
@@ -557,293 +632,396 @@ class Dispatcher:
         out.sort(key=lambda r: r.index)
         return out
 
+    async def check(
+        self, changes: Iterable[Change] = (), *, systems: Iterable[str] | None = None
+    ) -> dict[str, Check]:
+        """Preflight: one authenticated read per system, before any write.
+
+        For each system the first of ``changes`` that belongs to it is read (so a plan's
+        own record proves access); a system without one is read with its adapter's
+        ``probe()`` request. Nothing is written.
+
+        Args:
+            changes: Changes whose records to read (the first per system is used).
+            systems: The systems to check (default: every configured one).
+
+        Returns:
+            :class:`Check` per system name.
+        """
+        names = list(self.adapters) if systems is None else list(dict.fromkeys(systems))
+        samples: dict[str, Change] = {}
+        for change in changes:
+            if change.system in names and change.system not in samples:
+                samples[change.system] = change
+                if len(samples) == len(names):
+                    break
+        results = await asyncio.gather(*(self._check(n, samples.get(n)) for n in names))
+        return dict(zip(names, results, strict=True))
+
     def slowdowns(self) -> dict[str, int]:
         """How many times each system was slowed down after many 429s."""
-        return {name: g.slowdowns for name, g in self._gates.items()}
+        return {name: lane.slowdowns for name, lane in self._lanes.items()}
+
+    def stopped(self) -> dict[str, str]:
+        """Systems stopped by fail-fast, with the reason."""
+        return {name: lane.stop_reason for name, lane in self._lanes.items() if lane.stopped}
+
+    # -- preflight ------------------------------------------------------------------------
+
+    async def _check(self, system: str, sample: Change | None) -> Check:
+        lane = self._lanes.get(system)
+        if lane is None:
+            return Check(system=system, host="?", reachable=False, error="no adapter configured")
+        transport = self._transport()
+        adapter = lane.adapter
+        if sample is not None:
+            request = adapter.read(sample)
+
+            def judge(r: HttpResponse) -> Any:
+                return adapter.current(sample, r)
+        else:
+            probe = getattr(adapter, "probe", None)
+            probed = getattr(adapter, "probed", None)
+            if probe is None or probed is None:
+                return Check(
+                    system=system,
+                    host=lane.host,
+                    reachable=False,
+                    error=f"{lane.where}: the adapter has no probe(); give a plan to read one of its records",
+                )
+            try:
+                request = probe()
+            except NotImplementedError:
+                return Check(
+                    system=system,
+                    host=lane.host,
+                    reachable=False,
+                    error=f"{lane.where}: no probe request; give a plan to read one of its records",
+                )
+            judge = probed
+        loop = asyncio.get_running_loop()
+        policy = self.retry
+        for attempt in range(1, 4):
+            t0 = loop.time()
+            try:
+                response = await transport.send(request, timeout=policy.timeout)
+            except SetupError as e:
+                return Check(system=system, host=lane.host, reachable=False, error=f"{system}: {e}")
+            except ConnectError as e:
+                return Check(system=system, host=lane.host, reachable=False, error=f"{system}: {e}")
+            except TransportError as e:
+                if attempt == 3:
+                    return Check(
+                        system=system, host=lane.host, reachable=False, error=f"{system}: {e}"
+                    )
+                await asyncio.sleep(backoff_delay(attempt, None, policy, self._rng))
+                continue
+            latency = loop.time() - t0
+            verdict = judge(response)
+            base = Check(system=system, host=lane.host, reachable=True, latency=latency)
+            replace = msgspec.structs.replace
+            if isinstance(verdict, Current):
+                return replace(base, authenticated=True, status=response.status)
+            if isinstance(verdict, Failed):
+                if verdict.auth:
+                    return replace(
+                        base,
+                        authenticated=False,
+                        status=response.status,
+                        error=f"{lane.where}: credentials refused: {verdict.reason}",
+                    )
+                # The record could not be read, but not for the credentials.
+                return replace(
+                    base,
+                    authenticated=True,
+                    status=response.status,
+                    error=f"{lane.where}: reading a record: {verdict.reason}",
+                )
+            if attempt == 3 or (verdict.after or 0) > 10:
+                return replace(
+                    base,
+                    authenticated=None,
+                    status=response.status,
+                    error=f"{lane.where}: {verdict.reason}",
+                )
+            await asyncio.sleep(backoff_delay(attempt, verdict.after, policy, self._rng))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- one change -----------------------------------------------------------------------
 
-    def _gate(self, system: str) -> _Gate:
-        gate = self._gates.get(system)
-        if gate is None:
-            gate = self._gates[system] = _Gate(
-                self.limits.get(system, Limits()), self.retry.slowdown
-            )
-        return gate
+    def _transport(self) -> Transport:
+        if self.transport is None:
+            raise RuntimeError("the dispatcher is not started: use 'async with Dispatcher(...)'")
+        return self.transport
+
+    def _no_adapter(self, index: int, change: Change) -> Result:
+        return Result(
+            index=index,
+            id=change.id,
+            system=change.system,
+            record=change.record,
+            status="failed",
+            error=f"no adapter configured for system {change.system!r}",
+            started=time.time(),
+        )
 
     async def _process(
-        self, track: _Track, stop: asyncio.Event | None, read_first: bool = False
-    ) -> Result:
-        change = track.change
-        assert change is not None
-        adapter = self.adapters.get(change.system)
-        if adapter is None:
-            return track.result(
-                "failed", error=f"no adapter configured for system {change.system!r}"
-            )
-        try:
-            adapter.check(change)
-        except InvalidChange as e:
-            return track.result("failed", error=str(e))
-        key = f"{change.system}/{change.record}"
-        busy = self._busy
-        if not busy.try_acquire(key):
-            await busy.acquire(key)
-        try:
-            status, kw = await self._drive(adapter, change, track, stop, read_first)
-        except _Stop:
-            return track.cancelled()
-        except (PatchError, InvalidChange, ConfigError) as e:
-            # An adapter refusing with one of our typed errors instead of returning
-            # Failed: still one change's problem, not the run's.
-            return track.result("failed", error=f"{type(e).__name__}: {e}")
-        finally:
-            busy.release(key)
-        return track.result(status, **kw)
-
-    async def _drive(
         self,
-        adapter: Adapter,
-        change: Change,
+        lane: _Lane,
         track: _Track,
+        index: int,
+        change: Change,
         stop: asyncio.Event | None,
         read_first: bool,
-    ) -> tuple[Status, dict[str, Any]]:
-        policy = self.retry
+    ) -> Result:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + policy.deadline
-        gate = self._gate(adapter.system)
-        failures = 0
-        conflicts = 0
-        must_read = read_first  # and after a conflict or an ambiguous failure
-        last = "no answer yet"  # the last reason a request failed
-        maybe_applied = False  # a write went out and may have been applied
-
-        async def wait(after: float | None, why: str) -> str | None:
-            """Back off before trying again; the reason to give up, if it is time to."""
-            nonlocal failures, last
-            failures += 1
-            last = why
-            if failures >= policy.attempts:
-                return f"gave up after {failures} attempts: {why}"
-            delay = backoff_delay(failures, after, policy, self._rng)
-            if loop.time() + delay > deadline:
-                return f"deadline of {policy.deadline:g}s reached: {why}"
-            log.debug("retrying %s/%s in %.2fs: %s", change.system, change.record, delay, why)
-            if stop is not None and stop.is_set():
-                raise _Stop
-            await _resting(track, asyncio.sleep(delay))
-            return None
-
-        async def recover(broken: _Broken) -> tuple[Status, dict[str, Any]] | None:
-            """After a request without an answer: the final result, or None to go on."""
-            nonlocal last
-            if broken is _DEADLINE:
-                return "failed", {"error": f"deadline of {policy.deadline:g}s reached: {last}"}
-            if broken.unreachable:
-                last = broken.reason
-                if loop.time() >= deadline:
-                    return "failed", {"error": f"deadline reached: {broken.reason}"}
-                return None  # the system's gate waits for it to come back
-            give_up = await wait(None, broken.reason)
-            return ("failed", {"error": give_up}) if give_up else None
-
-        while True:
-            if stop is not None and stop.is_set():
-                raise _Stop
-            current: Current | None = None
-            if must_read or adapter.needs_read(change):
-                got = await self._request(
-                    adapter.system, gate, adapter.read(change), track, deadline, False
-                )
-                if isinstance(got, _Broken):
-                    final = await recover(got)
-                    if final is not None:
-                        return final
-                    continue
-                read = adapter.current(change, got)
-                if isinstance(read, Retry):
-                    give_up = await wait(read.after, read.reason)
-                    if give_up:
-                        return "failed", {"error": give_up}
-                    continue
-                if isinstance(read, Failed):
-                    return "failed", {"error": f"reading the record: {read.reason}"}
-                current = read
-                must_read = False
-                failures = 0
-            step = adapter.prepare(change, current)
-            if isinstance(step, Unchanged):
-                if maybe_applied:
-                    track.unconfirmed = False
-                    return "applied", {"version": step.version}
-                return "unchanged", {"version": step.version}
-            if isinstance(step, Conflict):
-                return "conflict", {"error": step.reason}
-            if isinstance(step, Failed):
-                return "failed", {"error": step.reason}
-            if self.dry_run:
-                return "planned", {"planned": _planned(step)}
-            if stop is not None and stop.is_set():
-                raise _Stop
-            sent = await self._request(adapter.system, gate, step, track, deadline, True)
-            if isinstance(sent, _Broken):
-                if sent.sent:
-                    maybe_applied = track.unconfirmed = True
-                    must_read = True
-                final = await recover(sent)
-                if final is not None:
-                    return final
-                continue
-            outcome = adapter.outcome(change, sent)
-            if not isinstance(outcome, Retry):
-                failures = 0
-            if isinstance(outcome, Applied):
-                track.unconfirmed = False
-                return "applied", {"version": outcome.version, "record_after": outcome.record}
-            if isinstance(outcome, Retry):
-                if outcome.ambiguous:
-                    maybe_applied = track.unconfirmed = True
-                    must_read = True
-                give_up = await wait(outcome.after, outcome.reason)
-                if give_up:
-                    return "failed", {"error": give_up}
-                continue
-            if isinstance(outcome, Conflict):
-                if not outcome.recoverable:
-                    return "conflict", {"error": outcome.reason}
-                conflicts += 1
-                if conflicts > policy.conflicts:
-                    return "conflict", {
-                        "error": f"still conflicting after {conflicts} re-reads: {outcome.reason}"
-                    }
-                must_read = True
-                continue
-            return "failed", {"error": outcome.reason}
-
-    def _down(self, system: str, gate: _Gate, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        if gate.paused_until > now:
-            return  # already paused: one pause per outage step, not one per request
-        pause = gate.unreachable(now, self._rng)
-        if gate.down == 1 or gate.down % 5 == 0:
-            log.warning("%s: cannot connect; pausing its requests for %.1fs", system, pause)
-
-    async def _request(
-        self,
-        system: str,
-        gate: _Gate,
-        req: HttpRequest,
-        track: _Track,
-        deadline: float,
-        write: bool,
-    ) -> HttpResponse | _Broken:
-        """One request under the limits; an answer, or why there is none."""
-        session, slots = self._session, self._slots
-        if write and self.dry_run:  # pragma: no cover - _drive stops before
-            raise RuntimeError("a dry run never writes")
-        if session is None or slots is None:
-            raise RuntimeError("the dispatcher is not started: use 'async with Dispatcher(...)'")
-        loop = asyncio.get_running_loop()
-        # The system's gate first: waiting for a busy system must not hold a slot that
-        # another system could use.
-        if not gate.try_acquire(loop.time()):
-            await _resting(track, gate.acquire(loop))
+        flow = Flow(
+            lane.adapter,
+            change,
+            policy=self.retry,
+            rng=self._rng,
+            now=now,
+            index=index,
+            read_first=read_first,
+            dry_run=self.dry_run,
+        )
+        track.flow = flow
+        if lane.stopped and lane.is_stopped(now):
+            return flow.finish(lane.stop_status, lane.stop_reason, now).result
+        key = str(change.record)
+        busy = lane.keys
+        if not busy.try_acquire(key):
+            await _resting(track, busy.acquire(key))
         try:
-            if not slots.try_acquire(0.0):
-                await slots.acquire(loop)
+            step = flow.start(loop.time())
+            while True:
+                kind = type(step)
+                if kind is Send:
+                    assert isinstance(step, Send)
+                    step = await self._send(lane, flow, step, track, stop)
+                elif kind is Wait:
+                    assert isinstance(step, Wait)
+                    step = await self._wait(lane, flow, step, track, stop)
+                else:
+                    assert isinstance(step, Done)
+                    return step.result
+        except _Stop:
+            return flow.cancelled(loop.time()).result
+        finally:
+            busy.release(key)
+
+    async def _wait(
+        self, lane: _Lane, flow: Flow, step: Wait, track: _Track, stop: asyncio.Event | None
+    ) -> Send | Wait | Done:
+        if self._on_retry:
+            change = flow.change
+            self._emit(
+                self._on_retry,
+                RetryEvent(
+                    system=change.system,
+                    record=change.record,
+                    id=change.id,
+                    failures=flow.failures,
+                    wait=step.seconds,
+                    reason=step.reason,
+                ),
+            )
+        if stop is not None and stop.is_set():
+            raise _Stop
+        loop = asyncio.get_running_loop()
+        await _resting(track, lane.sleep(loop, step.seconds))
+        now = loop.time()
+        if lane.stopped and lane.is_stopped(now):
+            return flow.finish(lane.stop_status, lane.stop_reason, now)
+        return flow.on_timer(now)
+
+    async def _send(
+        self, lane: _Lane, flow: Flow, step: Send, track: _Track, stop: asyncio.Event | None
+    ) -> Send | Wait | Done:
+        if stop is not None and stop.is_set():
+            raise _Stop
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if lane.stopped and lane.is_stopped(now):
+            return flow.finish(lane.stop_status, lane.stop_reason, now)
+        # The system's limits first: waiting for a busy system must not hold a slot of
+        # the overall concurrency that another system could use.
+        if not lane.try_acquire(now):
             try:
-                limit = deadline - loop.time()
-                timeout = self._timeout
-                if limit >= self.retry.timeout:
-                    limit = self.retry.timeout
-                elif limit <= 0:
-                    return _DEADLINE
-                else:  # the change's deadline comes first
-                    timeout = aiohttp.ClientTimeout(total=limit, sock_connect=timeout.sock_connect)
-                track.attempts += 1
-                track.writes += write
+                await _resting(track, lane.acquire(loop, flow.deadline))
+            except _Expired:
+                return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))
+            except _Halted:
+                return flow.finish(lane.stop_status, lane.stop_reason, loop.time())
+            if stop is not None and stop.is_set():
+                lane.release()
+                raise _Stop
+        transport = self.transport
+        if transport is None:
+            lane.release()
+            raise RuntimeError("the dispatcher is not started: use 'async with Dispatcher(...)'")
+        slots = self._slots
+        error: TransportError | None = None
+        try:
+            if slots.free > 0 and not slots._waiters:
+                slots.free -= 1
+            else:
+                await slots.acquire()
+            try:
+                timeout = step.timeout
+                left = flow.deadline - loop.time()
+                if left < timeout:
+                    if left <= 0:
+                        return flow.expire(loop.time())
+                    timeout = left
                 track.in_request = True
                 try:
-                    async with session.request(
-                        req.method,
-                        yarl.URL(req.url, encoded=True),
-                        headers=req.headers,
-                        data=req.body,
-                        allow_redirects=False,
-                        timeout=timeout,
-                    ) as r:
-                        response = HttpResponse(r.status, r.headers, await r.read())
-                except aiohttp.ConnectionTimeoutError:
-                    self.counts[system, 0] += 1
-                    self._down(system, gate, loop)
-                    return _Broken(f"cannot connect within {timeout.sock_connect:g}s", False, True)
-                except TimeoutError:
-                    self.counts[system, 0] += 1
-                    return _Broken(f"no answer within {limit:.3g}s", True)
-                except aiohttp.ClientConnectorError as e:
-                    self.counts[system, 0] += 1
-                    self._down(system, gate, loop)
-                    return _Broken(f"cannot connect: {e.os_error}", False, True)
-                except aiohttp.ClientError as e:
-                    self.counts[system, 0] += 1
-                    return _Broken(f"connection failed: {type(e).__name__}: {e}", True)
+                    response = await transport.send(step.request, timeout=timeout)
+                except TransportError as e:
+                    error = e
                 finally:
                     track.in_request = False
             finally:
                 slots.release()
         finally:
-            gate.release()
-        status = response.status
-        track.last_status = status
-        self.counts[system, status] += 1
-        gate.down = 0
-        if status == 429:
-            after = parse_retry_after(response.header("Retry-After"))
-            if gate.feedback(True, after, loop.time()):
-                log.warning(
-                    "%s: many requests throttled (429); slowing down to %d in flight",
-                    system,
-                    gate.limit,
+            lane.release()
+        now = loop.time()
+        system = lane.system
+        if error is not None:
+            self.counts[system, 0] += 1
+            nxt = flow.on_error(error, now)
+            signal = flow.signal
+            if signal == "unreachable":
+                self._unreachable(lane, error, now)
+            elif signal == "setup":
+                self._stop(
+                    lane,
+                    "failed",
+                    "setup",
+                    f"{lane.where}: stopped: {error.detail} (a configuration error, not an "
+                    "outage: check the URL and TLS settings); its changes were not sent",
+                    None,
                 )
-        elif status < 300 and (gate.pressure or gate.window < gate.max):
-            gate.feedback(False, None, 0.0)
-        return response
+            return nxt
+        self.counts[system, response.status] += 1
+        nxt = flow.on_response(response, now)
+        signal = flow.signal
+        if signal == "ok":
+            if (
+                lane.window < lane.max
+                or lane.pressure
+                or lane.down
+                or lane.auth_streak
+                or lane.outage_since is not None
+            ):
+                lane.answered()
+        elif signal == "throttled":
+            pause = lane.throttled(flow.after, now)
+            if pause is not None:
+                log.warning(
+                    "%s: many requests throttled (429); slowing down to %d in flight, "
+                    "pausing %.1fs",
+                    lane.where,
+                    lane.limit,
+                    pause,
+                )
+            if pause is not None and self._on_slowdown:
+                self._emit(
+                    self._on_slowdown,
+                    SlowdownEvent(
+                        system=system, host=lane.host, concurrency=lane.limit, pause=pause
+                    ),
+                )
+        elif signal == "auth":
+            lane.auth_streak.add(str(flow.change.record))
+            if len(lane.auth_streak) >= self.retry.auth_stop and not lane.stopped:
+                self._stop(
+                    lane,
+                    "failed",
+                    "auth",
+                    f"{lane.where}: stopped: the credentials were refused (HTTP "
+                    f"{response.status}) for {len(lane.auth_streak)} records in a row; its "
+                    "other changes were not sent",
+                    None,
+                )
+        return nxt
+
+    def _waiting_for(self, lane: _Lane, flow: Flow, now: float) -> str:
+        if lane.paused_until > now:
+            why = f"{lane.where} is paused for {lane.paused_until - now:.3g}s more"
+        else:
+            why = f"waiting for {lane.where}'s limits"
+        return why if not flow.attempts else f"{why}; last: {flow.last}"
+
+    def _unreachable(self, lane: _Lane, error: TransportError, now: float) -> None:
+        """No connection could be made: pause the whole system, longer each time in a
+        row (0.5 s doubling up to 30 s, jittered), and stop it past the outage budget."""
+        if lane.paused_until > now or lane.stopped:
+            return  # one pause per outage step, not one per request
+        if lane.outage_since is None:
+            lane.outage_since = now
+        budget = self.retry.outage
+        down_for = now - lane.outage_since
+        if budget and down_for >= budget:
+            self._stop(
+                lane,
+                "unsent",
+                "unreachable",
+                f"{lane.where}: stopped: unreachable for {down_for:.0f}s (outage budget "
+                f"{budget:g}s): {error.detail}; its changes were not sent (a resume sends them)",
+                now + budget,
+            )
+            return
+        lane.down += 1
+        pause = min(30.0, 0.5 * 2.0 ** min(lane.down - 1, 10)) * self._rng.uniform(0.5, 1.0)
+        if budget:
+            pause = min(pause, lane.outage_since + budget - now)
+        lane.paused_until = max(lane.paused_until, now + pause)
+        if lane.down == 1 or lane.down % 5 == 0:
+            log.warning(
+                "%s: cannot connect (%s); pausing its requests for %.1fs",
+                lane.where,
+                error.detail,
+                pause,
+            )
+
+    def _stop(
+        self, lane: _Lane, status: Status, cause: str, reason: str, until: float | None
+    ) -> None:
+        lane.stop(status, cause, reason, until)
+        log.warning("%s", reason)
+        if self._on_stop:
+            self._emit(
+                self._on_stop,
+                StopEvent(
+                    system=lane.system, host=lane.host, cause=cause, status=status, reason=reason
+                ),
+            )
+
+    @staticmethod
+    def _emit(hooks: list[Any], event: Any) -> None:
+        for hook in hooks:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("a hook raised; ignored")
 
 
-async def _resting(track: _Track, waiting: Awaitable[None]) -> None:
-    """Await ``waiting`` (a backoff, a busy system) while the run's worker pool counts
-    this worker as resting, so that another may use the connections meanwhile."""
-    pool = track.pool
-    if pool is None:
-        await waiting
-        return
-    pool.resting()
-    try:
-        await waiting
-    finally:
-        pool.back()
-
-
-def _planned(req: HttpRequest) -> dict[str, Any]:
-    body: Any = None
-    if req.body is not None:
-        try:
-            body = msgspec.json.decode(req.body)
-        except msgspec.DecodeError:
-            body = req.body.decode("utf-8", "replace")
-    return {"method": req.method, "url": req.url, "body": body}
+def _overrides(hooks: Hooks, name: str) -> bool:
+    return getattr(type(hooks), name, None) is not getattr(Hooks, name)
 
 
 class _RunState:
-    """What a run shares with its workers (not the :class:`Run` itself: a run dropped by
+    """What a run shares with its tasks (not the :class:`Run` itself: a run dropped by
     its consumer must be collectable, so that its generator is closed)."""
 
-    __slots__ = ("stopped", "taken")
+    __slots__ = ("exhausted", "stopped", "taken")
 
     def __init__(self) -> None:
         self.stopped: list[Result] = []
         self.taken = 0
+        self.exhausted = False
 
 
 class Run:
@@ -938,33 +1116,38 @@ class _Channel:
         return item
 
 
-class _Pool:
-    """The run's workers: ``target`` of them working, more while some wait.
+class _Buffer:
+    """One run's waiting changes for one lane, and its idle workers."""
 
-    A worker that waits (a backoff, a busy or paused system) is *resting*; while fewer
-    than ``target`` work, another is started (up to ``4 * target`` in all), so waiting
-    changes do not idle the connections. Workers beyond the target retire when their
-    change is done.
-    """
+    __slots__ = ("cap", "idlers", "items", "lane", "low")
 
-    __slots__ = ("active", "exhausted", "live", "max", "spawn", "spawned", "target")
+    def __init__(self, lane: _Lane, cap: int) -> None:
+        self.lane = lane
+        self.cap = cap
+        self.low = cap - max(1, cap // 8)  # the reader goes on below this
+        self.items: deque[tuple[int, Change]] = deque()
+        self.idlers: deque[asyncio.Future[None]] = deque()
 
-    def __init__(self, target: int, spawn: Callable[[], None]) -> None:
-        self.target = target
-        self.max = 4 * target
-        self.spawn = spawn
-        self.active = 0
-        self.live = 0
-        self.spawned = 0
-        self.exhausted = False
+    def put(self, item: tuple[int, Change]) -> None:
+        self.items.append(item)
+        while self.idlers:
+            fut = self.idlers.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
 
-    def resting(self) -> None:
-        self.active -= 1
-        if self.active < self.target and self.live < self.max and not self.exhausted:
-            self.spawn()
+    def wake_all(self) -> None:
+        while self.idlers:
+            _wake(self.idlers.popleft())
 
-    def back(self) -> None:
-        self.active += 1
+    async def idle(self) -> None:
+        fut = asyncio.get_running_loop().create_future()
+        self.idlers.append(fut)
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
 
 
 async def _results(
@@ -973,54 +1156,81 @@ async def _results(
     state: _RunState,
     read_first: bool,
 ) -> AsyncGenerator[Result, None]:
-    n = d.concurrency
-    todo: asyncio.Queue[tuple[int, Change] | None] = asyncio.Queue(maxsize=n)
-    source = None if isinstance(changes, AsyncIterable) else iter(changes)
-    done = _Channel(n)
+    buffers = {name: _Buffer(lane, d.buffer) for name, lane in d._lanes.items()}
+    done = _Channel(d.concurrency)
     stop = asyncio.Event()
     tracks: dict[asyncio.Task[None], _Track] = {}
+    spawned = 0
+    # The reader, while it waits for room in one buffer: that buffer and a future.
+    blocked: list[tuple[_Buffer, asyncio.Future[None]]] = []
 
-    def take() -> tuple[int, Change] | None:
-        """The next change of a plain iterable (no task, no queue in between)."""
-        assert source is not None
-        for change in source:
-            index = state.taken
-            state.taken += 1
-            return index, change
-        pool.exhausted = True
-        return None
+    def room(buffer: _Buffer) -> None:
+        """A change left ``buffer``: let the reader go on when it waits for room there."""
+        if blocked[0][0] is buffer and len(buffer.items) <= buffer.low:
+            _wake(blocked.pop()[1])
 
-    async def feed() -> None:
-        assert isinstance(changes, AsyncIterable)
+    async def read() -> None:
+        """Hand the input's changes to their lanes; pause only at a full buffer."""
+        n = 0
         try:
-            async for change in changes:
-                await todo.put((state.taken, change))
-                state.taken += 1
+            source: Any = changes
+            if isinstance(source, AsyncIterable):
+                async for change in source:
+                    await place(change)
+            else:
+                for change in source:
+                    await place(change)
+                    n += 1
+                    if n & 255 == 0:
+                        await asyncio.sleep(0)
         except Exception as e:  # the input itself broke: the consumer hears of it
             await done.put(e)
         finally:
-            await todo.put(None)  # each worker that sees it passes it on
+            state.exhausted = True
+            for buffer in buffers.values():
+                buffer.wake_all()
+        await done.put(None)
 
-    async def next_item() -> tuple[int, Change] | None:
-        item = await todo.get()
-        if item is None:
-            pool.exhausted = True
-            todo.put_nowait(None)
-        return item
+    async def place(change: Change) -> None:
+        index = state.taken
+        state.taken += 1
+        buffer = buffers.get(change.system)
+        if buffer is None:
+            await done.put(d._no_adapter(index, change))
+            return
+        while len(buffer.items) >= buffer.cap:
+            fut = asyncio.get_running_loop().create_future()
+            blocked.append((buffer, fut))
+            try:
+                await fut
+            finally:
+                if blocked and blocked[0][1] is fut:
+                    blocked.pop()
+        buffer.put((index, change))
 
-    async def work(track: _Track) -> None:
+    async def work(buffer: _Buffer, track: _Track, pool: _Pool) -> None:
         res: Result | None = None
+        items = buffer.items
+        lane = buffer.lane
+        on_result = d._on_result
         try:
             while not stop.is_set():
-                item = take() if source is not None else await next_item()
-                if item is None:
+                if items:
+                    index, change = items.popleft()
+                    if blocked:
+                        room(buffer)
+                elif state.exhausted:
                     break
-                track.reset(*item)
-                res = await d._process(track, stop, read_first)
-                track.change = None
+                else:
+                    await buffer.idle()
+                    continue
+                res = await d._process(lane, track, index, change, stop, read_first)
+                track.flow = None
                 if stop.is_set():
                     state.stopped.append(res)
                 else:
+                    if on_result:
+                        d._emit(on_result, res)
                     await done.put(res)
                 res = None
                 if pool.active > pool.target:
@@ -1028,8 +1238,8 @@ async def _results(
         except asyncio.CancelledError:
             if res is not None:
                 state.stopped.append(res)  # finished, but nobody took it
-            elif track.change is not None:
-                state.stopped.append(track.cancelled())
+            elif track.flow is not None:
+                state.stopped.append(track.flow.cancelled(asyncio.get_running_loop().time()).result)
             raise
         except Exception as e:  # a programming error: surface it
             await done.put(e)
@@ -1042,24 +1252,29 @@ async def _results(
         if not stop.is_set():
             await done.put(None)
 
-    def spawn() -> None:
-        track = _Track()
-        track.pool = pool
-        pool.live += 1
-        pool.active += 1
-        pool.spawned += 1
-        task = asyncio.create_task(work(track), name=f"patchassign-worker-{pool.spawned}")
-        tracks[task] = track
+    def spawner(buffer: _Buffer) -> _Pool:
+        def spawn() -> None:
+            nonlocal spawned
+            track = _Track(pool)
+            pool.live += 1
+            pool.active += 1
+            spawned += 1
+            task = asyncio.create_task(
+                work(buffer, track, pool), name=f"patchassign-{buffer.lane.system}-{spawned}"
+            )
+            tracks[task] = track
 
-    pool = _Pool(n, spawn)
-    feeder = asyncio.create_task(
-        feed() if source is None else asyncio.sleep(0), name="patchassign-feed"
-    )
-    for _ in range(n):
-        spawn()
+        pool = _Pool(min(buffer.lane.max, d.concurrency), spawn)
+        return pool
+
+    reader = asyncio.create_task(read(), name="patchassign-reader")
+    for buffer in buffers.values():
+        pool = spawner(buffer)
+        for _ in range(pool.target):
+            pool.spawn()
     finished = 0
     try:
-        while finished < pool.spawned:
+        while finished < spawned + 1:
             got = await done.get()
             if got is None:
                 finished += 1
@@ -1069,7 +1284,9 @@ async def _results(
                 yield got
     finally:
         stop.set()
-        feeder.cancel()
+        reader.cancel()
+        for buffer in buffers.values():
+            buffer.wake_all()
         busy = []
         for task, track in list(tracks.items()):
             if task.done():
@@ -1083,7 +1300,7 @@ async def _results(
         left = list(tracks)
         for task in left:
             task.cancel()
-        await asyncio.gather(feeder, *left, return_exceptions=True)
+        await asyncio.gather(reader, *left, return_exceptions=True)
         if state.stopped:
             log.info(
                 "run stopped early: %d change(s) were in progress, %d unconfirmed",

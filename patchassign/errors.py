@@ -1,8 +1,10 @@
 """Errors raised by patchassign.
 
 Every error carries what a user needs to act on it as keyword-only attributes, and a
-message that names the operation (by index, op and path) when there is one::
+message that names the operation (by index, op and path) when there is one. Every error
+the package raises is a :class:`PatchassignError`::
 
+    PatchassignError
     PatchError                  anything wrong with a patch or with applying it
     ├── InvalidPatch            the patch document is malformed (also a ValueError)
     │   └── InvalidPointer      a JSON Pointer is malformed
@@ -16,6 +18,20 @@ message that names the operation (by index, op and path) when there is one::
                                 supported by its system (also a ValueError)
     ConfigError                 a system's configuration is unusable: bad URL, a header
                                 value with CR/LF, a missing credential (also a ValueError)
+    └── JournalError            a journal cannot be used for this run (another plan, locked)
+    InvalidPlan                 a plan has invalid lines and the run was not told to skip
+                                them (nothing was sent)
+
+    TransportError              a request got no answer; ``sent``: it may have reached
+                                the server (then the record is read before any resend)
+    ├── ConnectError            no connection could be made: nothing was sent (refused,
+    │   │                       unreachable, connect timeout: an outage)
+    │   └── SetupError          the host name does not resolve, or TLS failed (handshake,
+    │                           certificate): a configuration error, not an outage
+    ├── ResponseTimeout         the request went out; no answer in time
+    └── ConnectionLost          the connection broke after the request went out
+
+Lines without a parent above are direct children of :class:`PatchassignError`.
 
 ``InvalidPatch`` is permanent: sending the same patch again cannot succeed.
 ``PatchConflict`` depends on the document: re-reading the record and re-diffing may
@@ -32,6 +48,8 @@ from typing import Any, Final, Literal, TypeVar
 __all__ = [
     "ConfigError",
     "ConflictReason",
+    "ConnectError",
+    "ConnectionLost",
     "InvalidChange",
     "InvalidPatch",
     "InvalidPointer",
@@ -39,6 +57,10 @@ __all__ = [
     "NotRepresentable",
     "PatchConflict",
     "PatchError",
+    "PatchassignError",
+    "ResponseTimeout",
+    "SetupError",
+    "TransportError",
 ]
 
 
@@ -74,7 +96,11 @@ def _where(index: int | None, op: str | None, path: str | None) -> str:
     return " ".join(parts) + ": "
 
 
-class PatchError(Exception):
+class PatchassignError(Exception):
+    """The root of every error patchassign raises."""
+
+
+class PatchError(PatchassignError):
     """Base class of every error about a patch document or its application."""
 
 
@@ -224,7 +250,7 @@ def depth_limited(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class InvalidChange(ValueError):
+class InvalidChange(PatchassignError, ValueError):
     """An assignment change is malformed, or its system cannot do it.
 
     Attributes:
@@ -255,5 +281,43 @@ class InvalidChange(ValueError):
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
 
 
-class ConfigError(ValueError):
+class ConfigError(PatchassignError, ValueError):
     """A system's configuration cannot be used (the message names the setting)."""
+
+
+class TransportError(PatchassignError):
+    """A request got no answer.
+
+    Transports raise the subclass that says what happened; the dispatcher decides from it
+    whether the change may have been applied (then it reads the record before resending).
+
+    Attributes:
+        sent: The request may have reached the server (its effect is unknown).
+        host: ``host:port`` of the server, for messages.
+        detail: What happened, without the host.
+    """
+
+    sent: bool = True
+
+    def __init__(self, detail: str, *, host: str = "") -> None:
+        self.detail = detail
+        self.host = host
+        super().__init__(f"{host}: {detail}" if host else detail)
+
+
+class ConnectError(TransportError):
+    """No connection could be made, so nothing was sent: the server is down or unreachable."""
+
+    sent = False
+
+
+class SetupError(ConnectError):
+    """The host name does not resolve, or TLS failed: fix the configuration (not an outage)."""
+
+
+class ResponseTimeout(TransportError):
+    """The request went out and no answer came in time: it may have been applied."""
+
+
+class ConnectionLost(TransportError):
+    """The connection broke after the request went out: it may have been applied."""

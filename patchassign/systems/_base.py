@@ -138,8 +138,10 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "²".isdigit() is true; float("²") fails
         return min(float(value), 86_400.0)
+    if not value.isascii():
+        return None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -183,6 +185,13 @@ class HttpResponse(msgspec.Struct, frozen=True):
     status: int
     headers: Mapping[str, str]
     body: bytes = b""
+
+    @classmethod
+    def from_json(
+        cls, status: int, data: Any, headers: Mapping[str, str] | None = None
+    ) -> HttpResponse:
+        """A response with ``data`` encoded as a JSON body (for tests and mock transports)."""
+        return cls(status, {"Content-Type": "application/json", **(headers or {})}, _encode(data))
 
     def header(self, name: str) -> str | None:
         value = self.headers.get(name)
@@ -230,13 +239,15 @@ class Retry(msgspec.Struct, frozen=True):
     """Try again later. ``after``: the server's wait in seconds, if it said.
 
     ``ambiguous``: the change may have been applied (a 5xx other than 503): read before
-    resending a non-idempotent change.
+    resending. ``throttled``: the system refused for load (429 or the system's own
+    code): the dispatcher slows the whole system down when most answers are like this.
     """
 
     reason: str
     status: int | None = None
     after: float | None = None
     ambiguous: bool = False
+    throttled: bool = False
 
 
 class Conflict(msgspec.Struct, frozen=True):
@@ -252,10 +263,15 @@ class Conflict(msgspec.Struct, frozen=True):
 
 
 class Failed(msgspec.Struct, frozen=True):
-    """Permanent failure: sending again cannot help (bad input, auth, not found)."""
+    """Permanent failure: sending again cannot help (bad input, auth, not found).
+
+    ``auth``: the system refused the credentials or their permissions (401, 403 or the
+    system's own codes). After a few records in a row the dispatcher stops the system.
+    """
 
     reason: str
     status: int | None = None
+    auth: bool = False
 
 
 Outcome = Applied | Retry | Conflict | Failed
@@ -392,6 +408,7 @@ class BaseAdapter(abc.ABC):
                 f"throttled: {message}",
                 status,
                 parse_retry_after(response.header("Retry-After")),
+                throttled=True,
             )
         if status in (502, 503, 504):
             return Retry(
@@ -402,7 +419,28 @@ class BaseAdapter(abc.ABC):
             )
         if status >= 500:
             return Retry(f"server error {status}: {message}", status, None, ambiguous=True)
+        if status in (401, 403):
+            return Failed(f"not authorised ({status}): {message}", status, auth=True)
         return Failed(message, status)
+
+    def probe(self) -> HttpRequest:
+        """A harmless authenticated read for a preflight check (:meth:`Dispatcher.check`).
+
+        The default reads a record id that names nothing: a system checks credentials
+        before it looks a record up, so ``404`` proves both reachability and access.
+        Systems with a cheaper or surer read override this.
+        """
+        return self.get(self.probe_path())
+
+    def probe_path(self) -> str:
+        """The path :meth:`probe` reads (subclasses give one of their read endpoints)."""
+        raise NotImplementedError
+
+    def probed(self, response: HttpResponse) -> Current | Retry | Failed:
+        """What a :meth:`probe` answer says: ``Current`` (reachable, authorised), or why not."""
+        if response.status < 300 or response.status == 404:
+            return Current(None)
+        return self.classify(response, self.error_message(response))
 
     def error_message(self, response: HttpResponse) -> str:
         """The server's error message from its error body, or a summary of the status."""

@@ -49,6 +49,9 @@ class FindableAdapter(BaseAdapter):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}
 
+    def probe_path(self) -> str:
+        return "/assignments/patchassign-preflight"
+
     def _path(self, change: Change) -> str:
         if not isinstance(change.record, str):
             raise self.invalid(

@@ -41,6 +41,8 @@ MAX_ASSIGNEES = 100
 _CONFLICT = frozenset({"GAIA_CO02"})
 _AUTH = frozenset({"GAIA_IA02", "CB_WA01", "CB_AU01", "GAIA_NO01", "CB_NO02"})
 _NOT_FOUND = frozenset({"GAIA_RE01", "GAIA_AP01"})
+#: Too many concurrent requests for the domain (the 429 carries no Retry-After).
+_THROTTLED = frozenset({"GAIA_TO04"})
 
 
 class KintoneAdapter(BaseAdapter):
@@ -90,6 +92,20 @@ class KintoneAdapter(BaseAdapter):
 
     def auth_headers(self) -> dict[str, str]:
         return {self._auth[0]: self._auth[1].reveal()}
+
+    def probe(self) -> HttpRequest:
+        """Read record 1 of the configured app (or app 1): a 404 (``GAIA_RE01``) still
+        proves the token is accepted."""
+        query = urlencode({"app": self.app or 1, "id": 1})
+        return self.get(f"{self._prefix}/record.json?{query}")
+
+    def probed(self, response: HttpResponse) -> Current | Retry | Failed:
+        if response.status < 300:
+            return Current(None)
+        outcome = self._error(response)
+        if isinstance(outcome, Failed) and not outcome.auth and response.status in (404, 400):
+            return Current(None)  # no such record or app: the token itself was accepted
+        return outcome if not isinstance(outcome, Conflict) else Current(None)
 
     def _ids(self, change: Change) -> tuple[int, int]:
         record = change.record
@@ -196,7 +212,9 @@ class KintoneAdapter(BaseAdapter):
         if code in _CONFLICT:
             return Conflict(f"{code}: {message}", response.status)
         if code in _AUTH:
-            return Failed(f"{code}: not authorised: {message}", response.status)
+            return Failed(f"{code}: not authorised: {message}", response.status, auth=True)
+        if code in _THROTTLED:
+            return Retry(f"{code}: throttled: {message}", response.status, throttled=True)
         if code in _NOT_FOUND:
             return Failed(f"{code}: {message}", response.status)
         if isinstance(body, dict) and isinstance(body.get("errors"), dict):

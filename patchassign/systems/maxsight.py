@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import msgspec
+
 from ..changes import Assign, Change, Unassign
 from ..errors import ConfigError
 from ._base import (
@@ -25,6 +27,7 @@ from ._base import (
     Secret,
     Unchanged,
     check_header,
+    parse_retry_after,
     secret,
     segment,
     single,
@@ -139,6 +142,10 @@ class MaxsightAdapter(BaseAdapter):
             secs = response.header("X-RateLimit-Retry-Secs") or response.header(
                 "X-RateLimit-Reset-Secs"
             )
-            if secs is not None and secs.strip().isdigit():
-                return Retry(outcome.reason, outcome.status, float(secs), outcome.ambiguous)
+            after = parse_retry_after(secs)
+            if after is not None:
+                return msgspec.structs.replace(outcome, after=after)
         return outcome
+
+    def probe_path(self) -> str:
+        return "/v5/tasks/patchassign-preflight"

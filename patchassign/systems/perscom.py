@@ -84,6 +84,9 @@ class PerscomAdapter(BaseAdapter):
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token.reveal()}"}
 
+    def probe_path(self) -> str:
+        return f"/{self.version}/assignment-records/{2**31 - 1}"
+
     def _path(self, change: Change) -> str:
         return f"/{self.version}/assignment-records/{segment(self._id(change))}"
 

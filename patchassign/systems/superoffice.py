@@ -103,6 +103,9 @@ class SuperOfficeAdapter(BaseAdapter):
     def auth_headers(self) -> dict[str, str]:
         return {k: v.reveal() for k, v in self._auth.items()}
 
+    def probe_path(self) -> str:
+        return f"/api/v1/ProjectMember/{2**31 - 1}"
+
     def _path(self, change: Change) -> str:
         record = change.record
         if isinstance(record, str) and record.isascii() and record.isdigit():

@@ -8,19 +8,16 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from patchassign.bulk import Options, run_plan
+from patchassign.bulk import Options, PreflightFailed, run_plan
 from patchassign.config import parse_config
 from patchassign.sandbox import Faults
 
 from .test_run import make, patchassign
-
-if TYPE_CHECKING:
-    import pytest
 
 
 def everything_written(folder: Path) -> bytes:
@@ -59,6 +56,7 @@ async def echo() -> AsyncIterator[Echo]:
     e = Echo()
     app = web.Application()
     app.router.add_patch("/v2/assignment-records/{id}", e.patch)
+    app.router.add_get("/v2/assignment-records/{id}", e.patch)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -77,8 +75,16 @@ async def test_a_server_echoing_the_token_is_scrubbed(echo: Echo, tmp_path: Path
     plan.write_text('{"system": "perscom", "record": 1, "action": "assign", "to": "7"}\n')
     results = tmp_path / "results.jsonl"
     err = io.StringIO()
+    # The preflight read is refused (403): nothing is written, and its message is scrubbed.
+    with pytest.raises(PreflightFailed):
+        await run_plan(Options(plan=plan, config=config, progress="none"), err=err)
+    assert "credentials refused" in err.getvalue()
+    assert "Bearer ********" in err.getvalue()
+    assert token not in err.getvalue()
+    err = io.StringIO()
     report = await run_plan(
-        Options(plan=plan, config=config, results=results, progress="none"), err=err
+        Options(plan=plan, config=config, results=results, progress="none", preflight=False),
+        err=err,
     )
     text = report.render()
     assert "token Bearer ******** may not do this" in text

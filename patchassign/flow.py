@@ -1,0 +1,480 @@
+"""The way of one change, as a pure state machine: an event in, the next step out.
+
+A :class:`Flow` drives one change through its adapter. It does no I/O and reads no
+clock: the caller passes the time with every event, and the flow answers with what to do
+next::
+
+    flow = Flow(adapter, change, policy=RetryPolicy(), rng=random.Random(1), now=0.0)
+    step = flow.start(0.0)                     # Send | Wait | Done
+    while not isinstance(step, Done):
+        if isinstance(step, Send):
+            try:
+                step = flow.on_response(transport_send(step.request), now())
+            except TransportError as e:
+                step = flow.on_error(e, now())
+        else:                                  # Wait: sleep step.seconds, then
+            step = flow.on_timer(now())
+    result = step.result
+
+The adapter's classification (:class:`~patchassign.systems.Retry`,
+:class:`~patchassign.systems.Failed` ...) is the only place that reads HTTP statuses and
+``Retry-After``; the flow turns it into retries, re-reads, conflict recovery and a
+:class:`Result`. After each event :attr:`Flow.signal` says what the answer showed about
+the system as a whole (throttled, credentials refused, unreachable, misconfigured), for
+the dispatcher's per-system decisions.
+
+Rules it keeps:
+
+* every try counts: the failure count never starts again, so the backoff grows with each
+  failure and a change makes at most ``attempts`` failed requests;
+* after any ambiguous failure (no answer to a write, a 5xx that may have applied) the
+  record is read before anything is resent;
+* the deadline is hard: a wait that would end after it ends the change now, as
+  ``unsent`` when no write can have taken effect (a resume sends it), else ``failed``
+  with ``unconfirmed`` set.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from .errors import ConfigError, ConnectError, InvalidChange, PatchError, SetupError
+from .systems import (
+    Applied,
+    Conflict,
+    Current,
+    HttpRequest,
+    HttpResponse,
+    Retry,
+    Unchanged,
+)
+
+if TYPE_CHECKING:
+    from .changes import Change
+    from .errors import TransportError
+    from .systems import Adapter
+
+__all__ = [
+    "Done",
+    "Flow",
+    "Result",
+    "RetryPolicy",
+    "Send",
+    "Signal",
+    "Status",
+    "Wait",
+    "backoff_delay",
+]
+
+Status = Literal["applied", "unchanged", "conflict", "failed", "unsent", "cancelled", "planned"]
+#: What the last answer showed about the system as a whole.
+Signal = Literal["ok", "throttled", "auth", "unreachable", "setup"]
+_Positive = Annotated[float, msgspec.Meta(gt=0, le=86_400 * 7)]
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Retries, backoff, time bounds, and when to give up on a whole system.
+
+    Attributes:
+        attempts: Failed tries (connection lost, timeout, 429, 5xx: reads and writes
+            alike) after which the change is reported ``failed``. The count never starts
+            again within a change, so this bounds its requests.
+        conflicts: Re-read-and-resend rounds after version conflicts.
+        base: First backoff ceiling in seconds; it doubles per failure (full jitter:
+            the wait is drawn uniformly below the ceiling).
+        cap: Largest backoff ceiling in seconds.
+        timeout: Seconds one request may take (connecting, sending, reading).
+        deadline: Seconds one change may take in all, waits for its system included. A
+            change ends by its deadline plus at most one request timeout.
+        slowdown: Share of recent answers that are throttled (429) above which the whole
+            system is slowed down (its concurrency halves and it pauses for the
+            Retry-After); a moving average over about the last 20 answers.
+        outage: Seconds a system may stay unreachable (connections refused or timing
+            out) before it is stopped: its waiting changes end ``unsent``. ``0``: wait,
+            change by change, until each one's deadline.
+        auth_stop: Records in a row whose requests were refused for their credentials
+            or permissions (401, 403, the systems' own codes) after which the system is
+            stopped: its other changes end ``failed`` without being sent.
+    """
+
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 6
+    conflicts: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    base: _Positive = 0.2
+    cap: _Positive = 30.0
+    timeout: _Positive = 30.0
+    deadline: _Positive = 300.0
+    slowdown: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
+    outage: Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)] = 60.0
+    auth_stop: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 3
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What happened to one change.
+
+    Attributes:
+        index: The change's position in the input of :meth:`Dispatcher.run` (0-based).
+        id: The change's id (plans default it to ``line-<n>``).
+        system: The target system.
+        record: The record the change is about.
+        status: ``applied`` (the system took it, or a read-back after an ambiguous
+            failure found it in place), ``unchanged`` (already as wanted; nothing
+            sent), ``conflict`` (the record no longer fits the change; not forced),
+            ``failed`` (permanent error, retries exhausted, or its system was stopped
+            for its credentials or configuration), ``unsent`` (not applied and safe to
+            send again: its system was unreachable or throttled past the deadline; a
+            resume sends it), ``cancelled`` (the run stopped first), ``planned`` (a dry
+            run: the write was prepared, not sent).
+        attempts: Requests sent for this change (reads and writes).
+        writes: Write requests among them.
+        http_status: The status of the last answer, if any.
+        version: The record's version token after the change, where the system has one.
+        error: Why it is not applied, in the server's words where it gave some.
+        unconfirmed: A write went out and its effect is unknown (a dropped connection or
+            a timeout, then no confirmation): read the record before trusting either way.
+        started: When work on the change began (Unix time, seconds).
+        elapsed: Seconds from start to result, waits included.
+        record_after: What the system returned for an applied change (for a Findable
+            delegation: the successor assignment).
+        planned: In a dry run, the write that would be sent: ``method``, ``url`` and the
+            JSON ``body`` (headers, and so credentials, are left out).
+    """
+
+    index: int
+    id: str | None
+    system: str
+    record: str | int
+    status: Status
+    attempts: int = 0
+    writes: int = 0
+    http_status: int | None = None
+    version: str | None = None
+    error: str | None = None
+    unconfirmed: bool = False
+    started: float = 0.0
+    elapsed: float = 0.0
+    record_after: Any = None
+    planned: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Applied or already in place."""
+        return self.status in ("applied", "unchanged")
+
+
+def backoff_delay(
+    failures: int, after: float | None, policy: RetryPolicy, rng: random.Random
+) -> float:
+    """Seconds to wait after the ``failures``-th transient failure of a change.
+
+    Full jitter: uniform in ``[0, min(cap, base * 2**(failures-1))]``. A server's
+    ``Retry-After`` is a floor: the wait is at least ``after``, plus up to 10% of it so
+    that the clients it throttled do not all come back in the same instant.
+    """
+    ceiling = min(policy.cap, policy.base * 2 ** max(0, failures - 1))
+    delay = rng.uniform(0.0, ceiling)
+    if after is not None and after > 0:
+        delay = max(delay, after + rng.uniform(0.0, after * 0.1))
+    return delay
+
+
+class Send(msgspec.Struct):
+    """Send ``request`` and feed the answer back (``write``: it changes the record)."""
+
+    request: HttpRequest
+    write: bool
+    timeout: float
+
+
+class Wait(msgspec.Struct):
+    """Wait ``seconds``, then call :meth:`Flow.on_timer`. ``after``: the server asked."""
+
+    seconds: float
+    reason: str
+    after: float | None = None
+
+
+class Done(msgspec.Struct):
+    """The change is finished."""
+
+    result: Result
+
+
+Step = Send | Wait | Done
+
+
+class Flow:
+    """One change's way through its adapter: read, prepare, write, classify, recover.
+
+    Args:
+        adapter: The change's system adapter.
+        change: The change.
+        policy: Retries and time bounds.
+        rng: Random numbers for the backoff jitter.
+        now: The current time (any monotonic clock; every event passes it again).
+        index: The change's position in the run's input (for the result).
+        read_first: Read the record before writing even where the change does not need
+            it (a resume: the change may already be in place).
+        dry_run: Prepare the write but do not send it: end ``planned``.
+        wall: Unix time at ``now`` (for :attr:`Result.started`); defaults to the clock.
+    """
+
+    __slots__ = (
+        "adapter",
+        "after",
+        "attempts",
+        "change",
+        "conflicts",
+        "deadline",
+        "dry_run",
+        "failures",
+        "index",
+        "last",
+        "last_status",
+        "maybe_applied",
+        "must_read",
+        "policy",
+        "rng",
+        "signal",
+        "started",
+        "t0",
+        "writes",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        change: Change,
+        *,
+        policy: RetryPolicy,
+        rng: random.Random,
+        now: float,
+        index: int = 0,
+        read_first: bool = False,
+        dry_run: bool = False,
+        wall: float | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.change = change
+        self.policy = policy
+        self.rng = rng
+        self.index = index
+        self.dry_run = dry_run
+        self.t0 = now
+        self.started = time.time() if wall is None else wall
+        self.deadline = now + policy.deadline
+        self.must_read = read_first
+        self.attempts = 0
+        self.writes = 0
+        self.failures = 0
+        self.conflicts = 0
+        self.maybe_applied = False
+        self.writing = False
+        self.last_status: int | None = None
+        self.last = "no answer yet"
+        #: What the last event showed about the system (``None``: nothing new).
+        self.signal: Signal | None = None
+        #: With ``signal == "throttled"``: the server's wait, if it gave one.
+        self.after: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.change.system}/{self.change.record} attempts={self.attempts}>"
+
+    # -- events ----------------------------------------------------------------------------
+
+    def start(self, now: float) -> Step:
+        """The first step: the read or write to send (or why none is needed)."""
+        try:
+            self.adapter.check(self.change)
+        except InvalidChange as e:
+            return self.finish("failed", str(e), now)
+        return self._guard(self._next, now)
+
+    def on_response(self, response: HttpResponse, now: float) -> Step:
+        """The server answered the last :class:`Send`."""
+        self.attempts += 1
+        self.writes += self.writing
+        self.last_status = response.status
+        self.signal = "ok"
+        self.after = None
+        return self._guard(self._answered, now, response)
+
+    def on_error(self, error: TransportError, now: float) -> Step:
+        """The last :class:`Send` got no answer."""
+        self.attempts += 1
+        self.writes += self.writing
+        self.signal = None
+        reason = str(error)
+        if isinstance(error, SetupError):
+            self.signal = "setup"
+            return self.finish("failed", reason, now)
+        if isinstance(error, ConnectError):
+            # The system is down: the dispatcher pauses it as a whole; this change's
+            # attempts are not spent on it. The deadline still bounds it.
+            self.signal = "unreachable"
+            self.last = reason
+            if now >= self.deadline:
+                return self._expired(now)
+            return self._guard(self._next, now)
+        if self.writing:
+            self.maybe_applied = True
+        self.must_read = True
+        return self._retry(None, reason, now)
+
+    def on_timer(self, now: float) -> Step:
+        """The last :class:`Wait` is over."""
+        self.signal = None
+        return self._guard(self._next, now)
+
+    def expire(self, now: float, reason: str | None = None) -> Done:
+        """The deadline came while the change waited for its system: end it now."""
+        return self._expired(now, reason)
+
+    def finish(self, status: Status, error: str | None, now: float, **kw: Any) -> Done:
+        """End the change with ``status``. ``unsent`` becomes ``failed`` (unconfirmed) when
+        a write may have taken effect: only a change with nothing in doubt is safe to send
+        again blindly."""
+        unconfirmed = self.maybe_applied and status not in ("applied", "unchanged")
+        if status == "unsent" and self.maybe_applied:
+            status = "failed"
+            error = f"{error} (a write was sent earlier and not confirmed)"
+        return Done(
+            Result(
+                index=self.index,
+                id=self.change.id,
+                system=self.change.system,
+                record=self.change.record,
+                status=status,
+                attempts=self.attempts,
+                writes=self.writes,
+                http_status=self.last_status,
+                error=error,
+                unconfirmed=unconfirmed,
+                started=self.started,
+                elapsed=now - self.t0,
+                **kw,
+            )
+        )
+
+    def cancelled(self, now: float) -> Done:
+        """The run stopped before this change finished."""
+        return self.finish("cancelled", "the run stopped before this change finished", now)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _guard(self, fn: Any, now: float, *args: Any) -> Step:
+        try:
+            step: Step = fn(now, *args)
+        except (PatchError, InvalidChange, ConfigError) as e:
+            # An adapter refusing with one of our typed errors instead of returning
+            # Failed: still this change's problem, not the run's.
+            return self.finish("failed", f"{type(e).__name__}: {e}", now)
+        return step
+
+    def _next(self, now: float) -> Step:
+        if self.must_read or self.adapter.needs_read(self.change):
+            return self._send(self.adapter.read(self.change), False, now)
+        return self._prepare(None, now)
+
+    def _prepare(self, current: Current | None, now: float) -> Step:
+        step = self.adapter.prepare(self.change, current)
+        if isinstance(step, HttpRequest):
+            if self.dry_run:
+                return self.finish("planned", None, now, planned=_planned(step))
+            return self._send(step, True, now)
+        if isinstance(step, Unchanged):
+            status: Status = "applied" if self.maybe_applied else "unchanged"
+            return self.finish(status, None, now, version=step.version)
+        if isinstance(step, Conflict):
+            return self.finish("conflict", step.reason, now)
+        return self.finish("failed", step.reason, now)
+
+    def _send(self, request: HttpRequest, write: bool, now: float) -> Step:
+        left = self.deadline - now
+        if left <= 0:
+            return self._expired(now)
+        self.writing = write
+        timeout = self.policy.timeout
+        return Send(request, write, timeout if timeout <= left else left)
+
+    def _answered(self, now: float, response: HttpResponse) -> Step:
+        adapter, change = self.adapter, self.change
+        if not self.writing:
+            read = adapter.current(change, response)
+            if isinstance(read, Current):
+                self.must_read = False
+                return self._prepare(read, now)
+            if isinstance(read, Retry):
+                return self._retry_outcome(read, now)
+            if read.auth:
+                self.signal = "auth"
+            return self.finish("failed", f"reading the record: {read.reason}", now)
+        outcome = adapter.outcome(change, response)
+        if isinstance(outcome, Applied):
+            self.maybe_applied = False
+            return self.finish(
+                "applied", None, now, version=outcome.version, record_after=outcome.record
+            )
+        if isinstance(outcome, Retry):
+            if outcome.ambiguous:
+                self.maybe_applied = True
+                self.must_read = True
+            return self._retry_outcome(outcome, now)
+        if isinstance(outcome, Conflict):
+            if not outcome.recoverable:
+                return self.finish("conflict", outcome.reason, now)
+            self.conflicts += 1
+            if self.conflicts > self.policy.conflicts:
+                return self.finish(
+                    "conflict",
+                    f"still conflicting after {self.conflicts} re-reads: {outcome.reason}",
+                    now,
+                )
+            self.must_read = True
+            return self._next(now)
+        if outcome.auth:
+            self.signal = "auth"
+        return self.finish("failed", outcome.reason, now)
+
+    def _retry_outcome(self, outcome: Retry, now: float) -> Step:
+        if outcome.throttled:
+            self.signal = "throttled"
+            self.after = outcome.after
+        return self._retry(outcome.after, outcome.reason, now)
+
+    def _retry(self, after: float | None, reason: str, now: float) -> Step:
+        self.failures += 1
+        self.last = reason
+        policy = self.policy
+        if self.failures >= policy.attempts:
+            return self.finish("failed", f"gave up after {self.failures} attempts: {reason}", now)
+        left = self.deadline - now
+        if after is not None and after > left:
+            return self.finish(
+                "unsent",
+                f"the server asked to wait {after:g}s, more than the {max(left, 0):.3g}s left "
+                f"of the deadline: {reason}",
+                now,
+            )
+        delay = backoff_delay(self.failures, after, policy, self.rng)
+        if delay > left:
+            return self._expired(now)
+        return Wait(delay, reason, after)
+
+    def _expired(self, now: float, reason: str | None = None) -> Done:
+        why = reason or self.last
+        return self.finish("unsent", f"deadline of {self.policy.deadline:g}s reached: {why}", now)
+
+
+def _planned(req: HttpRequest) -> dict[str, Any]:
+    body: Any = None
+    if req.body is not None:
+        try:
+            body = msgspec.json.decode(req.body)
+        except msgspec.DecodeError:
+            body = req.body.decode("utf-8", "replace")
+    return {"method": req.method, "url": req.url, "body": body}
