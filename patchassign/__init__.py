@@ -1,20 +1,38 @@
 """patchassign: change who is assigned to what in other systems, at volume.
 
 The public API is exactly what this module lists in ``__all__``; everything else is
-internal and may change without notice.
+internal and may change without notice. ``patchassign.systems``, ``patchassign.sandbox``,
+``patchassign.transports`` and ``patchassign.hooks`` are public subpackages. Importing
+this module does not import aiohttp: the network transport is loaded when a dispatcher
+starts without a transport of your own.
 """
 
 from __future__ import annotations
 
+from patchassign.bulk import InvalidPlan, PreflightFailed
+from patchassign.changes import Assign, Delegate, Merge, Patch, SetFields, Unassign
+from patchassign.changes import SetFields as Set
 from patchassign.diff import make_patch
+from patchassign.dispatch import Check, Dispatcher, Run
 from patchassign.errors import (
+    ConfigError,
+    ConnectError,
+    ConnectionLost,
+    InvalidChange,
     InvalidPatch,
     InvalidPointer,
     LimitExceeded,
     NotRepresentable,
+    PatchassignError,
     PatchConflict,
     PatchError,
+    ResponseTimeout,
+    SetupError,
+    TransportError,
 )
+from patchassign.flow import Result, RetryPolicy
+from patchassign.hooks import Hooks
+from patchassign.journal import JournalError
 from patchassign.merge import (
     apply_merge_patch,
     json_patch_to_merge,
@@ -33,25 +51,56 @@ from patchassign.patch import (
     apply_patch,
 )
 from patchassign.pointer import Pointer
+from patchassign.systems import HttpRequest, HttpResponse, Limits
+from patchassign.transports import MockTransport, Transport
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "Add",
+    "Assign",
+    "Check",
+    "ConfigError",
+    "ConnectError",
+    "ConnectionLost",
     "Copy",
+    "Delegate",
+    "Dispatcher",
+    "Hooks",
+    "HttpRequest",
+    "HttpResponse",
+    "InvalidChange",
     "InvalidPatch",
+    "InvalidPlan",
     "InvalidPointer",
+    "JournalError",
     "JsonPatch",
     "LimitExceeded",
+    "Limits",
+    "Merge",
+    "MockTransport",
     "Move",
     "NotRepresentable",
     "Operation",
+    "Patch",
     "PatchConflict",
     "PatchError",
+    "PatchassignError",
     "Pointer",
+    "PreflightFailed",
     "Remove",
     "Replace",
+    "ResponseTimeout",
+    "Result",
+    "RetryPolicy",
+    "Run",
+    "Set",
+    "SetFields",
+    "SetupError",
     "Test",
+    "Transport",
+    "TransportError",
+    "Unassign",
     "__version__",
     "apply_merge_patch",
     "apply_patch",
@@ -60,3 +109,11 @@ __all__ = [
     "make_patch",
     "merge_to_json_patch",
 ]
+
+# The public names belong to the package (as in httpx): reprs, tracebacks and the docs
+# say ``patchassign.Dispatcher``, not where it happens to be defined.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) or (callable(_obj) and hasattr(_obj, "__code__")):
+        _obj.__module__ = "patchassign"
+del _name, _obj

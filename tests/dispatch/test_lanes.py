@@ -1,0 +1,328 @@
+"""The dispatcher's logic on MockTransport: lanes, fail-fast, deadlines, hooks, preflight."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from patchassign import (
+    ConnectError,
+    Dispatcher,
+    Hooks,
+    HttpRequest,
+    HttpResponse,
+    Limits,
+    MockTransport,
+    ResponseTimeout,
+    Result,
+    RetryPolicy,
+    SetupError,
+)
+
+from .fakes import FakeMaxsight, FakePerscom, Route, to_maxsight, to_perscom
+
+if TYPE_CHECKING:
+    from patchassign.hooks import RetryEvent, SlowdownEvent, StopEvent
+
+FAST = RetryPolicy(base=0.01, cap=0.05, timeout=1.0, deadline=10.0)
+
+
+def interleave(*plans: list[Any]) -> list[Any]:
+    return [c for group in itertools.zip_longest(*plans) for c in group if c is not None]
+
+
+def dispatcher(route: Route, **kw: Any) -> Dispatcher:
+    adapters = [fake.adapter() for fake in route.fakes.values()]
+    kw.setdefault("retry", FAST)
+    kw.setdefault("seed", 1)
+    return Dispatcher(adapters, transport=MockTransport(route, record=False), **kw)
+
+
+# -- lanes --------------------------------------------------------------------------------
+
+
+async def test_a_slow_limited_system_does_not_hold_back_the_others() -> None:
+    """Head-of-line blocking: a system limited to one request at a time, 50 ms each, and a
+    fast one in the same plan. The fast one is done long before the slow one."""
+    route = Route(perscom=FakePerscom(delay=0.05), maxsight=FakeMaxsight())
+    plan = interleave(to_perscom(20), to_maxsight(200))
+    limits = {"perscom": Limits(concurrency=1)}
+    async with dispatcher(route, concurrency=2, limits=limits) as d:
+        results = [r async for r in d.run(plan)]
+    assert Counter(r.status for r in results) == {"applied": 220}
+    last_fast = max(i for i, s in enumerate(route.order) if s == "maxsight")
+    slow_before = route.order[:last_fast].count("perscom")
+    # With one queue, every worker ends up waiting at the slow system's gate and the fast
+    # system's answers trickle in between the slow ones.
+    assert slow_before <= 3, slow_before
+
+
+async def test_a_change_waiting_for_its_system_holds_no_overall_slot() -> None:
+    """Overall concurrency 1: the slow system's waiting changes must not take it."""
+    route = Route(perscom=FakePerscom(delay=0.02), maxsight=FakeMaxsight())
+    plan = interleave(to_perscom(10), to_maxsight(50))
+    limits = {"perscom": Limits(concurrency=1, rate=5.0)}  # one every 200 ms
+    async with dispatcher(route, concurrency=1, limits=limits) as d:
+        results = [r async for r in d.run(plan)]
+    systems = [r.system for r in results]
+    assert systems.index("perscom") < 5
+    assert systems[:55].count("maxsight") == 50  # maxsight done before perscom's 6th
+
+
+async def test_reading_pauses_only_for_a_full_buffer() -> None:
+    """A stalled system fills its buffer; changes for others behind it still go."""
+    gate = asyncio.Event()
+
+    async def stalled(request: HttpRequest) -> HttpResponse:
+        await gate.wait()
+        return HttpResponse.from_json(200, {"data": {"id": 1}})
+
+    route = Route(maxsight=FakeMaxsight())
+    adapters = [FakePerscom().adapter(), route.fakes["maxsight"].adapter()]
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if "perscom" in request.url:
+            return await stalled(request)
+        return await route(request)
+
+    plan = [*to_perscom(30), *to_maxsight(40)]
+    async with Dispatcher(
+        adapters, transport=MockTransport(handler), buffer=50, retry=FAST, seed=1
+    ) as d:
+        run = d.run(plan)
+        got: list[Result] = []
+        async for r in run:
+            got.append(r)
+            if len(got) == 40:
+                break
+        await run.aclose()
+        gate.set()
+    assert {r.system for r in got} == {"maxsight"}
+
+
+# -- fail fast ----------------------------------------------------------------------------
+
+
+async def test_refused_credentials_stop_the_system_after_three_records() -> None:
+    refused = HttpResponse.from_json(401, {"message": "bad api key"})
+    maxsight = FakeMaxsight(fault=lambda r: refused)
+    route = Route(maxsight=maxsight, perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(400), to_perscom(100)))]
+    sent = sum(maxsight.requests.values())
+    assert sent <= 8, sent  # a few in flight while the first refusals came back
+    by = Counter((r.system, r.status) for r in results)
+    assert by == {("maxsight", "failed"): 400, ("perscom", "applied"): 100}
+    stopped = [r for r in results if r.system == "maxsight" and r.attempts == 0]
+    assert len(stopped) >= 390
+    assert stopped[0].error is not None
+    assert "maxsight (maxsight.example:443)" in stopped[0].error
+    assert "401" in stopped[0].error
+    assert "not sent" in stopped[0].error
+
+
+async def test_an_unreachable_system_stops_after_the_outage_budget() -> None:
+    def down(request: HttpRequest) -> HttpResponse:
+        raise ConnectError("cannot connect: [Errno 111] Connection refused", host="m:443")
+
+    route = Route(maxsight=FakeMaxsight(fault=down), perscom=FakePerscom())
+    policy = RetryPolicy(base=0.01, timeout=1.0, deadline=300.0, outage=0.8)
+    t0 = time.monotonic()
+    async with dispatcher(route, retry=policy) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(200), to_perscom(50)))]
+        assert "maxsight" in d.stopped()
+    elapsed = time.monotonic() - t0
+    by = Counter((r.system, r.status) for r in results)
+    assert by == {("maxsight", "unsent"): 200, ("perscom", "applied"): 50}
+    assert elapsed < 30  # the outage budget, not the 300 s deadline
+    error = next(r.error for r in results if r.system == "maxsight")
+    assert error is not None
+    assert "unreachable" in error
+    assert "maxsight.example:443" in error
+
+
+async def test_a_dns_or_tls_failure_stops_the_system_at_once() -> None:
+    calls = 0
+
+    def bad_tls(request: HttpRequest) -> HttpResponse:
+        nonlocal calls
+        calls += 1
+        raise SetupError("TLS failed: certificate verify failed", host="m:443")
+
+    route = Route(maxsight=FakeMaxsight(fault=bad_tls), perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(100), to_perscom(10)))]
+    assert calls <= 4  # the first window, not one per change
+    by = Counter((r.system, r.status) for r in results)
+    assert by == {("maxsight", "failed"): 100, ("perscom", "applied"): 10}
+    assert all("certificate" in (r.error or "") for r in results if r.system == "maxsight")
+
+
+async def test_a_retry_after_of_an_hour_ends_that_systems_changes_unsent() -> None:
+    throttled = HttpResponse.from_json(429, {"message": "slow down"}, {"Retry-After": "3600"})
+    route = Route(maxsight=FakeMaxsight(fault=lambda r: throttled), perscom=FakePerscom())
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0)) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(100), to_perscom(100)))]
+    by = Counter((r.system, r.status) for r in results)
+    assert by == {("maxsight", "unsent"): 100, ("perscom", "applied"): 100}
+
+
+async def test_a_deadline_bounds_the_wait_for_a_paused_system() -> None:
+    """Most answers 429 with Retry-After 2 s: the system pauses; a change with a 0.5 s
+    deadline ends by then (plus at most one request timeout), unsent."""
+    throttled = HttpResponse.from_json(429, {"message": "slow down"}, {"Retry-After": "2"})
+    route = Route(maxsight=FakeMaxsight(fault=lambda r: throttled))
+    policy = RetryPolicy(deadline=0.5, timeout=0.2, base=0.01)
+    async with dispatcher(route, retry=policy) as d:
+        results = [r async for r in d.run(to_maxsight(50))]
+    assert {r.status for r in results} == {"unsent"}
+    assert max(r.elapsed for r in results) <= 0.5 + 0.2 + 0.1
+
+
+async def test_every_write_answered_500_is_tried_at_most_attempts_times() -> None:
+    """Reads succeed, writes fail: a successful read does not reset the count."""
+
+    def broken_writes(request: HttpRequest) -> HttpResponse | None:
+        if request.method == "PUT":
+            return HttpResponse.from_json(500, {"message": "oops"})
+        return None
+
+    maxsight = FakeMaxsight(fault=broken_writes)
+    route = Route(maxsight=maxsight)
+    policy = RetryPolicy(attempts=4, base=0.001, cap=0.002, deadline=30.0)
+    async with dispatcher(route, retry=policy) as d:
+        results = [r async for r in d.run(to_maxsight(10))]
+    assert {r.status for r in results} == {"failed"}
+    assert all(r.unconfirmed for r in results)  # a 500 may have applied
+    for task in (f"t{i}" for i in range(10)):
+        assert maxsight.requests["PUT", task] == 4
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+
+class Counting(Hooks):
+    def __init__(self) -> None:
+        self.results: Counter[str] = Counter()
+        self.retries: list[RetryEvent] = []
+        self.slowdowns: list[SlowdownEvent] = []
+        self.stops: list[StopEvent] = []
+
+    def on_result(self, result: Result) -> None:
+        self.results[result.status] += 1
+
+    def on_retry(self, event: RetryEvent) -> None:
+        self.retries.append(event)
+
+    def on_slowdown(self, event: SlowdownEvent) -> None:
+        self.slowdowns.append(event)
+
+    def on_stop(self, event: StopEvent) -> None:
+        self.stops.append(event)
+
+
+class Broken(Hooks):
+    def on_result(self, result: Result) -> None:
+        raise RuntimeError("a metrics backend is down")
+
+
+async def test_hooks_hear_of_results_retries_slowdowns_and_stops() -> None:
+    n = 0
+
+    def flaky(request: HttpRequest) -> HttpResponse | None:
+        nonlocal n
+        n += 1
+        if n <= 30:
+            return HttpResponse.from_json(429, {"message": "busy"}, {"Retry-After": "0"})
+        return None
+
+    refused = HttpResponse.from_json(401, {"message": "no"})
+    route = Route(maxsight=FakeMaxsight(fault=flaky), perscom=FakePerscom(fault=lambda r: refused))
+    hooks = Counting()
+    async with dispatcher(route, hooks=[hooks, Broken()]) as d:
+        results = [r async for r in d.run([*to_maxsight(20), *to_perscom(20)])]
+    assert sum(hooks.results.values()) == len(results) == 40
+    assert hooks.results == {"applied": 20, "failed": 20}
+    assert hooks.retries
+    assert all(e.system == "maxsight" and e.wait >= 0 for e in hooks.retries)
+    assert hooks.slowdowns
+    assert hooks.slowdowns[0].host == "maxsight.example:443"
+    assert [(s.system, s.cause, s.status) for s in hooks.stops] == [("perscom", "auth", "failed")]
+
+
+# -- preflight ------------------------------------------------------------------------------
+
+
+async def test_preflight_reads_one_record_per_system_and_says_what_is_wrong() -> None:
+    def refuse(request: HttpRequest) -> HttpResponse:
+        return HttpResponse.from_json(401, {"error": {"message": "Unauthenticated"}})
+
+    maxsight = FakeMaxsight()
+    route = Route(maxsight=maxsight, perscom=FakePerscom(fault=refuse))
+    async with dispatcher(route) as d:
+        checks = await d.check(to_maxsight(3, first=7))
+    assert checks["maxsight"].ok
+    assert checks["maxsight"].latency is not None
+    assert maxsight.requests == {("GET", "t7"): 1}  # the plan's first record, read only
+    assert not checks["perscom"].ok
+    assert checks["perscom"].authenticated is False
+    assert checks["perscom"].error is not None
+    assert "credentials refused" in checks["perscom"].error
+
+
+async def test_preflight_of_an_unreachable_system() -> None:
+    def down(request: HttpRequest) -> HttpResponse:
+        raise ConnectError("cannot connect: refused", host="m:443")
+
+    route = Route(maxsight=FakeMaxsight(fault=down))
+    async with dispatcher(route) as d:
+        checks = await d.check()
+    assert not checks["maxsight"].reachable
+    assert "refused" in (checks["maxsight"].error or "")
+
+
+# -- MockTransport itself ---------------------------------------------------------------------
+
+
+async def test_mock_transport_times_out_a_slow_async_handler() -> None:
+    async def slow(request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(5)
+        raise AssertionError("not reached")
+
+    t = MockTransport(slow)
+    req = HttpRequest("GET", "https://x.example/a", {})
+    with pytest.raises(ResponseTimeout) as e:
+        await t.send(req, timeout=0.05)
+    assert e.value.sent
+    assert t.requests == [req]
+
+
+async def test_mock_transport_refuses_a_handler_that_returns_something_else() -> None:
+    t = MockTransport(lambda r: {"status": 200})  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="must return an HttpResponse"):
+        await t.send(HttpRequest("GET", "https://x.example/a", {}), timeout=1)
+
+
+async def test_a_timeout_on_a_write_is_read_back_before_any_resend() -> None:
+    """The write went out and its answer was lost; the read shows it applied."""
+    maxsight = FakeMaxsight()
+    lost = 0
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        nonlocal lost
+        answer = await maxsight(request)
+        if request.method == "PUT" and not lost:
+            lost += 1
+            raise ResponseTimeout("no answer", host="m:443")
+        return answer
+
+    async with Dispatcher([maxsight.adapter()], transport=MockTransport(handler), retry=FAST) as d:
+        r = await d.send(to_maxsight(1)[0])
+    assert r.status == "applied"
+    assert not r.unconfirmed
+    assert maxsight.writes["t0"] == 1  # applied once, found in place, not resent

@@ -1,0 +1,178 @@
+"""The per-change state machine, driven with plain values: no I/O, no clock, no loop."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from patchassign import (
+    ConnectError,
+    ConnectionLost,
+    HttpResponse,
+    ResponseTimeout,
+    RetryPolicy,
+    SetupError,
+)
+from patchassign.changes import Assign
+from patchassign.flow import Done, Flow, Send, Wait
+from patchassign.systems import MaxsightAdapter
+
+ADAPTER = MaxsightAdapter("https://m.example", "key", assigned_by="admin")
+CHANGE = Assign(system="maxsight", record="t1", to="eve", id="c1")
+POLICY = RetryPolicy(attempts=4, base=0.1, cap=10.0, timeout=5.0, deadline=60.0)
+
+
+def task(holder: str | None, version: str = "v1") -> HttpResponse:
+    assignment = None if holder is None else {"assigned_to_id": holder, "assigned_to_type": "USER"}
+    return HttpResponse.from_json(
+        200, {"id": "t1", "updated_at": version, "assignment": assignment}
+    )
+
+
+def flow(**kw: Any) -> Flow:
+    kw.setdefault("policy", POLICY)
+    return Flow(ADAPTER, CHANGE, rng=random.Random(1), now=0.0, wall=1000.0, **kw)
+
+
+def test_read_prepare_write_applied() -> None:
+    f = flow()
+    step = f.start(0.0)
+    assert isinstance(step, Send)
+    assert step.request.method == "GET"
+    assert not step.write
+    step = f.on_response(task("ada"), 0.1)
+    assert isinstance(step, Send)
+    assert step.write
+    assert step.request.headers["If-Match"] == "v1"
+    done = f.on_response(task("eve", "v2"), 0.2)
+    assert isinstance(done, Done)
+    r = done.result
+    assert (r.status, r.attempts, r.writes, r.version) == ("applied", 2, 1, "v2")
+    assert r.elapsed == 0.2
+    assert r.started == 1000.0
+
+
+def test_already_in_place_is_unchanged_and_nothing_is_written() -> None:
+    f = flow()
+    f.start(0.0)
+    done = f.on_response(task("eve"), 0.1)
+    assert isinstance(done, Done)
+    assert done.result.status == "unchanged"
+    assert done.result.writes == 0
+
+
+def test_every_failure_counts_and_the_backoff_grows_although_reads_succeed() -> None:
+    f = flow()
+    f.start(0.0)
+    ceilings = []
+    now = 0.0
+    step = f.on_response(task("ada"), now)
+    for _ in range(3):
+        assert isinstance(step, Send)
+        assert step.write
+        step = f.on_response(HttpResponse.from_json(500, {"message": "oops"}), now)
+        assert isinstance(step, Wait)
+        ceilings.append(min(POLICY.cap, POLICY.base * 2 ** (f.failures - 1)))
+        assert step.seconds <= ceilings[-1]
+        now += step.seconds
+        step = f.on_timer(now)  # a 500 may have applied: read first
+        assert isinstance(step, Send)
+        assert not step.write
+        step = f.on_response(task("ada"), now)  # the read succeeds: the count stays
+    assert f.failures == 3
+    assert ceilings == [0.1, 0.2, 0.4]
+    assert isinstance(step, Send)
+    assert step.write
+    done = f.on_response(HttpResponse.from_json(500, {"message": "oops"}), now)
+    assert isinstance(done, Done)
+    assert done.result.status == "failed"
+    assert done.result.writes == 4  # = attempts
+    assert done.result.unconfirmed
+    assert "gave up after 4 attempts" in (done.result.error or "")
+
+
+def test_a_lost_answer_to_a_write_is_read_back_and_found_applied() -> None:
+    f = flow()
+    f.start(0.0)
+    f.on_response(task("ada"), 0.0)
+    step = f.on_error(ConnectionLost("reset", host="m:443"), 0.1)
+    assert isinstance(step, Wait)
+    step = f.on_timer(0.2)
+    assert isinstance(step, Send)
+    assert not step.write
+    done = f.on_response(task("eve", "v2"), 0.3)
+    assert isinstance(done, Done)
+    assert done.result.status == "applied"
+    assert not done.result.unconfirmed
+
+
+def test_a_refused_connection_spends_no_attempt_and_signals_unreachable() -> None:
+    f = flow()
+    f.start(0.0)
+    step = f.on_error(ConnectError("refused", host="m:443"), 0.1)
+    assert f.signal == "unreachable"
+    assert f.failures == 0
+    assert isinstance(step, Send)  # the dispatcher's pause of the system does the waiting
+
+
+def test_a_tls_or_dns_error_ends_the_change_and_signals_setup() -> None:
+    f = flow()
+    f.start(0.0)
+    done = f.on_error(SetupError("certificate verify failed", host="m:443"), 0.1)
+    assert f.signal == "setup"
+    assert isinstance(done, Done)
+    assert done.result.status == "failed"
+    assert "certificate" in (done.result.error or "")
+
+
+def test_a_retry_after_longer_than_the_deadline_ends_unsent_now() -> None:
+    f = flow()
+    f.start(0.0)
+    busy = HttpResponse.from_json(429, {"message": "slow"}, {"Retry-After": "3600"})
+    done = f.on_response(busy, 1.0)
+    assert f.signal == "throttled"
+    assert f.after == 3600
+    assert isinstance(done, Done)
+    assert done.result.status == "unsent"
+    assert "3600" in (done.result.error or "")
+
+
+def test_the_deadline_after_a_possibly_applied_write_is_failed_and_unconfirmed() -> None:
+    f = flow(policy=RetryPolicy(deadline=1.0, base=0.1))
+    f.start(0.0)
+    f.on_response(task("ada"), 0.0)
+    step = f.on_error(ResponseTimeout("no answer", host="m:443"), 0.9)
+    assert isinstance(step, Wait | Done)
+    done = f.expire(1.0)
+    assert done.result.status == "failed"  # not unsent: the write may have applied
+    assert done.result.unconfirmed
+
+
+def test_refused_credentials_signal_auth() -> None:
+    f = flow()
+    f.start(0.0)
+    done = f.on_response(HttpResponse.from_json(401, {"message": "bad key"}), 0.1)
+    assert f.signal == "auth"
+    assert isinstance(done, Done)
+    assert done.result.status == "failed"
+    assert done.result.http_status == 401
+
+
+def test_a_dry_run_plans_the_write() -> None:
+    f = flow(dry_run=True)
+    f.start(0.0)
+    done = f.on_response(task("ada"), 0.1)
+    assert isinstance(done, Done)
+    assert done.result.status == "planned"
+    assert done.result.planned is not None
+    assert done.result.planned["method"] == "PUT"
+    assert "key" not in str(done.result.planned)  # headers are left out
+
+
+def test_an_invalid_change_ends_before_anything_is_sent() -> None:
+    bad = Assign(system="maxsight", record="t1", to=["a", "b"])
+    f = Flow(ADAPTER, bad, policy=POLICY, rng=random.Random(1), now=0.0)
+    done = f.start(0.0)
+    assert isinstance(done, Done)
+    assert done.result.status == "failed"
+    assert done.result.attempts == 0
