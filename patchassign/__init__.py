@@ -9,6 +9,8 @@ starts without a transport of your own.
 
 from __future__ import annotations
 
+import typing as _typing
+
 from patchassign.bulk import InvalidPlan, PreflightFailed
 from patchassign.changes import Assign, Delegate, Merge, Patch, SetFields, Unassign
 from patchassign.changes import SetFields as Set
@@ -111,9 +113,16 @@ __all__ = [
 ]
 
 # The public names belong to the package (as in httpx): reprs, tracebacks and the docs
-# say ``patchassign.Dispatcher``, not where it happens to be defined.
+# say ``patchassign.Dispatcher``, not where it happens to be defined. msgspec and typing
+# resolve a class's postponed annotations in the module its __module__ names, so each
+# public class's own annotations are resolved first, where it was defined.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and "__annotations__" in vars(_obj):
+        _hints = _typing.get_type_hints(_obj, include_extras=True)
+        _obj.__annotations__ = {k: _hints[k] for k in vars(_obj)["__annotations__"]}
 for _name in __all__:
     _obj = globals()[_name]
     if isinstance(_obj, type) or (callable(_obj) and hasattr(_obj, "__code__")):
         _obj.__module__ = "patchassign"
-del _name, _obj
+del _name, _obj, _hints

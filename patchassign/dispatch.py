@@ -917,9 +917,11 @@ class Dispatcher:
             ):
                 lane.answered()
         elif signal == "throttled":
+            before = lane.limit
             pause = lane.throttled(flow.after, now)
             if pause is not None:
-                log.warning(
+                log.log(
+                    logging.WARNING if lane.limit < before else logging.DEBUG,
                     "%s: many requests throttled (429); slowing down to %d in flight, "
                     "pausing %.1fs",
                     lane.where,

@@ -251,6 +251,8 @@ class FakeServer(abc.ABC):
                 return self.throttled(f.retry_after)
             if f.unavailable and draw() < f.unavailable:
                 return self.error(503, "Service unavailable")
+            if f.server_error and draw() < f.server_error:
+                return self.error(500, "Internal server error")
             if f.drop and draw() < f.drop:
                 if draw() < 0.5:
                     await request.read()

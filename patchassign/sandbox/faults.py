@@ -25,6 +25,8 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         throttle: Fraction of requests answered 429 (with the system's retry headers).
         retry_after: Seconds the 429 answers ask the client to wait.
         unavailable: Fraction of requests answered 503.
+        server_error: Fraction of requests answered 500 (nothing applied; the client
+            cannot know that).
         latency: Seconds added to every request.
         jitter: Up to this many extra seconds, uniformly drawn, per request.
         spikes: Fraction of requests delayed by ``spike`` seconds on top.
@@ -46,6 +48,7 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     throttle: _Fraction = 0.0
     retry_after: _Seconds = 1.0
     unavailable: _Fraction = 0.0
+    server_error: _Fraction = 0.0
     latency: _Seconds = 0.0
     jitter: _Seconds = 0.0
     spikes: _Fraction = 0.0
@@ -60,7 +63,14 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     @property
     def any_random(self) -> bool:
         """Whether any per-request random fault is on."""
-        return bool(self.throttle or self.unavailable or self.drop or self.jitter or self.spikes)
+        return bool(
+            self.throttle
+            or self.unavailable
+            or self.server_error
+            or self.drop
+            or self.jitter
+            or self.spikes
+        )
 
 
 FaultsSpec = Faults | Mapping[str, Any] | None

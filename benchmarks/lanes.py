@@ -1,0 +1,191 @@
+"""Lanes: one slow, limited or broken system against healthy ones, side by side in one run.
+
+Every scenario runs the real dispatcher (default transport, default RetryPolicy unless
+said) against the sandbox's fakes on 127.0.0.1, and is compared with the same healthy
+systems run without the troubled one (the baseline, measured in the same process run):
+
+* mixed: a third of the changes for a system limited to ~5% of the others' rate;
+* wrong credentials: requests that reach the system, and the healthy systems' outcome;
+* unreachable: a system at a closed port, default outage budget: when every change
+  has its outcome;
+* 429 storm (60% of answers), and Retry-After: 3600 on every answer;
+* every write answered 500: writes per change against ``attempts``.
+
+Run: python -m benchmarks.lanes [--n 1000] [--quick]   (--quick: outage budget 5 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from benchmarks._harness import machine
+from patchassign import Dispatcher, Limits, RetryPolicy
+from patchassign.sandbox import Sandbox, demo_plan
+from patchassign.systems import MaxsightAdapter, SuperOfficeAdapter
+
+if TYPE_CHECKING:
+    from patchassign.changes import Change
+
+HEALTHY = ("kintone", "perscom")
+
+
+async def timed(
+    adapters: dict[str, Any],
+    plan: Iterable[Change],
+    *,
+    limits: dict[str, Limits] | None = None,
+    retry: RetryPolicy | None = None,
+) -> tuple[dict[str, float], Counter[tuple[str, str]], float]:
+    """Per system: seconds until its last result; statuses; total seconds."""
+    last: dict[str, float] = {}
+    by: Counter[tuple[str, str]] = Counter()
+    t0 = time.perf_counter()
+    # The sandbox has no per-minute limit: lift PERSCOM's documented 1,000 a minute.
+    limits = {"perscom": Limits(concurrency=32), **(limits or {})}
+    async with Dispatcher(adapters, limits=limits, retry=retry, concurrency=64) as d:
+        async for r in d.run(plan):
+            last[r.system] = time.perf_counter() - t0
+            by[r.system, r.status] += 1
+    return last, by, time.perf_counter() - t0
+
+
+def healthy_done(last: dict[str, float]) -> float:
+    return max(last[s] for s in HEALTHY)
+
+
+def statuses(by: Counter[tuple[str, str]], system: str) -> str:
+    return ", ".join(f"{st} {n:,}" for (sy, st), n in sorted(by.items()) if sy == system)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def main(n: int, quick: bool) -> None:
+    rows: list[str] = []
+    systems = [*HEALTHY, "superoffice", "maxsight"]
+
+    def sandbox(faults: dict[str, Any] | None = None) -> Sandbox:
+        return Sandbox(demo=n, systems=systems, faults=faults)
+
+    def row(label: str, last: dict[str, float], alone: float, troubled: str) -> None:
+        done = healthy_done(last)
+        rows.append(f"| {label} | {done:.2f} s | {done / alone:.2f}x | {troubled} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+
+    # -- baseline: the healthy systems alone ---------------------------------------------
+    async with sandbox() as sb:
+        adapters = sb.adapters()
+        last, by, _ = await timed({s: adapters[s] for s in HEALTHY}, demo_plan(n, HEALTHY))
+    alone = healthy_done(last)
+    rate = 2 * n / alone
+    row(
+        f"baseline: {' and '.join(HEALTHY)} alone ({rate:,.0f} changes/s)",
+        last,
+        alone,
+        f"kintone: {statuses(by, 'kintone')}; perscom: {statuses(by, 'perscom')}",
+    )
+
+    # -- mixed: superoffice limited to ~5% of the others' rate -----------------------------
+    async with sandbox() as sb:
+        adapters = sb.adapters()
+        slow = max(1.0, rate / 2 * 0.05)
+        limits = {"superoffice": Limits(concurrency=2, rate=slow)}
+        last, by, _ = await timed(
+            {s: adapters[s] for s in [*HEALTHY, "superoffice"]},
+            demo_plan(n, [*HEALTHY, "superoffice"]),
+            limits=limits,
+        )
+    row(
+        f"mixed: + {n:,} superoffice limited to {slow:.0f}/s (5%), 2 in flight",
+        last,
+        alone,
+        f"superoffice: {statuses(by, 'superoffice')} in {last['superoffice']:.1f} s",
+    )
+
+    # -- wrong credentials -----------------------------------------------------------------
+    async with sandbox() as sb:
+        adapters = sb.adapters()
+        adapters["maxsight"] = MaxsightAdapter(sb.maxsight.url, "wrong-key", assigned_by="admin")
+        last, by, _ = await timed(
+            {s: adapters[s] for s in [*HEALTHY, "maxsight"]},
+            demo_plan(n, [*HEALTHY, "maxsight"]),
+        )
+        reached = sb.maxsight.stats.count()
+    row(
+        f"wrong API key on maxsight ({n:,} changes)",
+        last,
+        alone,
+        f"maxsight: **{reached} requests reached it**; {statuses(by, 'maxsight')}",
+    )
+
+    # -- unreachable -----------------------------------------------------------------------
+    async with sandbox() as sb:
+        adapters = sb.adapters()
+        adapters["superoffice"] = SuperOfficeAdapter(
+            f"http://127.0.0.1:{closed_port()}", token=sb.superoffice.token
+        )
+        policy = RetryPolicy(outage=5.0) if quick else RetryPolicy()
+        last, by, total = await timed(
+            {s: adapters[s] for s in [*HEALTHY, "superoffice"]},
+            demo_plan(n, [*HEALTHY, "superoffice"]),
+            retry=policy,
+        )
+    row(
+        f"superoffice unreachable (closed port), outage budget {policy.outage:g} s",
+        last,
+        alone,
+        f"**every outcome in {total:.1f} s**; superoffice: {statuses(by, 'superoffice')}",
+    )
+
+    # -- 429 storm and Retry-After: 3600 ---------------------------------------------------
+    for label, faults in (
+        ("429 storm on maxsight (60% of answers, Retry-After 1), deadline 20 s", {"throttle": 0.6}),
+        ("Retry-After: 3600 on every maxsight answer", {"throttle": 1.0, "retry_after": 3600}),
+    ):
+        async with sandbox({"maxsight": faults}) as sb:
+            adapters = sb.adapters()
+            last, by, _ = await timed(
+                {s: adapters[s] for s in [*HEALTHY, "maxsight"]},
+                demo_plan(n, [*HEALTHY, "maxsight"]),
+                retry=RetryPolicy(deadline=20.0),  # bounds the storm's run; the default is 300
+            )
+        row(label, last, alone, f"maxsight: {statuses(by, 'maxsight')} in {last['maxsight']:.1f} s")
+
+    # -- every write answered 500 ----------------------------------------------------------
+    m = min(n, 200)
+    policy = RetryPolicy(base=0.01, cap=0.1)
+    async with sandbox({"maxsight": {"server_error": 1.0, "writes_only": True}}) as sb:
+        adapters = sb.adapters()
+        last, by, _ = await timed(
+            {"maxsight": adapters["maxsight"]}, demo_plan(m, ["maxsight"]), retry=policy
+        )
+        writes = sb.maxsight.stats.count(endpoint="update")
+    rows.append(
+        f"| every maxsight write answered 500 ({m} changes, attempts {policy.attempts}) | | | "
+        f"**{writes:,} writes = {writes / m:.1f} per change**; {statuses(by, 'maxsight')} |"
+    )
+
+    print(f"\n{machine()}\n")
+    print(f"{n:,} changes per system; default RetryPolicy unless said; concurrency 64\n")
+    print("| scenario | healthy systems done | vs alone | the troubled system |")
+    print("|---|---|---|---|")
+    for line in rows:
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1000, help="changes per system")
+    parser.add_argument("--quick", action="store_true", help="outage budget 5 s, not 60 s")
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.quick))
