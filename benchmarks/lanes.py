@@ -149,7 +149,15 @@ async def main(n: int, quick: bool) -> None:
 
     # -- 429 storm and Retry-After: 3600 ---------------------------------------------------
     for label, faults in (
-        ("429 storm on maxsight (60% of answers, Retry-After 1), deadline 20 s", {"throttle": 0.6}),
+        (
+            "429 storm: maxsight's own rate limit at 50 requests/s (burst 10)",
+            {"rate_limit": 50.0},
+        ),
+        (
+            "random 429s on 60% of maxsight's answers (Retry-After 1, regardless of load), "
+            "deadline 20 s",
+            {"throttle": 0.6},
+        ),
         ("Retry-After: 3600 on every maxsight answer", {"throttle": 1.0, "retry_after": 3600}),
     ):
         async with sandbox({"maxsight": faults}) as sb:
@@ -159,7 +167,15 @@ async def main(n: int, quick: bool) -> None:
                 demo_plan(n, [*HEALTHY, "maxsight"]),
                 retry=RetryPolicy(deadline=20.0),  # bounds the storm's run; the default is 300
             )
-        row(label, last, alone, f"maxsight: {statuses(by, 'maxsight')} in {last['maxsight']:.1f} s")
+            throttled = sb.maxsight.stats.count(status=429)
+            answered = sb.maxsight.stats.count()
+        row(
+            label,
+            last,
+            alone,
+            f"maxsight: {statuses(by, 'maxsight')} in {last['maxsight']:.1f} s; "
+            f"{throttled:,} of {answered:,} answers were 429",
+        )
 
     # -- every write answered 500 ----------------------------------------------------------
     m = min(n, 200)

@@ -36,7 +36,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -178,10 +178,11 @@ class _KeyLocks:
 class _Pool:
     """A lane's workers: ``target`` of them working, more while some wait.
 
-    A worker that waits (a backoff, a busy or paused system, a predecessor on the same
-    record) is *resting*; while fewer than ``target`` work, another is started (up to
-    ``4 * target``), so waiting changes do not idle the lane. Workers beyond the target
-    retire when their change is done.
+    A worker that waits for something that does not use the lane's capacity (a backoff,
+    a predecessor on the same record) is *resting*; while fewer than ``target`` work,
+    another is started (up to ``4 * target``), so waiting changes do not idle the lane.
+    Waiting at the lane's own limits is not resting: another worker would only queue
+    behind it. Workers beyond the target retire when their change is done.
     """
 
     __slots__ = ("active", "live", "max", "spawn", "target")
@@ -214,6 +215,7 @@ class _Lane:
         "_waiters",
         "adapter",
         "auth_streak",
+        "calm",
         "down",
         "host",
         "in_flight",
@@ -263,6 +265,9 @@ class _Lane:
         self.stop_reason = ""
         self.stop_cause = ""
         self.stop_until: float | None = None
+        #: Nothing to learn from a plain answer: full window, no pressure, no outage, no
+        #: refusals. While calm, an answer costs no bookkeeping.
+        self.calm = not self.slow_start
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -369,9 +374,11 @@ class _Lane:
             self._wake()
         if self.pressure:
             self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
+        self.calm = self.window >= self.max and not self.pressure
 
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
+        self.calm = False
         self.down = 0
         self.outage_since = None
         self.pressure = self.pressure * 0.95 + 0.05
@@ -412,6 +419,7 @@ class _Lane:
         self.outage_since = None
         self.auth_streak.clear()
         self.down = 0
+        self.calm = False
 
 
 def _host_of(adapter: Adapter) -> str:
@@ -798,14 +806,11 @@ class Dispatcher:
             while True:
                 kind = type(step)
                 if kind is Send:
-                    assert isinstance(step, Send)
-                    step = await self._send(lane, flow, step, track, stop)
+                    step = await self._send(lane, flow, cast("Send", step), track, stop)
                 elif kind is Wait:
-                    assert isinstance(step, Wait)
-                    step = await self._wait(lane, flow, step, track, stop)
+                    step = await self._wait(lane, flow, cast("Wait", step), track, stop)
                 else:
-                    assert isinstance(step, Done)
-                    return step.result
+                    return cast("Done", step).result
         except _Stop:
             return flow.cancelled(loop.time()).result
         finally:
@@ -848,8 +853,9 @@ class Dispatcher:
         # The system's limits first: waiting for a busy system must not hold a slot of
         # the overall concurrency that another system could use.
         if not lane.try_acquire(now):
+            # Not "resting": another worker could only queue at the same gate.
             try:
-                await _resting(track, lane.acquire(loop, flow.deadline))
+                await lane.acquire(loop, flow.deadline)
             except _Expired:
                 return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))
             except _Halted:
@@ -857,6 +863,7 @@ class Dispatcher:
             if stop is not None and stop.is_set():
                 lane.release()
                 raise _Stop
+            now = loop.time()
         transport = self.transport
         if transport is None:
             lane.release()
@@ -868,12 +875,13 @@ class Dispatcher:
                 slots.free -= 1
             else:
                 await slots.acquire()
+                now = loop.time()
             try:
                 timeout = step.timeout
-                left = flow.deadline - loop.time()
+                left = flow.deadline - now
                 if left < timeout:
                     if left <= 0:
-                        return flow.expire(loop.time())
+                        return flow.expire(now)
                     timeout = left
                 track.in_request = True
                 try:
@@ -908,13 +916,7 @@ class Dispatcher:
         nxt = flow.on_response(response, now)
         signal = flow.signal
         if signal == "ok":
-            if (
-                lane.window < lane.max
-                or lane.pressure
-                or lane.down
-                or lane.auth_streak
-                or lane.outage_since is not None
-            ):
+            if not lane.calm:
                 lane.answered()
         elif signal == "throttled":
             before = lane.limit
@@ -936,6 +938,7 @@ class Dispatcher:
                     ),
                 )
         elif signal == "auth":
+            lane.calm = False
             lane.auth_streak.add(str(flow.change.record))
             if len(lane.auth_streak) >= self.retry.auth_stop and not lane.stopped:
                 self._stop(
@@ -961,6 +964,7 @@ class Dispatcher:
         row (0.5 s doubling up to 30 s, jittered), and stop it past the outage budget."""
         if lane.paused_until > now or lane.stopped:
             return  # one pause per outage step, not one per request
+        lane.calm = False
         if lane.outage_since is None:
             lane.outage_since = now
         budget = self.retry.outage
@@ -1159,7 +1163,9 @@ async def _results(
     read_first: bool,
 ) -> AsyncGenerator[Result, None]:
     buffers = {name: _Buffer(lane, d.buffer) for name, lane in d._lanes.items()}
-    done = _Channel(d.concurrency)
+    # Room for a burst of results: with a small channel, 64 workers and one consumer take
+    # turns on every result.
+    done = _Channel(max(256, 4 * d.concurrency))
     stop = asyncio.Event()
     tracks: dict[asyncio.Task[None], _Track] = {}
     spawned = 0

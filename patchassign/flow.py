@@ -204,6 +204,7 @@ class Done(msgspec.Struct):
 
 
 Step = Send | Wait | Done
+_TYPED = (PatchError, InvalidChange, ConfigError)
 
 
 class Flow:
@@ -292,7 +293,10 @@ class Flow:
             self.adapter.check(self.change)
         except InvalidChange as e:
             return self.finish("failed", str(e), now)
-        return self._guard(self._next, now)
+        try:
+            return self._next(now)
+        except _TYPED as e:
+            return self._typed(e, now)
 
     def on_response(self, response: HttpResponse, now: float) -> Step:
         """The server answered the last :class:`Send`."""
@@ -301,7 +305,10 @@ class Flow:
         self.last_status = response.status
         self.signal = "ok"
         self.after = None
-        return self._guard(self._answered, now, response)
+        try:
+            return self._answered(now, response)
+        except _TYPED as e:
+            return self._typed(e, now)
 
     def on_error(self, error: TransportError, now: float) -> Step:
         """The last :class:`Send` got no answer."""
@@ -319,7 +326,10 @@ class Flow:
             self.last = reason
             if now >= self.deadline:
                 return self._expired(now)
-            return self._guard(self._next, now)
+            try:
+                return self._next(now)
+            except _TYPED as e:
+                return self._typed(e, now)
         if self.writing:
             self.maybe_applied = True
         self.must_read = True
@@ -328,7 +338,10 @@ class Flow:
     def on_timer(self, now: float) -> Step:
         """The last :class:`Wait` is over."""
         self.signal = None
-        return self._guard(self._next, now)
+        try:
+            return self._next(now)
+        except _TYPED as e:
+            return self._typed(e, now)
 
     def expire(self, now: float, reason: str | None = None) -> Done:
         """The deadline came while the change waited for its system: end it now."""
@@ -366,14 +379,10 @@ class Flow:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _guard(self, fn: Any, now: float, *args: Any) -> Step:
-        try:
-            step: Step = fn(now, *args)
-        except (PatchError, InvalidChange, ConfigError) as e:
-            # An adapter refusing with one of our typed errors instead of returning
-            # Failed: still this change's problem, not the run's.
-            return self.finish("failed", f"{type(e).__name__}: {e}", now)
-        return step
+    def _typed(self, e: Exception, now: float) -> Done:
+        # An adapter refusing with one of our typed errors instead of returning Failed:
+        # still this change's problem, not the run's.
+        return self.finish("failed", f"{type(e).__name__}: {e}", now)
 
     def _next(self, now: float) -> Step:
         if self.must_read or self.adapter.needs_read(self.change):
