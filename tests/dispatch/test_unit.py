@@ -385,8 +385,8 @@ async def test_input_is_read_lazily_with_backpressure(mocked: aioresponses) -> N
         first = await anext(run)
         await asyncio.sleep(0.3)  # a slow consumer: the run must wait for it
         assert first.status == "applied"
-        # the system's buffer + its workers (4x while resting) + the result buffer
-        assert taken <= 10 + 4 * 4 + 4 + 2
+        # the system's buffer + its workers (4x while resting) + the result channel (256)
+        assert taken <= 10 + 4 * 4 + 256 + 2
         assert run.taken == taken
 
 
