@@ -26,7 +26,8 @@ the dispatcher's per-system decisions.
 Rules it keeps:
 
 * every try counts: the failure count never starts again, so the backoff grows with each
-  failure and a change makes at most ``attempts`` failed requests;
+  failure and a change makes at most ``attempts`` failed requests (a 429 is the system
+  pacing us: it grows the backoff but spends no attempt);
 * after any ambiguous failure (no answer to a write, a 5xx that may have applied) the
   record is read before anything is resent;
 * the deadline is hard: a wait that would end after it ends the change now, as
@@ -80,9 +81,11 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """Retries, backoff, time bounds, and when to give up on a whole system.
 
     Attributes:
-        attempts: Failed tries (connection lost, timeout, 429, 5xx: reads and writes
-            alike) after which the change is reported ``failed``. The count never starts
-            again within a change, so this bounds its requests.
+        attempts: Failed tries (connection lost, timeout, 5xx: reads and writes alike)
+            after which the change is reported ``failed``. The count never starts again
+            within a change, so it bounds the requests that can fail. Throttled answers
+            (429) and refused connections are the system pacing us or down, not failures
+            of the change: they spend no attempt; the deadline bounds them.
         conflicts: Re-read-and-resend rounds after version conflicts.
         base: First backoff ceiling in seconds; it doubles per failure (full jitter:
             the wait is drawn uniformly below the ceiling).
@@ -242,6 +245,7 @@ class Flow:
         "signal",
         "started",
         "t0",
+        "throttles",
         "writes",
         "writing",
     )
@@ -272,6 +276,7 @@ class Flow:
         self.attempts = 0
         self.writes = 0
         self.failures = 0
+        self.throttles = 0
         self.conflicts = 0
         self.maybe_applied = False
         self.writing = False
@@ -453,14 +458,24 @@ class Flow:
         if outcome.throttled:
             self.signal = "throttled"
             self.after = outcome.after
+            return self._retry(outcome.after, outcome.reason, now, throttled=True)
         return self._retry(outcome.after, outcome.reason, now)
 
-    def _retry(self, after: float | None, reason: str, now: float) -> Step:
-        self.failures += 1
+    def _retry(
+        self, after: float | None, reason: str, now: float, *, throttled: bool = False
+    ) -> Step:
         self.last = reason
         policy = self.policy
-        if self.failures >= policy.attempts:
-            return self.finish("failed", f"gave up after {self.failures} attempts: {reason}", now)
+        if throttled:
+            # The server pacing us is not a failure of the change: it spends no attempt
+            # (the lane slows down, the deadline bounds it), but the backoff still grows.
+            self.throttles += 1
+        else:
+            self.failures += 1
+            if self.failures >= policy.attempts:
+                return self.finish(
+                    "failed", f"gave up after {self.failures} attempts: {reason}", now
+                )
         left = self.deadline - now
         if after is not None and after > left:
             return self.finish(
@@ -469,7 +484,7 @@ class Flow:
                 f"of the deadline: {reason}",
                 now,
             )
-        delay = backoff_delay(self.failures, after, policy, self.rng)
+        delay = backoff_delay(self.failures + self.throttles, after, policy, self.rng)
         if delay > left:
             return self._expired(now)
         return Wait(delay, reason, after)

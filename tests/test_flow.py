@@ -176,3 +176,20 @@ def test_an_invalid_change_ends_before_anything_is_sent() -> None:
     assert isinstance(done, Done)
     assert done.result.status == "failed"
     assert done.result.attempts == 0
+
+
+def test_throttled_answers_spend_no_attempt_but_grow_the_backoff() -> None:
+    f = flow(policy=RetryPolicy(attempts=2, base=0.1, cap=100.0, deadline=600.0))
+    step = f.start(0.0)
+    busy = HttpResponse.from_json(429, {"message": "slow down"})
+    now = 0.0
+    for n in range(1, 8):
+        step = f.on_response(busy, now)
+        assert isinstance(step, Wait), n  # not failed after 2
+        assert step.seconds <= 0.1 * 2 ** (n - 1)
+        now += step.seconds
+        step = f.on_timer(now)
+    assert (f.failures, f.throttles) == (0, 7)
+    step = f.on_response(task("ada"), now)
+    assert isinstance(step, Send)
+    assert step.write
