@@ -175,6 +175,45 @@ def memory(url: str, token: str, sizes: list[int], concurrency: int) -> None:
         )
 
 
+def overhead(n: int = 100_000) -> None:
+    """The dispatcher's own cost per change, without a network: the same adapter calls
+    and a ``MockTransport`` answering at once, against a bare loop doing just those."""
+    from patchassign import HttpResponse, MockTransport
+
+    ok = HttpResponse.from_json(200, {"data": {"id": 1, "user_id": 7, "updated_at": "v2"}})
+    adapter = PerscomAdapter("http://127.0.0.1:1", "tok", notifications=False)
+
+    async def bare() -> float:
+        transport = MockTransport(lambda r: ok, record=False)
+        it = changes(n)
+
+        async def worker() -> None:
+            for change in it:
+                adapter.check(change)
+                req = adapter.prepare(change, None)
+                assert isinstance(req, HttpRequest)
+                adapter.outcome(change, await transport.send(req, timeout=30))
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(64)))
+        return time.perf_counter() - t
+
+    async def dispatcher() -> float:
+        transport = MockTransport(lambda r: ok, record=False)
+        async with Dispatcher([adapter], transport=transport, limits=_limits(64)) as d:
+            t = time.perf_counter()
+            async for r in d.run(changes(n)):
+                assert r.status == "applied"
+            return time.perf_counter() - t
+
+    b = min(_loop_run(bare()) for _ in range(3))
+    d = min(_loop_run(dispatcher()) for _ in range(3))
+    print(f"\n### Own cost per change, no network ({n:,} changes, best of 3)\n")
+    print("| client | µs per change |\n|---|---|")
+    print(f"| bare loop: adapter check/prepare/outcome + MockTransport | {b / n * 1e6:.1f} |")
+    print(f"| Dispatcher.run on MockTransport | {d / n * 1e6:.1f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Dispatcher throughput and memory.")
     parser.add_argument("--changes", type=int, default=20_000)
@@ -182,6 +221,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--memory", default="10000,100000,1000000")
     parser.add_argument("--uvloop", action="store_true", help="both clients on uvloop")
+    parser.add_argument("--overhead", action="store_true", help="only the no-network cost")
     parser.add_argument("--child", nargs=3, metavar=("URL", "TOKEN", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -189,6 +229,9 @@ def main() -> None:
         _memory_child(url, token, int(n), args.concurrency)
         return
     print(machine())
+    if args.overhead:
+        overhead()
+        return
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_serve, args=("perscom", RECORDS, child))

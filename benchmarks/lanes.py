@@ -42,17 +42,27 @@ async def timed(
     *,
     limits: dict[str, Limits] | None = None,
     retry: RetryPolicy | None = None,
+    until_healthy: int | None = None,
 ) -> tuple[dict[str, float], Counter[tuple[str, str]], float]:
-    """Per system: seconds until its last result; statuses; total seconds."""
+    """Per system: seconds until its last result; statuses; total seconds.
+
+    ``until_healthy``: stop the run once each healthy system has this many results (the
+    troubled system's changes still waiting are then cancelled, not counted).
+    """
     last: dict[str, float] = {}
     by: Counter[tuple[str, str]] = Counter()
     t0 = time.perf_counter()
     # The sandbox has no per-minute limit: lift PERSCOM's documented 1,000 a minute.
     limits = {"perscom": Limits(concurrency=32), **(limits or {})}
-    async with Dispatcher(adapters, limits=limits, retry=retry, concurrency=64) as d:
-        async for r in d.run(plan):
+    dispatcher = Dispatcher(adapters, limits=limits, retry=retry, concurrency=64)
+    async with dispatcher as d, d.run(plan) as run:
+        async for r in run:
             last[r.system] = time.perf_counter() - t0
             by[r.system, r.status] += 1
+            if until_healthy and all(
+                sum(n for (sy, _), n in by.items() if sy == s) >= until_healthy for s in HEALTHY
+            ):
+                break
     return last, by, time.perf_counter() - t0
 
 
@@ -154,8 +164,7 @@ async def main(n: int, quick: bool) -> None:
             {"rate_limit": 50.0},
         ),
         (
-            "random 429s on 60% of maxsight's answers (Retry-After 1, regardless of load), "
-            "deadline 20 s",
+            "random 429s on 60% of maxsight's answers (Retry-After 1, regardless of load)",
             {"throttle": 0.6},
         ),
         ("Retry-After: 3600 on every maxsight answer", {"throttle": 1.0, "retry_after": 3600}),
@@ -165,7 +174,7 @@ async def main(n: int, quick: bool) -> None:
             last, by, _ = await timed(
                 {s: adapters[s] for s in [*HEALTHY, "maxsight"]},
                 demo_plan(n, [*HEALTHY, "maxsight"]),
-                retry=RetryPolicy(deadline=20.0),  # bounds the storm's run; the default is 300
+                until_healthy=n,
             )
             throttled = sb.maxsight.stats.count(status=429)
             answered = sb.maxsight.stats.count()
@@ -173,7 +182,7 @@ async def main(n: int, quick: bool) -> None:
             label,
             last,
             alone,
-            f"maxsight: {statuses(by, 'maxsight')} in {last['maxsight']:.1f} s; "
+            f"maxsight when they were done: {statuses(by, 'maxsight') or 'none yet'}; "
             f"{throttled:,} of {answered:,} answers were 429",
         )
 

@@ -12,7 +12,16 @@ from __future__ import annotations
 import typing as _typing
 
 from patchassign.bulk import InvalidPlan, PreflightFailed
-from patchassign.changes import Assign, Delegate, Merge, Patch, SetFields, Unassign
+from patchassign.changes import (
+    Assign,
+    Change,
+    Delegate,
+    Merge,
+    Patch,
+    SetFields,
+    Unassign,
+    decode_change,
+)
 from patchassign.changes import SetFields as Set
 from patchassign.diff import make_patch
 from patchassign.dispatch import Check, Dispatcher, Run
@@ -61,6 +70,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Add",
     "Assign",
+    "Change",
     "Check",
     "ConfigError",
     "ConnectError",
@@ -106,6 +116,7 @@ __all__ = [
     "__version__",
     "apply_merge_patch",
     "apply_patch",
+    "decode_change",
     "json_patch_to_merge",
     "make_merge_patch",
     "make_patch",

@@ -237,6 +237,12 @@ class Report:
             lines.append("errors (commonest first):")
             for system, status, error, n in self.errors:
                 lines.append(f"  {n:>7,} x {system} {status}: {error[:160]}")
+        unsent = sum(n for (_, s), n in self.counts.items() if s == "unsent")
+        if unsent and not self.dry_run:
+            lines.append(
+                f"{unsent:,} changes were not sent (their system stopped or their deadline "
+                "came while they waited): --resume sends them"
+            )
         if self.unconfirmed:
             lines.append(
                 f"{self.unconfirmed:,} writes were sent but not confirmed when the run "
@@ -254,7 +260,7 @@ class Report:
 
 
 def _table(counts: dict[tuple[str, str], int]) -> list[str]:
-    statuses = ["applied", "unchanged", "conflict", "failed", "invalid", "cancelled"]
+    statuses = ["applied", "unchanged", "conflict", "failed", "unsent", "invalid", "cancelled"]
     present = [s for s in statuses if any(st == s for _, st in counts)]
     systems = sorted({s for s, _ in counts})
     if not systems:

@@ -1187,7 +1187,12 @@ async def _results(
                     await place(change)
             else:
                 for change in source:
-                    await place(change)
+                    buffer = buffers.get(change.system)
+                    if buffer is not None and len(buffer.items) < buffer.cap:
+                        buffer.put((state.taken, change))  # the common case: no await
+                        state.taken += 1
+                    else:
+                        await place(change)
                     n += 1
                     if n & 255 == 0:
                         await asyncio.sleep(0)

@@ -302,3 +302,37 @@ async def test_killed_runs_resume_without_applying_anything_twice(tmp_path: Path
         rows = results(out_file)
         assert len(rows) == 5 * s.n
         assert {r["status"] for r in rows} <= {"applied", "unchanged"}
+
+
+async def test_an_unreachable_system_ends_unsent_and_a_resume_sends_it(small: Setup) -> None:
+    """A system at a closed port: preflight stops the run before any write; without
+    preflight its changes end ``unsent`` after the outage budget while the others are
+    applied; once it is back, ``--resume`` finishes the job."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    good = small.config.read_text()
+    broken = small.config.with_name("broken.toml")
+    broken.write_text(good.replace(small.sb.superoffice.url, closed) + "\n[retry]\noutage = 1\n")
+    code, _, err = await patchassign(small, "run", small.plan, "-c", broken)
+    assert code == 1
+    assert "superoffice" in err
+    assert "preflight check failed" in err
+    assert sum(s.stats.writes.total() for s in small.sb) == 0  # nothing was written
+
+    code, out, err = await patchassign(small, "run", small.plan, "-c", broken, "--no-preflight")
+    assert code == 1, err
+    assert "stopped: unreachable" in err
+    assert f"127.0.0.1:{closed.rsplit(':', 1)[1]}" in err
+    with sqlite3.connect(small.journal) as db:
+        rows = dict(db.execute("SELECT system || ':' || status, count(*) FROM items GROUP BY 1"))
+    assert rows["superoffice:unsent"] == small.n
+    assert sum(n for k, n in rows.items() if k.endswith(":applied")) == 4 * small.n
+    assert "--resume sends them" in out + err
+
+    code, out, err = await patchassign(small, "run", small.plan, "-c", small.config, "--resume")
+    assert code == 0, out + err
+    assert not demo_mismatches(small.sb, small.n)
+    assert max(n for s in small.sb for n in s.stats.writes.values()) == 1  # nothing twice

@@ -88,3 +88,35 @@ def test_response_headers_match_case_insensitively() -> None:
     assert r.header("Retry-After") == "3"
     assert r.header("X-Other") is None
     assert HttpResponse(200, {}, b"not json").json() is None
+
+
+@pytest.mark.parametrize("value", ["²", "³", "1²", "\u0663", "\uff15", "1e3", "-5", "inf"])
+def test_retry_after_with_non_ascii_or_odd_digits_is_ignored_not_a_crash(value: str) -> None:
+    """``"²".isdigit()`` is true and ``float("²")`` fails: headers are read as ASCII."""
+    from patchassign.systems import parse_retry_after
+
+    assert parse_retry_after(value) is None
+
+
+def test_maxsight_rate_limit_headers_with_odd_digits_do_not_crash() -> None:
+    from patchassign.changes import Assign
+    from patchassign.systems import HttpResponse, MaxsightAdapter, Retry
+
+    adapter = MaxsightAdapter("https://m.example", "k", assigned_by="me")
+    change = Assign(system="maxsight", record="t1", to="eve")
+    for secs, after in (("²", None), ("3", 3.0)):
+        answer = HttpResponse.from_json(429, {"message": "slow"}, {"X-RateLimit-Retry-Secs": secs})
+        outcome = adapter.outcome(change, answer)
+        assert isinstance(outcome, Retry)
+        assert outcome.throttled
+        assert outcome.after == after
+
+
+def test_a_retry_policy_with_an_endless_timeout_is_refused() -> None:
+    import msgspec
+
+    from patchassign import RetryPolicy
+
+    for field in ("timeout", "deadline", "cap"):
+        with pytest.raises(msgspec.ValidationError):
+            msgspec.convert({field: float("inf")}, RetryPolicy)
