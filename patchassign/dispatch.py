@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .errors import ConfigError, ConnectError, SetupError, TransportError
+from .errors import ConfigError, ConnectError, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
 from .systems import Adapter, Current, Failed, HttpResponse, Limits
@@ -713,9 +713,7 @@ class Dispatcher:
             t0 = loop.time()
             try:
                 response = await transport.send(request, timeout=policy.timeout)
-            except SetupError as e:
-                return Check(system=system, host=lane.host, reachable=False, error=f"{system}: {e}")
-            except ConnectError as e:
+            except ConnectError as e:  # SetupError too: nothing was sent
                 return Check(system=system, host=lane.host, reachable=False, error=f"{system}: {e}")
             except TransportError as e:
                 if attempt == 3:
