@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .errors import ConfigError, ConnectError, TransportError
+from .errors import ConfigError, ConnectError, InvalidChange, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
 from .systems import Adapter, Current, Failed, HttpResponse, Limits
@@ -219,6 +219,7 @@ class _Lane:
         "down",
         "host",
         "in_flight",
+        "key_of",
         "keys",
         "max",
         "outage_since",
@@ -243,6 +244,9 @@ class _Lane:
         self.host = _host_of(adapter)
         self.where = f"{self.system} ({self.host})"
         self.keys = _KeyLocks()
+        #: The record's canonical key (the adapter's, where it has one): one record
+        #: written two ways ("7:5" and 5) is still one record for the order of changes.
+        self.key_of: Any = getattr(adapter, "key", None) or _record_text
         self.max = limits.concurrency
         self.window = float(min(limits.concurrency, _FIRST_WINDOW))
         self.slow_start = self.window < self.max
@@ -420,6 +424,10 @@ class _Lane:
         self.auth_streak.clear()
         self.down = 0
         self.calm = False
+
+
+def _record_text(change: Change) -> str:
+    return str(change.record)
 
 
 def _host_of(adapter: Adapter) -> str:
@@ -795,7 +803,10 @@ class Dispatcher:
         track.flow = flow
         if lane.stopped and lane.is_stopped(now):
             return flow.finish(lane.stop_status, lane.stop_reason, now).result
-        key = str(change.record)
+        try:
+            key = lane.key_of(change)
+        except (InvalidChange, ValueError):  # refused by start() just below
+            key = str(change.record)
         busy = lane.keys
         if not busy.try_acquire(key):
             await _resting(track, busy.acquire(key))

@@ -423,6 +423,15 @@ class BaseAdapter(abc.ABC):
             return Failed(f"not authorised ({status}): {message}", status, auth=True)
         return Failed(message, status)
 
+    def key(self, change: Change) -> str:
+        """The record's canonical key: two ways of writing one record give one key, so
+        that changes to it keep their order (and the journal sees one record).
+
+        The default is the record id as text; systems whose ids have several forms
+        (Kintone's ``"7:5"`` and ``5`` with a configured app; numeric ids) override it.
+        """
+        return str(change.record)
+
     def probe(self) -> HttpRequest:
         """A harmless authenticated read for a preflight check (:meth:`Dispatcher.check`).
 

@@ -130,6 +130,10 @@ class KintoneAdapter(BaseAdapter):
             )
         return app, record
 
+    def key(self, change: Change) -> str:
+        app, rid = self._ids(change)
+        return f"{app}:{rid}"
+
     def check(self, change: Change) -> None:
         self.check_action(change)
         self._ids(change)

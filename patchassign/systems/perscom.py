@@ -90,6 +90,9 @@ class PerscomAdapter(BaseAdapter):
     def _path(self, change: Change) -> str:
         return f"/{self.version}/assignment-records/{segment(self._id(change))}"
 
+    def key(self, change: Change) -> str:
+        return str(self._id(change))
+
     def _id(self, change: Change) -> int:
         record = change.record
         if isinstance(record, str) and record.isascii() and record.isdigit():

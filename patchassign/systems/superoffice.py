@@ -106,6 +106,9 @@ class SuperOfficeAdapter(BaseAdapter):
     def probe_path(self) -> str:
         return f"/api/v1/ProjectMember/{2**31 - 1}"
 
+    def key(self, change: Change) -> str:
+        return self._path(change).rsplit("/", 1)[1]
+
     def _path(self, change: Change) -> str:
         record = change.record
         if isinstance(record, str) and record.isascii() and record.isdigit():

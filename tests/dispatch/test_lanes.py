@@ -326,3 +326,41 @@ async def test_a_timeout_on_a_write_is_read_back_before_any_resend() -> None:
     assert r.status == "applied"
     assert not r.unconfirmed
     assert maxsight.writes["t0"] == 1  # applied once, found in place, not resent
+
+
+async def test_one_record_written_two_ways_keeps_plan_order() -> None:
+    """Kintone's "1:5" and 5 (with app 1 configured), PERSCOM's 5 and "05": one record,
+    so the second change waits for the first and the last line wins."""
+    from patchassign import Assign
+    from patchassign.systems import KintoneAdapter
+
+    seen: list[tuple[str, Any]] = []
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        import msgspec
+
+        if "kintone" in request.url:
+            if request.method == "GET":
+                await asyncio.sleep(0.01)
+                rec = {"$revision": {"value": "1"}, "A": {"type": "STATUS_ASSIGNEE", "value": []}}
+                return HttpResponse.from_json(200, {"record": rec})
+            body = msgspec.json.decode(request.body or b"{}")
+            seen.append(("kintone", body["assignees"][0]))
+            return HttpResponse.from_json(200, {"revision": "2"})
+        await asyncio.sleep(0.01 if request.url.endswith("/5") else 0)
+        seen.append(("perscom", msgspec.json.decode(request.body or b"{}")["user_id"]))
+        return HttpResponse.from_json(200, {"data": {"id": 5}})
+
+    kintone = KintoneAdapter("https://kintone.example", api_token="t", app=1)
+    perscom = FakePerscom().adapter()
+    plan = [
+        Assign(system="kintone", record="1:5", to=["first"]),
+        Assign(system="kintone", record=5, to=["second"]),
+        Assign(system="perscom", record=5, to="1"),
+        Assign(system="perscom", record="05", to="2"),
+    ]
+    async with Dispatcher([kintone, perscom], transport=MockTransport(handler), retry=FAST) as d:
+        results = [r async for r in d.run(plan)]
+    assert {r.status for r in results} == {"applied"}
+    assert [v for s, v in seen if s == "kintone"] == ["first", "second"]
+    assert [v for s, v in seen if s == "perscom"] == [1, 2]
