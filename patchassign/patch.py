@@ -10,6 +10,7 @@ documents as immutable values; if you mutate results, pass ``independent=True`` 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, overload
@@ -138,6 +139,8 @@ class JsonPatch(Sequence[Operation]):
         allowed_ops: Iterable[str] | None = None,
         case_insensitive: bool = False,
     ) -> None:
+        if not isinstance(operations, list | tuple):
+            _refuse_non_array(operations)
         ops = operations if isinstance(operations, list | tuple) else list(operations)
         if not all(type(o) in _KIND for o in ops):
             try:
@@ -214,6 +217,7 @@ class JsonPatch(Sequence[Operation]):
         try:
             ops = _decoder.decode(data)
         except msgspec.ValidationError as e:
+            _refuse_duplicates(data, None)
             raise _invalid_from_msgspec(e, lambda: _any_decoder.decode(data)) from None
         except msgspec.DecodeError as e:
             raise InvalidPatch(f"not valid JSON: {e}") from None
@@ -221,6 +225,7 @@ class JsonPatch(Sequence[Operation]):
             raise InvalidPatch("not valid JSON: the text is not valid UTF-8") from None
         except RecursionError:
             raise InvalidPatch(str(LimitExceeded("the patch document"))) from None
+        _refuse_duplicates(data, ops)
         self = cls.__new__(cls)
         self._init(tuple(ops), allowed_ops, case_insensitive)
         return self
@@ -464,6 +469,92 @@ def _convert(ops: Sequence[Any]) -> list[Operation]:
         return msgspec.convert(plain, list[Operation], strict=True)
     except msgspec.ValidationError as e:
         raise _invalid_from_msgspec(e, lambda: plain) from None
+    except UnicodeEncodeError:  # a lone surrogate (json.loads makes them from "\ud800")
+        for i, o in enumerate(plain):
+            try:
+                msgspec.json.encode(o)
+            except UnicodeEncodeError:
+                raise InvalidPatch(
+                    "a string is not valid Unicode (it holds a lone surrogate)", index=i
+                ) from None
+        raise InvalidPatch("a string is not valid Unicode (it holds a lone surrogate)") from None
+
+
+class _Members(dict[str, Any]):
+    """A decoded object that remembers a member name it saw twice."""
+
+    twice: str | None = None
+
+
+def _members(pairs: list[tuple[str, Any]]) -> _Members:
+    out = _Members(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                out.twice = k
+                break
+            seen.add(k)
+    return out
+
+
+def _refuse_duplicates(
+    data: bytes | bytearray | memoryview | str, ops: list[Operation] | None
+) -> None:
+    """Refuse an operation that names a member twice (RFC 6902 A.13: ambiguous).
+
+    msgspec, like JavaScript, keeps the last of duplicate members, so ``"path"`` twice
+    would apply to the second path silently. When the member names appear in the text no
+    more often than the decoded operations have them (nearly always), a byte count
+    clears the document; otherwise it is checked exactly.
+    """
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if ops is not None:
+        n = len(ops)
+        froms = sum(type(o) is Move or type(o) is Copy for o in ops)
+        values = sum(type(o) is Add or type(o) is Replace or type(o) is Test for o in ops)
+        if (
+            raw.count(b'"op"') <= n
+            and raw.count(b'"path"') <= n
+            and raw.count(b'"from"') <= froms
+            and raw.count(b'"value"') <= values
+        ):
+            return
+    try:
+        parsed = json.loads(raw, object_pairs_hook=_members)
+    except (ValueError, RecursionError):
+        return  # msgspec's verdict on the text stands
+    if not isinstance(parsed, list):
+        return
+    for i, op in enumerate(parsed):
+        if isinstance(op, _Members) and op.twice is not None:
+            raise InvalidPatch(
+                f"the member {op.twice!r} appears twice in one operation (ambiguous)",
+                index=i,
+                field=op.twice,
+            )
+
+
+def _refuse_non_array(operations: object) -> None:
+    """A patch is an array of operations: say what was given instead."""
+    if isinstance(operations, Mapping):
+        hint = (
+            " (one operation? put it in a list: [{...}])"
+            if "op" in operations
+            else " (an RFC 7396 merge patch? use apply_merge_patch)"
+        )
+        raise InvalidPatch(f"a JSON Patch is an array of operations, got an object{hint}")
+    if isinstance(operations, str | bytes | bytearray | memoryview):
+        raise InvalidPatch(
+            "a JSON Patch is an array of operations, got text (decode it with "
+            "JsonPatch.from_json, or pass it to apply_patch)"
+        )
+    if operations is None or isinstance(operations, bool | int | float):
+        raise InvalidPatch(f"a JSON Patch is an array of operations, got {a_type_name(operations)}")
+    if not isinstance(operations, Iterable):
+        raise InvalidPatch(
+            f"a JSON Patch is an array of operations, got {type(operations).__name__}"
+        )
 
 
 _MSGSPEC_AT: Final = re.compile(r" - at `\$(?P<loc>[^`]*)`$")

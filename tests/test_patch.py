@@ -5,6 +5,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
+import patchassign as pa
 from patchassign import (
     Add,
     Copy,
@@ -481,3 +482,56 @@ def test_patch_parsed_for_case_insensitive_paths_refuses_strict_apply() -> None:
     with pytest.raises(InvalidPointer) as info:
         p.apply({"Department": 0})
     assert info.value.index == 0
+
+
+# -- typed errors for what is not a patch (issue: the last typed-error holes) -------------
+
+
+@pytest.mark.parametrize(
+    ("patch", "said"),
+    [
+        (None, "got null"),
+        (5, "got a number"),
+        (1.5, "got a number"),
+        (True, "got a boolean"),
+        ({}, "got an object (an RFC 7396 merge patch?"),
+        ({"op": "add", "path": "/a", "value": 1}, "one operation? put it in a list"),
+        (object(), "got object"),
+    ],
+)
+def test_a_patch_that_is_not_an_array_is_refused_saying_what_it_is(patch: Any, said: str) -> None:
+    with pytest.raises(pa.InvalidPatch, match="a JSON Patch is an array of operations") as e:
+        pa.apply_patch({"a": 1}, patch)
+    assert said in str(e.value)
+    with pytest.raises(pa.InvalidPatch):
+        pa.JsonPatch(patch)
+
+
+def test_a_lone_surrogate_in_an_op_name_is_an_invalid_patch() -> None:
+    import json
+
+    ops = json.loads('[{"op": "add", "path": "/a", "value": 1}, {"op": "\\ud800", "path": "/a"}]')
+    with pytest.raises(pa.InvalidPatch, match="lone surrogate") as e:
+        pa.apply_patch({}, ops)
+    assert e.value.index == 1
+
+
+@pytest.mark.parametrize("member", ["op", "path", "from", "value"])
+def test_a_member_named_twice_in_an_operation_is_refused(member: str) -> None:
+    """RFC 6902 A.13; msgspec alone would keep the last one silently."""
+    ops = {
+        "op": '"op": "move", "from": "/a", "path": "/b", "op": "remove"',
+        "path": '"op": "move", "from": "/a", "path": "/b", "path": "/c"',
+        "from": '"op": "move", "from": "/a", "path": "/b", "from": "/c"',
+        "value": '"op": "add", "path": "/b", "value": 1, "value": 2',
+    }[member]
+    text = f'[{{"op": "test", "path": "/a", "value": 1}}, {{{ops}}}]'
+    with pytest.raises(pa.InvalidPatch, match="appears twice") as e:
+        pa.JsonPatch.from_json(text)
+    assert e.value.index == 1
+    assert e.value.field == member
+
+
+def test_members_named_twice_inside_a_value_are_the_values_business() -> None:
+    patch = pa.JsonPatch.from_json(b'[{"op": "add", "path": "/a", "value": {"k": 1, "k": 2}}]')
+    assert pa.apply_patch({}, patch) == {"a": {"k": 2}}
