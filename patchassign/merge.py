@@ -7,10 +7,11 @@ included) replaces the target value whole.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from patchassign._json import json_equal
-from patchassign.errors import NotRepresentable, PatchConflict, depth_limited
+from patchassign.errors import InvalidPatch, NotRepresentable, PatchConflict, depth_limited
 from patchassign.patch import (
     Add,
     Copy,
@@ -46,8 +47,13 @@ def apply_merge_patch(doc: Any, merge: Any, *, case_insensitive: bool = False) -
         case_insensitive: Match member names case-insensitively (exact match first);
             an existing member is updated under its existing spelling.
 
+    Objects may be any ``Mapping`` (an ``OrderedDict`` from ``object_pairs_hook``...);
+    the objects the patch changes come back as plain ``dict``.
+
     Raises:
         PatchConflict: In case-insensitive mode, a name matches two members.
+        InvalidPatch: In case-insensitive mode, two members of one merge object name the
+            same member (``{"a": 1, "A": 2}``): which one wins would be a guess.
     """
     return _merge(doc, merge, case_insensitive)
 
@@ -56,9 +62,15 @@ def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
     # The recursion stays below the public, depth-guarded entry point: a guard per
     # nested object doubled the cost of a merge.
     if type(merge) is not dict:
-        return merge
+        if type(merge) in _NOT_OBJECTS or not isinstance(merge, Mapping):
+            return merge
+        merge = dict(merge)
     if type(doc) is not dict:
-        return _strip_nulls(merge)
+        if type(doc) in _NOT_OBJECTS or not isinstance(doc, Mapping):
+            return _strip_nulls(merge)
+        doc = dict(doc)
+    if case_insensitive and len(merge) > 1:
+        _refuse_case_twins(merge)
     out: dict[str, Any] | None = None
     for name, value in merge.items():
         key = name
@@ -80,9 +92,32 @@ def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
     return doc if out is None else out
 
 
-def _strip_nulls(merge: dict[str, Any]) -> dict[str, Any]:
+#: Plain JSON types that are not objects: no Mapping check (an ABC check) for them.
+_NOT_OBJECTS = frozenset({str, int, float, bool, list, type(None)})
+
+
+def _strip_nulls(merge: Mapping[str, Any]) -> dict[str, Any]:
     """What a merge object becomes where the target has no object: nulls removed."""
-    return {k: _strip_nulls(v) if type(v) is dict else v for k, v in merge.items() if v is not None}
+    return {
+        k: _strip_nulls(v) if type(v) is dict or isinstance(v, Mapping) else v
+        for k, v in merge.items()
+        if v is not None
+    }
+
+
+def _refuse_case_twins(merge: Mapping[Any, Any], path: str | None = None) -> None:
+    """Two members of one merge object that name the same member case-insensitively."""
+    seen: dict[Any, Any] = {}
+    for name in merge:
+        folded = name.casefold() if isinstance(name, str) else name
+        other = seen.get(folded)
+        if other is not None:
+            where = "" if path is None else f" (in the object at {path or '/'!r})"
+            raise InvalidPatch(
+                f"the merge patch's members {other!r} and {name!r} name the same member "
+                f"case-insensitively{where}; which one wins would be a guess"
+            )
+        seen[folded] = name
 
 
 @depth_limited
@@ -171,27 +206,31 @@ def merge_to_json_patch(
 
 
 def _structural(merge: Any, path: str, ops: list[Operation]) -> None:
-    if type(merge) is not dict:
+    if type(merge) is not dict and not isinstance(merge, Mapping):
         ops.append(Replace(path, merge))
         return
     for k, v in merge.items():
         p = path + "/" + escape(k)
         if v is None:
             ops.append(Remove(p))
-        elif type(v) is dict:
+        elif type(v) is dict or isinstance(v, Mapping):
             _structural(v, p, ops)
         else:
             ops.append(Add(p, v))
 
 
 def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> None:
-    if type(merge) is not dict:
+    if type(merge) is not dict and not isinstance(merge, Mapping):
         if not json_equal(merge, base):
             ops.append(Replace(path, merge))
         return
     if type(base) is not dict:
-        ops.append(Replace(path, _strip_nulls(merge)))
-        return
+        if not isinstance(base, Mapping):
+            ops.append(Replace(path, _strip_nulls(merge)))
+            return
+        base = dict(base)
+    if ci and len(merge) > 1:
+        _refuse_case_twins(merge, path)
     for name, v in merge.items():
         key = name
         if name not in base and ci:
@@ -202,8 +241,8 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
             if exists:
                 ops.append(Remove(p))
         elif not exists:
-            ops.append(Add(p, _strip_nulls(v) if type(v) is dict else v))
-        elif type(v) is dict:
+            ops.append(Add(p, _strip_nulls(v) if type(v) is dict or isinstance(v, Mapping) else v))
+        elif type(v) is dict or isinstance(v, Mapping):
             _exact(v, base[key], p, ops, ci)
         elif not json_equal(base[key], v):
             ops.append(Replace(p, v))

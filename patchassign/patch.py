@@ -147,6 +147,7 @@ class JsonPatch(Sequence[Operation]):
                 ops = _convert(ops)
             except RecursionError:
                 raise InvalidPatch(str(LimitExceeded("the patch document"))) from None
+        _refuse_too_deep(ops)  # type: ignore[arg-type]
         self._init(tuple(ops), allowed_ops, case_insensitive)  # type: ignore[arg-type]
 
     def _init(
@@ -280,7 +281,18 @@ class JsonPatch(Sequence[Operation]):
                 index=self._relative,
                 op=_NAME[self._steps[self._relative][0]],
             )
-        result = _Engine(doc, case_insensitive, in_place).run(steps)
+        if type(doc) is not dict and type(doc) is not list and _other_container(doc):
+            if in_place:
+                raise _in_place_refused(doc)
+            doc = _plain(doc)  # e.g. OrderedDicts from json's object_pairs_hook
+        try:
+            result = _Engine(doc, case_insensitive, in_place).run(steps)
+        except _NotPlain as e:
+            # A mapping or sequence that is not a plain dict/list on a written path
+            # (an OrderedDict inside a list...): once, on a plain copy of the document.
+            if in_place:
+                raise _in_place_refused(e.node) from None
+            result = _Engine(_plain(doc), case_insensitive, False).run(steps)
         if independent and not in_place:
             result = deep_copy(result)
         return result
@@ -662,6 +674,9 @@ class _Engine:
                         e.path = frm
                         raise
                     self.add(tokens, moved)
+        except _NotPlain:
+            self.rollback()
+            raise
         except PatchConflict as e:
             self.rollback()
             kind, path = steps[i][0], steps[i][1]
@@ -855,9 +870,59 @@ def _missing(tokens: tuple[str, ...], depth: int) -> PatchConflict:
     )
 
 
+def _refuse_too_deep(ops: Sequence[Operation]) -> None:
+    """A value nested deeper than the limit, refused on the way in (as decoding does)
+    rather than by ``to_json`` or ``==`` later. One C-speed encode per container value."""
+    for i, op in enumerate(ops):
+        value = getattr(op, "value", None)
+        if type(value) is dict or type(value) is list:
+            try:
+                _encoder.encode(value)
+            except RecursionError:
+                raise LimitExceeded(f"the value of operation {i}") from None
+            except (TypeError, msgspec.EncodeError):
+                pass  # not JSON: applying it is the caller's business, as before
+
+
+class _NotPlain(PatchConflict):
+    """The engine met a container that is not a plain dict or list (apply retries)."""
+
+    def __init__(self, node: Any) -> None:
+        super().__init__(
+            f"a {type(node).__name__} is not a plain container", reason="not-a-container"
+        )
+        self.node = node
+
+
+def _in_place_refused(node: Any) -> PatchConflict:
+    return PatchConflict(
+        f"in_place needs plain dicts and lists; the document holds a {type(node).__name__} "
+        "(apply without in_place to get a plain copy)",
+        reason="not-a-container",
+    )
+
+
+def _other_container(value: Any) -> bool:
+    """A mapping or sequence that is not a plain ``dict``/``list`` (nor text)."""
+    return isinstance(value, Mapping) or (
+        isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray)
+    )
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every mapping as a ``dict`` and every sequence as a ``list``."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes | bytearray):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _not_container(node: Any, tokens: tuple[str, ...], depth: int) -> PatchConflict:
     at = tokens[:depth]
     where = repr(format_tokens(at)) if at else "the document root"
+    if _other_container(node):
+        return _NotPlain(node)
     return PatchConflict(
         f"cannot look up {tokens[depth]!r} in the {type_name(node)} at {where}",
         reason="not-a-container",

@@ -207,3 +207,32 @@ def test_json_patch_to_merge_names_the_unrepresentable_operation(
     assert info.value.index == index
     assert info.value.op == ops[index]["op"]
     assert f"operation {index}" in str(info.value)
+
+
+def test_case_insensitive_twins_in_a_merge_object_are_refused() -> None:
+    """Issue: a bare KeyError, a silent last-wins, and a conversion that disagreed."""
+    from patchassign import InvalidPatch
+
+    with pytest.raises(InvalidPatch, match="name the same member"):
+        apply_merge_patch({"A": 1}, {"A": None, "a": None}, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'a' and 'A'"):
+        apply_merge_patch({"a": 0}, {"a": 1, "A": 2}, case_insensitive=True)
+    with pytest.raises(InvalidPatch):
+        merge_to_json_patch({"a": 1, "A": 2}, {"a": 0}, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'k' and 'K'"):
+        apply_merge_patch({"x": {}}, {"x": {"k": 1, "K": 2}}, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'/x'"):
+        merge_to_json_patch({"x": {"k": 1, "K": 2}}, {"x": {}}, case_insensitive=True)
+    # without case-insensitivity they are two members, as RFC 7396 says
+    assert apply_merge_patch({}, {"a": 1, "A": 2}) == {"a": 1, "A": 2}
+
+
+def test_ordered_dicts_are_objects_on_both_sides() -> None:
+    from collections import OrderedDict
+
+    assert apply_merge_patch(OrderedDict(a=1, b=2), {"a": None}) == {"b": 2}
+    assert apply_merge_patch({"a": 1, "b": 2}, OrderedDict(a=None)) == {"b": 2}
+    assert apply_merge_patch({"a": {"x": 1}}, {"a": OrderedDict(x=None, y=2)}) == {"a": {"y": 2}}
+    assert merge_to_json_patch(OrderedDict(a=None), {"a": 1, "b": 2}).to_list() == [
+        {"op": "remove", "path": "/a"}
+    ]

@@ -535,3 +535,34 @@ def test_a_member_named_twice_in_an_operation_is_refused(member: str) -> None:
 def test_members_named_twice_inside_a_value_are_the_values_business() -> None:
     patch = pa.JsonPatch.from_json(b'[{"op": "add", "path": "/a", "value": {"k": 1, "k": 2}}]')
     assert pa.apply_patch({}, patch) == {"a": {"k": 2}}
+
+
+def test_an_ordered_dict_document_is_an_object() -> None:
+    import json
+    from collections import OrderedDict
+
+    doc = json.loads('{"a": {"x": 1}, "l": [1]}', object_pairs_hook=OrderedDict)
+    ops = [{"op": "replace", "path": "/a/x", "value": 2}, {"op": "add", "path": "/l/-", "value": 3}]
+    assert pa.apply_patch(doc, ops) == {"a": {"x": 2}, "l": [1, 3]}
+    assert doc == {"a": {"x": 1}, "l": [1]}  # not mutated
+    with pytest.raises(pa.PatchConflict, match="in_place needs plain dicts and lists"):
+        pa.apply_patch(doc, ops, in_place=True)
+    nested = [OrderedDict(x=1)]  # a JSON array of objects read with object_pairs_hook
+    assert pa.apply_patch(nested, [{"op": "add", "path": "/0/y", "value": 2}]) == [{"x": 1, "y": 2}]
+    assert nested == [{"x": 1}]
+    with pytest.raises(pa.PatchConflict, match="in_place needs plain dicts and lists"):
+        pa.apply_patch(nested, [{"op": "add", "path": "/0/y", "value": 2}], in_place=True)
+    assert nested == [{"x": 1}]  # rolled back
+
+
+def test_a_value_nested_too_deeply_is_refused_on_the_way_in() -> None:
+    value: Any = 1
+    for _ in range(5000):
+        value = [value]
+    for make in (
+        lambda: pa.JsonPatch([{"op": "add", "path": "/a", "value": value}]),
+        lambda: pa.JsonPatch([pa.Add("/a", value)]),
+        lambda: pa.apply_patch({}, [{"op": "add", "path": "/a", "value": value}]),
+    ):
+        with pytest.raises(pa.LimitExceeded, match="operation 0"):
+            make()

@@ -208,3 +208,57 @@ def test_json_patch_to_merge_has_the_same_effect(a: Any, b: Any) -> None:
     # No merge patch leaves every document alone: {} turns a non-object into {}.
     assume(len(p) or isinstance(a, dict))
     assert same_json(apply_merge_patch(a, merge), b)
+
+
+# -- the last typed-error holes: case twins, non-list patches, dict subclasses -------------
+
+_twin_keys = st.sampled_from(["a", "A", "b", "B", "Straße", "STRASSE"])
+_twin_objects = st.dictionaries(_twin_keys, st.none() | st.integers(0, 3), max_size=4)
+
+
+@given(_twin_objects, _twin_objects)
+def test_case_insensitive_merge_either_refuses_twins_or_agrees_with_its_conversion(
+    doc: dict[str, Any], merge: dict[str, Any]
+) -> None:
+    """Two merge members naming one member case-insensitively are refused, by apply and
+    by the conversion alike; otherwise the conversion is exact, as documented."""
+    from patchassign import InvalidPatch
+
+    folded = [k.casefold() for k in merge]
+    twins = len(set(folded)) != len(folded)
+    try:
+        applied = apply_merge_patch(doc, merge, case_insensitive=True)
+    except InvalidPatch:
+        assert twins
+        with pytest.raises(InvalidPatch):
+            merge_to_json_patch(merge, doc, case_insensitive=True)
+        return
+    except PatchConflict:  # the document itself holds case twins: refusing is right
+        return
+    assert not twins
+    converted = merge_to_json_patch(merge, doc, case_insensitive=True)
+    assert same_json(apply_patch(doc, converted, case_insensitive=True), applied)
+
+
+@given(st.none() | st.integers() | st.floats(allow_nan=False) | st.booleans() | st.text())
+def test_a_patch_that_is_not_an_array_is_always_an_invalid_patch(patch: Any) -> None:
+    from patchassign import InvalidPatch
+
+    with pytest.raises(InvalidPatch):
+        apply_patch({"a": 1}, patch)
+
+
+@given(json_pairs())
+def test_ordered_dicts_are_objects_like_dicts(pair: tuple[Any, Any]) -> None:
+    """A document and a merge patch made of OrderedDicts (json's object_pairs_hook)
+    give what the same made of dicts give."""
+    import json
+    from collections import OrderedDict
+
+    a, b = pair
+    ordered_a = json.loads(json.dumps(a), object_pairs_hook=OrderedDict)
+    merge = b  # any JSON value is a merge patch
+    ordered_merge = json.loads(json.dumps(merge), object_pairs_hook=OrderedDict)
+    assert same_json(apply_merge_patch(ordered_a, ordered_merge), apply_merge_patch(a, merge))
+    ops = make_patch(a, b)
+    assert same_json(apply_patch(ordered_a, ops), apply_patch(a, ops))
