@@ -67,12 +67,16 @@ class JournalError(ConfigError):
 
 
 def _exclusive(path: Path) -> IO[bytes]:
-    """Hold ``<journal>.lock`` exclusively: two runs must never share a journal.
+    """Hold the journal file itself exclusively: two runs must never share a journal.
 
-    The lock is the operating system's (``flock``): it goes away with the process, even
-    after ``kill -9``, so there is never a stale lock to clean up.
+    The lock is on the file, not on a name (a second file named after the path let two
+    runs share one journal reached through a symlink). It is the operating system's
+    ``flock``, which goes away with the process, even after ``kill -9``, so there is
+    never a stale lock to clean up; it is independent of SQLite's own (POSIX) locks.
+    This descriptor is opened before SQLite's connection and closed after it, as
+    closing a descriptor of the file drops a process's POSIX locks on it.
     """
-    handle = open(f"{path}.lock", "ab")  # noqa: SIM115 - held until close()
+    handle = open(path, "ab")  # noqa: SIM115 - held until close(); creates an empty db
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no lock

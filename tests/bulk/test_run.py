@@ -336,3 +336,24 @@ async def test_an_unreachable_system_ends_unsent_and_a_resume_sends_it(small: Se
     assert code == 0, out + err
     assert not demo_mismatches(small.sb, small.n)
     assert max(n for s in small.sb for n in s.stats.writes.values()) == 1  # nothing twice
+
+
+def test_one_journal_reached_by_two_names_is_still_locked(tmp_path: Path) -> None:
+    """Issue: the lock was a second file named after the path, so a symlink (or a hard
+    link) to the journal let two runs share it and apply records twice."""
+    import pytest
+
+    from patchassign.journal import Journal, JournalError
+
+    real = tmp_path / "plan.journal"
+    link = tmp_path / "link.journal"
+    hard = tmp_path / "hard.journal"
+    with Journal(real) as j:
+        j.set_meta("plan", "p")
+        link.symlink_to(real)
+        os.link(real, hard)
+        for other in (link, hard):
+            with pytest.raises(JournalError, match="in use by another run"):
+                Journal(other)
+    with Journal(link) as again:  # free once the first run is gone
+        assert again.meta("plan") == "p"
