@@ -353,6 +353,14 @@ async def run_plan(
             next_done = next(done, None) if done else None
             index = 0
             for line, item in read_plan(opts.plan):
+                if line > validation.lines:
+                    # The plan grew after it was validated: only what was validated is
+                    # sent (the journal-as-queue work will make this structural).
+                    err.write(
+                        f"warning: {opts.plan} grew during the run; lines after line "
+                        f"{validation.lines:,} were not validated and are not sent\n"
+                    )
+                    break
                 while done is not None and next_done is not None and next_done < line:
                     next_done = next(done, None)
                 if next_done == line:

@@ -357,3 +357,34 @@ def test_one_journal_reached_by_two_names_is_still_locked(tmp_path: Path) -> Non
                 Journal(other)
     with Journal(link) as again:  # free once the first run is gone
         assert again.meta("plan") == "p"
+
+
+async def test_lines_appended_to_the_plan_during_a_run_are_not_sent(
+    small: Setup, monkeypatch: Any
+) -> None:
+    """Issue: the plan is read again after validation; lines appended meanwhile were
+    sent without being validated (3,001 changes from a 3,000-line plan)."""
+    import io
+
+    from patchassign import bulk
+    from patchassign.config import load_config
+
+    validate = bulk.validate_plan
+
+    def validate_then_append(path: Path, config: Any) -> Any:
+        v = validate(path, config)
+        with open(path, "ab") as f:  # someone appends right after validation
+            f.write(b'{"system": "perscom", "record": 1, "action": "assign", "to": "999"}\n')
+            f.write(b"not even json\n")
+        return v
+
+    monkeypatch.setattr(bulk, "validate_plan", validate_then_append)
+    for name, value in small.env.items():
+        monkeypatch.setenv(name, value)
+    err = io.StringIO()
+    report = await bulk.run_plan(
+        bulk.Options(plan=small.plan, config=load_config(small.config), progress="none"), err=err
+    )
+    assert sum(report.run_counts.values()) == 5 * small.n  # not one more
+    assert "grew during the run" in err.getvalue()
+    assert small.sb.perscom.records["1"]["user_id"] != 999
