@@ -253,6 +253,12 @@ class FakeServer(abc.ABC):
                 return self.error(503, "Service unavailable")
             if f.server_error and draw() < f.server_error:
                 return self.error(500, "Internal server error")
+            if f.gateway and draw() < f.gateway:
+                return web.Response(
+                    status=200,
+                    text="<html><body>Down for maintenance</body></html>",
+                    content_type="text/html",
+                )
             if f.drop and draw() < f.drop:
                 if draw() < 0.5:
                     await request.read()

@@ -27,6 +27,8 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         unavailable: Fraction of requests answered 503.
         server_error: Fraction of requests answered 500 (nothing applied; the client
             cannot know that).
+        gateway: Fraction of requests answered 200 with an HTML page by "a proxy in
+            front", without reaching the system (nothing applied).
         latency: Seconds added to every request.
         jitter: Up to this many extra seconds, uniformly drawn, per request.
         spikes: Fraction of requests delayed by ``spike`` seconds on top.
@@ -49,6 +51,7 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     retry_after: _Seconds = 1.0
     unavailable: _Fraction = 0.0
     server_error: _Fraction = 0.0
+    gateway: _Fraction = 0.0
     latency: _Seconds = 0.0
     jitter: _Seconds = 0.0
     spikes: _Fraction = 0.0
@@ -67,6 +70,7 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             self.throttle
             or self.unavailable
             or self.server_error
+            or self.gateway
             or self.drop
             or self.jitter
             or self.spikes

@@ -432,6 +432,22 @@ class BaseAdapter(abc.ABC):
         """
         return str(change.record)
 
+    @staticmethod
+    def not_the_answer(response: HttpResponse, expected: str) -> Retry:
+        """A success status without the system's documented success body.
+
+        A proxy, a WAF or a maintenance page can answer 200 without forwarding the
+        request; a 204 can follow an applied write. Neither proves anything: the outcome
+        is ambiguous, so the record is read back before anything is resent or reported.
+        """
+        kind = response.header("Content-Type") or "no content type"
+        return Retry(
+            f"HTTP {response.status} without {expected} ({kind}, {len(response.body)} bytes): "
+            "not the system's answer (a proxy or a maintenance page?); reading the record back",
+            response.status,
+            ambiguous=True,
+        )
+
     def probe(self) -> HttpRequest:
         """A harmless authenticated read for a preflight check (:meth:`Dispatcher.check`).
 

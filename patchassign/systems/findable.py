@@ -114,10 +114,14 @@ class FindableAdapter(BaseAdapter):
         return self.json_request("POST", f"{self._path(change)}/delegate", body)
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
-        if response.status in (200, 201):
+        if response.status < 300:
             successor = response.json()
-            etag = successor.get("_etag") if isinstance(successor, dict) else None
-            return Applied(etag, successor)
+            if response.status not in (200, 201) or not (
+                isinstance(successor, dict) and successor.get("id")
+            ):
+                return self.not_the_answer(response, "the successor assignment (with an id)")
+            etag = successor.get("_etag")
+            return Applied(etag if isinstance(etag, str) else None, successor)
         message = self.error_message(response)
         if response.status == 409:
             # Maybe our own earlier attempt went through: re-read decides.

@@ -203,10 +203,12 @@ class KintoneAdapter(BaseAdapter):
         return self.json_request("PUT", f"{self._prefix}/record/assignees.json", body)
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
-        if response.status == 200:
+        if response.status < 300:
             body = response.json()
             revision = body.get("revision") if isinstance(body, dict) else None
-            return Applied(str(revision) if revision is not None else None, body)
+            if response.status != 200 or revision is None:
+                return self.not_the_answer(response, '{"revision": ...}')
+            return Applied(str(revision), body)
         return self._error(response)
 
     def _error(self, response: HttpResponse) -> Conflict | Retry | Failed:

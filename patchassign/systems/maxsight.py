@@ -128,9 +128,11 @@ class MaxsightAdapter(BaseAdapter):
         )
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
-        if response.status == 200:
+        if response.status < 300:
             task = response.json()
             version = task.get("updated_at") if isinstance(task, dict) else None
+            if response.status != 200 or not isinstance(version, str):
+                return self.not_the_answer(response, "the task (with updated_at)")
             return Applied(version, task)
         if response.status == 409:
             return Conflict(f"version mismatch: {self.error_message(response)}", 409)

@@ -204,11 +204,13 @@ class PerscomAdapter(BaseAdapter):
         return self.json_request("PATCH", self._path(change), body)
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
-        if response.status == 200:
+        if response.status < 300:
             body = response.json()
             data = body.get("data") if isinstance(body, dict) else None
-            version = data.get("updated_at") if isinstance(data, dict) else None
-            return Applied(version, data)
+            if response.status != 200 or not isinstance(data, dict) or "id" not in data:
+                return self.not_the_answer(response, 'the record ({"data": {"id": ...}})')
+            version = data.get("updated_at")
+            return Applied(version if isinstance(version, str) else None, data)
         message = self.error_message(response)
         if response.status == 422:
             body = response.json()

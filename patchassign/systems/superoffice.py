@@ -216,9 +216,11 @@ class SuperOfficeAdapter(BaseAdapter):
         )
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
-        if response.status == 200:
+        if response.status < 300:
             record = response.json()
             version = record.get("Updated") if isinstance(record, dict) else None
+            if response.status != 200 or not isinstance(version, str):
+                return self.not_the_answer(response, "the ProjectMember (with Updated)")
             return Applied(version, record)
         message = self.error_message(response)
         if response.status == 409:

@@ -164,3 +164,23 @@ async def test_chaos_short_every_fault_at_once_with_outages() -> None:
             assert max(server.stats.writes.values()) == 1, server
         wrong = demo_mismatches(sb, n, skip=set(moved))
         assert wrong == []
+
+
+async def test_a_200_that_is_not_the_systems_answer_is_never_reported_applied() -> None:
+    """A proxy answers 30% of the writes with a 200 HTML page without forwarding them:
+    on every system, a change is reported applied only when it is in place."""
+    n = 200
+    faults = {"gateway": 0.3, "writes_only": True, "seed": 9}
+    async with Sandbox(demo=n, faults=faults) as sb:
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS) as d:
+            results = [r async for r in d.run(demo_plan(n))]
+        wrong = demo_mismatches(sb, n)
+        for s in sb:
+            assert max(s.stats.writes.values(), default=0) <= 1  # nothing applied twice
+    assert sum(r.writes > 1 for r in results) > 50  # intercepted writes were read back, resent
+    by = Counter(r.status for r in results)
+    assert set(by) <= {"applied", "failed"}, by
+    # every change the run calls applied is in place on its server; the others are not
+    assert len(wrong) == by["failed"]
+    failed = [r for r in results if r.status == "failed"]
+    assert all(r.unconfirmed for r in failed)

@@ -364,3 +364,19 @@ async def test_one_record_written_two_ways_keeps_plan_order() -> None:
     assert {r.status for r in results} == {"applied"}
     assert [v for s, v in seen if s == "kintone"] == ["first", "second"]
     assert [v for s, v in seen if s == "perscom"] == [1, 2]
+
+
+async def test_a_204_after_an_applied_write_is_read_back_and_reported_applied() -> None:
+    maxsight = FakeMaxsight()
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        answer = await maxsight(request)
+        if request.method == "PUT" and answer.status == 200:
+            return HttpResponse(204, {})  # applied, but no body to prove it
+        return answer
+
+    async with Dispatcher([maxsight.adapter()], transport=MockTransport(handler), retry=FAST) as d:
+        r = await d.send(to_maxsight(1)[0])
+    assert r.status == "applied"  # found in place by the read-back, not "failed"
+    assert r.writes == 1
+    assert maxsight.writes["t0"] == 1
