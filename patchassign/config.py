@@ -19,11 +19,13 @@ values when the file is loaded. See ``docs/configuration.md``::
 
 from __future__ import annotations
 
+import base64
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote, quote_plus
 
 import msgspec
 
@@ -135,6 +137,7 @@ class Config:
     ) -> None:
         self.adapters = adapters
         self._secrets = secrets
+        self._scrub = _Scrubber(s.reveal() for s in secrets)
         self.limits = limits
         self.retry = retry
         self.concurrency = concurrency
@@ -147,13 +150,13 @@ class Config:
         """``text`` with every configured credential replaced by ``********``.
 
         Defence in depth for what servers send back: an error message that echoes a
-        token must not carry it into the journal, the results or the report.
+        token must not carry it into the journal, the results, the report or a log line.
+        Every form a credential is sent in is caught: as it is, each part of a
+        comma-separated list, percent-encoded, base64 of ``login:password`` (Basic and
+        Kintone password auth), and any 8 or more characters of one of those (what a
+        cut message leaves of a key).
         """
-        for s in self._secrets:
-            value = s.reveal()
-            if value in text:
-                text = text.replace(value, "********")
-        return text
+        return self._scrub(text)
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -214,6 +217,56 @@ def parse_config(
     return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read))
 
 
+_MASK = "********"
+_WINDOW = 8  # this many characters of a credential in a row are masked
+
+
+class _Scrubber:
+    """Masks credentials in every form they are sent in (see :meth:`Config.scrub`)."""
+
+    __slots__ = ("exact", "windows")
+
+    def __init__(self, values: Iterable[str]) -> None:
+        forms: set[str] = set()
+        for value in values:
+            forms |= {value, quote(value, safe=""), quote_plus(value)}
+        forms.discard("")
+        self.exact = sorted(forms, key=len, reverse=True)  # longest first
+        self.windows = {
+            form[i : i + _WINDOW]
+            for form in forms
+            if len(form) >= _WINDOW
+            for i in range(len(form) - _WINDOW + 1)
+        }
+
+    def __call__(self, text: str) -> str:
+        for form in self.exact:
+            if form in text:
+                text = text.replace(form, _MASK)
+        windows = self.windows
+        if not windows or len(text) < _WINDOW:
+            return text
+        covered = [False] * len(text)
+        hit = False
+        for i in range(len(text) - _WINDOW + 1):
+            if text[i : i + _WINDOW] in windows:
+                covered[i : i + _WINDOW] = [True] * _WINDOW
+                hit = True
+        if not hit:
+            return text
+        out: list[str] = []
+        i = 0
+        while i < len(text):
+            if covered[i]:
+                while i < len(text) and covered[i]:
+                    i += 1
+                out.append(_MASK)
+            else:
+                out.append(text[i])
+                i += 1
+        return "".join(out)
+
+
 def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret]:
     out = []
     for field, var in table.items():
@@ -222,6 +275,14 @@ def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret
             out.append(Secret(value))
             parts = [p.strip() for p in value.split(",")]
             out += [Secret(p) for p in parts if p and p != value]
+    # Basic auth and Kintone's password auth send base64("login:password").
+    login = table.get("login", table.get("user"))
+    password = (
+        env.get(table["password_env"]) if isinstance(table.get("password_env"), str) else None
+    )
+    if isinstance(login, str) and password:
+        pair = base64.b64encode(f"{login}:{password}".encode()).decode()
+        out.append(Secret(pair))
     return out
 
 

@@ -121,12 +121,16 @@ def base_url(url: str) -> str:
     """
     check_header("base_url", url)
     parts = urlsplit(url)
+    try:
+        has_userinfo = bool(parts.username or parts.password) or "@" in parts.netloc
+    except ValueError:
+        has_userinfo = "@" in parts.netloc
+    if has_userinfo:  # checked first: the other messages print the URL
+        raise ConfigError("base_url must not embed credentials; use the auth settings")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"base_url must be an absolute http(s) URL, got {url!r}")
     if parts.query or parts.fragment:
         raise ConfigError(f"base_url must not have a query or fragment: {url!r}")
-    if parts.username or parts.password:
-        raise ConfigError("base_url must not embed credentials; use the auth settings")
     return url.rstrip("/")
 
 

@@ -137,3 +137,53 @@ def test_tls_verification_off_is_logged_by_the_cli_run(tmp_path: Path) -> None:
         check=False,
     )
     assert "TLS certificate verification is OFF" in r.stderr
+
+
+def test_every_form_a_credential_is_sent_in_is_scrubbed() -> None:
+    """Issue: base64(login:password), percent-encoded echoes and the half of a key left
+    by a cut message were not scrubbed."""
+    import base64
+    from urllib.parse import quote
+
+    config = parse_config(
+        {
+            "systems": {
+                "kintone": {"url": "https://k.example", "login": "ada", "password_env": "KP"},
+                "superoffice": {
+                    "url": "https://s.example",
+                    "user": "bob",
+                    "password_env": "SP",
+                },
+                "findable": {"url": "https://f.example", "token_env": "F"},
+            }
+        },
+        env={"KP": "kintone-pass-1", "SP": "so/pass word+9", "F": "fin-tok-abcdefghijklmnop"},
+    )
+    basic = base64.b64encode(b"bob:so/pass word+9").decode()
+    kintone = base64.b64encode(b"ada:kintone-pass-1").decode()
+    for leak in (
+        basic,
+        kintone,
+        quote("so/pass word+9", safe=""),
+        "fin-tok-abcdefghijklmnop",
+        "fin-tok-abcdefghijklmnop"[:13],  # what a cut message leaves of the key
+        "defghijklmnop",  # its second half
+    ):
+        scrubbed = config.scrub(f"server said: got {leak}!")
+        assert leak not in scrubbed, leak
+        assert "********" in scrubbed
+    assert config.scrub("nothing secret here") == "nothing secret here"
+
+
+def test_a_url_with_credentials_is_not_printed_in_an_error() -> None:
+    import pytest
+
+    from patchassign import ConfigError
+
+    for url in ("ftp://ada:s3cret-pw@k.example", "https://ada:s3cret-pw@k.example/?q=1"):
+        with pytest.raises(ConfigError) as e:
+            parse_config(
+                {"systems": {"findable": {"url": url, "token_env": "F"}}}, env={"F": "tok"}
+            )
+        assert "s3cret-pw" not in str(e.value)
+        assert "must not embed credentials" in str(e.value)
