@@ -44,6 +44,8 @@ SystemName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+#: Integer record ids are 64-bit, as the docs promise for every number in a plan.
+_IntId = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 #: One assignee, or several (Kintone assigns lists of users).
 Assignees = _Text | Annotated[list[_Text], msgspec.Meta(max_length=1000)]
 
@@ -58,7 +60,7 @@ class _Change(
 ):
     system: SystemName
     #: The record: an integer id, a string id, or ``"<app>:<id>"`` for Kintone.
-    record: _Id | int
+    record: _Id | _IntId
     #: A caller's id for the change; plans default it to ``"line-<n>"``.
     id: _Id | None = None
 

@@ -149,3 +149,17 @@ def test_every_example_in_the_plan_format_doc_decodes() -> None:
         adapters[item.system].check(item)
         seen.add(item.system)
     assert seen == set(adapters)
+
+
+def test_record_ids_beyond_64_bits_are_refused() -> None:
+    from patchassign import InvalidChange, decode_change
+
+    for big in ("18446744073709551616", "123456789012345678901234567890"):
+        line = f'{{"system": "perscom", "record": {big}, "action": "assign", "to": "7"}}'
+        with pytest.raises(InvalidChange) as e:
+            decode_change(line.encode())
+        assert e.value.field == "record"
+    ok = decode_change(
+        b'{"system": "perscom", "record": 9223372036854775807, "action": "assign", "to": "7"}'
+    )
+    assert ok.record == 2**63 - 1
