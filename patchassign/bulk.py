@@ -26,7 +26,7 @@ import msgspec
 from .dispatch import Check, Dispatcher, Limits, Result
 from .errors import InvalidChange, PatchassignError
 from .hooks import LoggingHooks, RetryEvent
-from .journal import DONE, Journal
+from .journal import DONE, Journal, JournalError
 from .plan import read_plan
 
 if TYPE_CHECKING:
@@ -287,7 +287,10 @@ def _clock(seconds: float) -> str:
 
 def _done_lines(path: Path, retry_failed: bool) -> Iterator[int]:
     """Lines with a kept outcome, ascending, from a separate read-only connection."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise JournalError(f"{path}: the journal cannot be read ({e})") from None
     try:
         done = DONE - {"failed"} if retry_failed else DONE
         marks = ",".join("?" * len(done))
@@ -297,6 +300,11 @@ def _done_lines(path: Path, retry_failed: bool) -> Iterator[int]:
         )
         for (line,) in cur:
             yield int(line)
+    except sqlite3.Error as e:
+        raise JournalError(
+            f"{path}: the journal is damaged ({e}); restore it from a copy, or start "
+            "over with a new --journal"
+        ) from None
     finally:
         db.close()
 

@@ -91,6 +91,62 @@ def _exclusive(path: Path) -> IO[bytes]:
     return handle
 
 
+class _Db:
+    """The journal's SQLite connection: any database failure (a full disk, a file size
+    limit, a damaged file) is a :class:`JournalError` that names the file, says what is
+    kept and how to go on, instead of a raw ``sqlite3`` traceback."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def _failed(self, e: sqlite3.Error) -> JournalError:
+        text = str(e)
+        if "full" in text or "disk" in text or isinstance(e, sqlite3.OperationalError):
+            what = f"cannot be written ({text})"
+            fix = "free space (or raise the file size limit)"
+        else:
+            what = f"is damaged ({text})"
+            fix = "restore the file from a copy, or start over with a new --journal"
+        return JournalError(
+            f"{self.path}: the journal {what}; every outcome written before this is kept "
+            f"in it: {fix}, then continue with --resume"
+        )
+
+    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, args)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        try:
+            return self._conn.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def executescript(self, sql: str) -> sqlite3.Cursor:
+        try:
+            return self._conn.executescript(sql)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def __enter__(self) -> Self:
+        self._conn.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._conn.__exit__(*exc)  # commit, or roll back on an error
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Journal:
     """A bulk run's journal. ``with Journal(path) as j:``.
 
@@ -109,12 +165,14 @@ class Journal:
         self.run_id = 0
         self._lock = _exclusive(self.path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db = _Db(sqlite3.connect(self.path, isolation_level=None), self.path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
+        except (sqlite3.DatabaseError, JournalError) as e:
             self._lock.close()
+            if isinstance(e, JournalError):
+                raise
             raise JournalError(f"{self.path}: not a usable journal ({e})") from None
         version = self.meta("version")
         if version is None:

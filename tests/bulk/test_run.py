@@ -388,3 +388,47 @@ async def test_lines_appended_to_the_plan_during_a_run_are_not_sent(
     assert sum(report.run_counts.values()) == 5 * small.n  # not one more
     assert "grew during the run" in err.getvalue()
     assert small.sb.perscom.records["1"]["user_id"] != 999
+
+
+def test_a_full_journal_is_a_journal_error_naming_the_file_and_what_to_do(
+    tmp_path: Path,
+) -> None:
+    """Issue: a full disk gave a raw sqlite3 traceback. ``max_page_count`` plays the full
+    disk: the journal cannot grow past the pages it has."""
+    import pytest
+
+    from patchassign.dispatch import Result
+    from patchassign.journal import Journal, JournalError
+
+    path = tmp_path / "plan.journal"
+    with Journal(path, batch=10_000) as j:
+        j.bind("plan.jsonl", "digest", resume=False)
+        j.flush()
+        pages = j._db.execute("PRAGMA page_count").fetchone()[0]
+        j._db.execute(f"PRAGMA max_page_count={pages}")
+        for n in range(1, 2001):
+            j.record(
+                n, Result(index=n, id=None, system="x", record=n, status="applied", error="e" * 200)
+            )
+        with pytest.raises(JournalError) as e:
+            j.flush()
+        j._db.execute("PRAGMA max_page_count=1000000")  # room again, to close cleanly
+    message = str(e.value)
+    assert str(path) in message
+    assert "cannot be written" in message
+    assert "--resume" in message
+
+
+async def test_a_journal_with_random_bytes_is_one_line_exit_2(small: Setup) -> None:
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config)
+    assert code == 0, err
+    data = bytearray(small.journal.read_bytes())
+    data[100:4000] = os.urandom(3900)
+    small.journal.write_bytes(bytes(data))
+    for wal in small.journal.parent.glob(small.journal.name + "-*"):
+        wal.unlink()
+    code, _, err = await patchassign(small, "run", small.plan, "-c", small.config, "--resume")
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert str(small.journal) in err
+    assert len(err.strip().splitlines()) == 1
