@@ -165,15 +165,14 @@ class Journal:
         self.run_id = 0
         self._lock = _exclusive(self.path)
         try:
-            self._db = _Db(sqlite3.connect(self.path, isolation_level=None), self.path)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.DatabaseError, JournalError) as e:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
             self._lock.close()
-            if isinstance(e, JournalError):
-                raise
             raise JournalError(f"{self.path}: not a usable journal ({e})") from None
+        self._db = _Db(conn, self.path)
         version = self.meta("version")
         if version is None:
             self.set_meta("version", _VERSION)
