@@ -192,6 +192,7 @@ class Report:
     skipped: int = 0  # lines already done (resume)
     unconfirmed: int = 0
     journal: str = ""
+    results_error: str | None = None
 
     @property
     def all_applied(self) -> bool:
@@ -248,6 +249,8 @@ class Report:
                 f"{self.unconfirmed:,} writes were sent but not confirmed when the run "
                 "stopped: --resume reads those records before doing anything"
             )
+        if self.results_error:
+            lines.append(f"RESULTS NOT WRITTEN: {self.results_error}")
         if self.interrupted:
             lines.append(f"interrupted: continue with --resume (journal {self.journal})")
         elif not self.dry_run:
@@ -327,6 +330,11 @@ async def run_plan(
     err = sys.stderr if err is None else err
     cfg = opts.config
     validation = validate_plan(opts.plan, cfg)
+    # Validation holds the event loop; a SIGTERM or Ctrl-C that came meanwhile waits in
+    # the loop's signal pipe. A (short) timer makes the loop poll it before this task
+    # resumes, so the cancellation lands here, before anything is sent. (sleep(0) would
+    # resume this task first: its wake-up is queued before the signal's callback.)
+    await asyncio.sleep(0.01)
     if validation.invalid and not opts.skip_invalid:
         raise InvalidPlan(validation)
     t0 = time.monotonic()
@@ -454,7 +462,14 @@ async def run_plan(
             report.latency = journal.percentiles((0.5, 0.9, 0.99, 1.0), run=journal.run_id)
             report.errors = journal.errors()
             if opts.results and not opts.dry_run:
-                export_results(journal, opts.results)
+                try:
+                    export_results(journal, opts.results)
+                except OSError as e:  # a full disk, a missing folder...
+                    report.results_error = (
+                        f"the results could not be written to {opts.results} "
+                        f"({e.strerror or e}); every outcome is in the journal {jpath}: "
+                        "free space and run again with --resume --results FILE"
+                    )
             journal.close()
         if interrupted:
             err.write(report.render() + "\n")

@@ -292,7 +292,7 @@ async def _execute(opts: Options) -> int:
         print(f"patchassign run: {e} (fix it, or pass --no-preflight)", file=sys.stderr)
         return EXIT_FAILED
     print(report.render(), file=sys.stderr)
-    return EXIT_OK if report.all_applied else EXIT_FAILED
+    return EXIT_OK if report.all_applied and not report.results_error else EXIT_FAILED
 
 
 def _print_invalid(v: Validation) -> None:
@@ -569,7 +569,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 f"kept in {folder}: plan.jsonl, systems.toml, results.jsonl, the journal",
                 file=sys.stderr,
             )
-    return EXIT_OK if report.all_applied else EXIT_FAILED
+    return EXIT_OK if report.all_applied and not report.results_error else EXIT_FAILED
 
 
 def _demo_config(sb: Any, path: Path) -> dict[str, str]:

@@ -897,6 +897,12 @@ class Dispatcher:
                     response = await transport.send(step.request, timeout=timeout)
                 except TransportError as e:
                     error = e
+                except asyncio.CancelledError:
+                    if step.write:  # cut off mid-flight: its effect is unknown
+                        flow.maybe_applied = True
+                        flow.writes += 1
+                    flow.attempts += 1
+                    raise
                 finally:
                     track.in_request = False
             finally:
@@ -1317,15 +1323,23 @@ async def _results(
                 busy.append(task)  # let its request finish or time out
             else:
                 task.cancel()
+        again = False
         if busy:
-            await asyncio.wait(busy, timeout=d.retry.timeout + 1.0)
+            try:
+                await asyncio.wait(busy, timeout=d.retry.timeout + 1.0)
+            except asyncio.CancelledError:
+                # Stopped again while requests were in flight: stop waiting, but still
+                # account for every change in progress (writes as unconfirmed).
+                again = True
         left = list(tracks)
         for task in left:
             task.cancel()
-        await asyncio.gather(reader, *left, return_exceptions=True)
+        await asyncio.shield(asyncio.gather(reader, *left, return_exceptions=True))
         if state.stopped:
             log.info(
                 "run stopped early: %d change(s) were in progress, %d unconfirmed",
                 len(state.stopped),
                 sum(r.unconfirmed for r in state.stopped),
             )
+        if again:
+            raise asyncio.CancelledError

@@ -432,3 +432,52 @@ async def test_a_journal_with_random_bytes_is_one_line_exit_2(small: Setup) -> N
     assert "Traceback" not in err
     assert str(small.journal) in err
     assert len(err.strip().splitlines()) == 1
+
+
+async def test_sigterm_during_validation_sends_nothing(small: Setup) -> None:
+    """Issue: SIGTERM while a big plan was being validated still let requests out
+    (validation holds the event loop; the cancellation landed after sends began)."""
+    from patchassign.sandbox import demo_change
+
+    big = small.dir / "big.jsonl"
+    with open(big, "wb") as f:
+        for i in range(1, 60_001):
+            for system in ("perscom", "kintone", "maxsight", "superoffice", "findable"):
+                f.write(msgspec.json.encode(demo_change(system, i)) + b"\n")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "patchassign",
+        "run",
+        str(big),
+        "-c",
+        str(small.config),
+        "--no-preflight",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **small.env},
+    )
+    # Started (imports take ~0.3 s) and busy validating 300,000 lines (~2.4 s here).
+    await asyncio.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 130, err.decode()
+    assert sum(s.stats.count() for s in small.sb) == 0  # not one request went out
+
+
+async def test_results_that_cannot_be_written_name_the_file_and_the_journal(
+    small: Setup,
+) -> None:
+    """Issue: results on a full disk exited 2 ("bad input") with "No space left on
+    device:" and no file name, although everything was applied and journaled. A
+    results path that cannot be written plays the full disk."""
+    blocked = small.dir / "no-such-folder" / "results.jsonl"
+    code, out, err = await patchassign(
+        small, "run", small.plan, "-c", small.config, "--results", blocked
+    )
+    text = out + err
+    assert code == 1, text
+    assert f"results could not be written to {blocked}" in text
+    assert str(small.journal) in text
+    assert "every change applied" in text  # the report is still there
+    assert "Traceback" not in text

@@ -380,3 +380,45 @@ async def test_a_204_after_an_applied_write_is_read_back_and_reported_applied() 
     assert r.status == "applied"  # found in place by the read-back, not "failed"
     assert r.writes == 1
     assert maxsight.writes["t0"] == 1
+
+
+async def test_stopped_twice_with_writes_in_flight_every_change_is_accounted_for() -> None:
+    """Issue: a second SIGINT while writes were in flight left them out of the results
+    (and so out of the journal and the report)."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+    maxsight = FakeMaxsight()
+
+    puts = 0
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        nonlocal puts
+        if request.method == "PUT":
+            puts += 1
+            started.set()
+            await release.wait()  # the write hangs
+        return await maxsight(request)
+
+    async with Dispatcher(
+        [maxsight.adapter()], transport=MockTransport(handler), retry=FAST, concurrency=4
+    ) as d:
+        run = d.run(to_maxsight(20))
+
+        async def consume() -> None:
+            async for _ in run:
+                pass
+
+        task = asyncio.create_task(consume())
+        await started.wait()
+        await asyncio.sleep(0.05)  # the first window's writes are in flight
+        task.cancel()  # Ctrl-C: the run waits for the requests in flight...
+        await asyncio.sleep(0.05)
+        task.cancel()  # ...and Ctrl-C again
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+    in_flight = [r for r in run.stopped if r.writes or r.unconfirmed]
+    assert in_flight, run.stopped
+    assert all(r.status == "cancelled" for r in in_flight)
+    assert all(r.unconfirmed for r in in_flight)  # written, not confirmed: resume reads them
+    assert len(in_flight) == puts == 4  # the lane's first window
