@@ -62,11 +62,11 @@ def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
     # The recursion stays below the public, depth-guarded entry point: a guard per
     # nested object doubled the cost of a merge.
     if type(merge) is not dict:
-        if type(merge) in _NOT_OBJECTS or not isinstance(merge, Mapping):
+        if not _is_object(merge):
             return merge
         merge = dict(merge)
     if type(doc) is not dict:
-        if type(doc) in _NOT_OBJECTS or not isinstance(doc, Mapping):
+        if not _is_object(doc):
             return _strip_nulls(merge)
         doc = dict(doc)
     if case_insensitive and len(merge) > 1:
@@ -96,13 +96,15 @@ def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
 _NOT_OBJECTS = frozenset({str, int, float, bool, list, type(None)})
 
 
+def _is_object(value: Any) -> bool:
+    """A JSON object: a ``dict`` (fast), or any other ``Mapping`` (an OrderedDict...)."""
+    t = type(value)
+    return t is dict or (t not in _NOT_OBJECTS and isinstance(value, Mapping))
+
+
 def _strip_nulls(merge: Mapping[str, Any]) -> dict[str, Any]:
     """What a merge object becomes where the target has no object: nulls removed."""
-    return {
-        k: _strip_nulls(v) if type(v) is dict or isinstance(v, Mapping) else v
-        for k, v in merge.items()
-        if v is not None
-    }
+    return {k: _strip_nulls(v) if _is_object(v) else v for k, v in merge.items() if v is not None}
 
 
 def _refuse_case_twins(merge: Mapping[Any, Any], path: str | None = None) -> None:
@@ -206,26 +208,26 @@ def merge_to_json_patch(
 
 
 def _structural(merge: Any, path: str, ops: list[Operation]) -> None:
-    if type(merge) is not dict and not isinstance(merge, Mapping):
+    if not _is_object(merge):
         ops.append(Replace(path, merge))
         return
     for k, v in merge.items():
         p = path + "/" + escape(k)
         if v is None:
             ops.append(Remove(p))
-        elif type(v) is dict or isinstance(v, Mapping):
+        elif _is_object(v):
             _structural(v, p, ops)
         else:
             ops.append(Add(p, v))
 
 
 def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> None:
-    if type(merge) is not dict and not isinstance(merge, Mapping):
+    if not _is_object(merge):
         if not json_equal(merge, base):
             ops.append(Replace(path, merge))
         return
     if type(base) is not dict:
-        if not isinstance(base, Mapping):
+        if not _is_object(base):
             ops.append(Replace(path, _strip_nulls(merge)))
             return
         base = dict(base)
@@ -241,8 +243,8 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
             if exists:
                 ops.append(Remove(p))
         elif not exists:
-            ops.append(Add(p, _strip_nulls(v) if type(v) is dict or isinstance(v, Mapping) else v))
-        elif type(v) is dict or isinstance(v, Mapping):
+            ops.append(Add(p, _strip_nulls(v) if _is_object(v) else v))
+        elif _is_object(v):
             _exact(v, base[key], p, ops, ci)
         elif not json_equal(base[key], v):
             ops.append(Replace(p, v))
