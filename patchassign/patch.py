@@ -144,10 +144,11 @@ class JsonPatch(Sequence[Operation]):
         ops = operations if isinstance(operations, list | tuple) else list(operations)
         if not all(type(o) in _KIND for o in ops):
             try:
-                ops = _convert(ops)
+                ops = _convert(ops)  # checks the values' depth itself
             except RecursionError:
                 raise InvalidPatch(str(LimitExceeded("the patch document"))) from None
-        _refuse_too_deep(ops)  # type: ignore[arg-type]
+        else:
+            _refuse_too_deep(ops)  # type: ignore[arg-type]
         self._init(tuple(ops), allowed_ops, case_insensitive)  # type: ignore[arg-type]
 
     def _init(
@@ -459,7 +460,10 @@ def _from_dicts(ops: Sequence[Any]) -> list[Operation] | None:
         if cls in _WITH_VALUE:
             if "value" not in o:
                 return None
-            out.append(cls(path, o["value"]))
+            value = o["value"]
+            if type(value) is dict or type(value) is list:
+                _refuse_too_deep_value(value, len(out))
+            out.append(cls(path, value))
         elif cls is Remove:
             out.append(Remove(path))
         else:
@@ -478,7 +482,9 @@ def _convert(ops: Sequence[Any]) -> list[Operation]:
             raise InvalidPatch(f"an operation must be a JSON object, got {a_type_name(o)}", index=i)
     plain = [msgspec.to_builtins(o) if type(o) in _KIND else o for o in ops]
     try:
-        return msgspec.convert(plain, list[Operation], strict=True)
+        converted = msgspec.convert(plain, list[Operation], strict=True)
+        _refuse_too_deep(converted)
+        return converted
     except msgspec.ValidationError as e:
         raise _invalid_from_msgspec(e, lambda: plain) from None
     except UnicodeEncodeError:  # a lone surrogate (json.loads makes them from "\ud800")
@@ -874,14 +880,20 @@ def _refuse_too_deep(ops: Sequence[Operation]) -> None:
     """A value nested deeper than the limit, refused on the way in (as decoding does)
     rather than by ``to_json`` or ``==`` later. One C-speed encode per container value."""
     for i, op in enumerate(ops):
-        value = getattr(op, "value", None)
+        if type(op) not in _WITH_VALUE:
+            continue
+        value = op.value  # type: ignore[union-attr]
         if type(value) is dict or type(value) is list:
-            try:
-                _encoder.encode(value)
-            except RecursionError:
-                raise LimitExceeded(f"the value of operation {i}") from None
-            except (TypeError, msgspec.EncodeError):
-                pass  # not JSON: applying it is the caller's business, as before
+            _refuse_too_deep_value(value, i)
+
+
+def _refuse_too_deep_value(value: Any, index: int) -> None:
+    try:
+        _encoder.encode(value)
+    except RecursionError:
+        raise LimitExceeded(f"the value of operation {index}") from None
+    except (TypeError, msgspec.EncodeError):
+        pass  # not JSON: applying it is the caller's business, as before
 
 
 class _NotPlain(PatchConflict):
