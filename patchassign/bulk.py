@@ -1,42 +1,55 @@
 """Bulk runs: a plan file in, every outcome out, resumable after a crash.
 
-:func:`run_plan` validates the whole plan first (every bad line reported, nothing sent
-unless told to skip them), then streams it through the :class:`~patchassign.dispatch.Dispatcher`,
-writes each outcome to the :class:`~patchassign.journal.Journal`, shows progress, and ends
-with a :class:`Report`. Memory does not grow with the plan: the plan is read twice as a
-stream, lines already done are skipped by walking the journal alongside, and the report is
-computed by the journal's database.
+:func:`run_plan` loads the plan into the journal in one streaming pass (every line decoded
+and checked once; nothing is sent if a line is bad, unless told to skip them), then each
+system's lane takes its own pending items from the journal in batches: a slow or stopped
+system never holds back another, and memory stays flat at any plan size. Each outcome goes
+back into its item's row (with the touched fields before and after); the report,
+``--results``, ``leftovers`` and ``undo`` are read from the journal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 
 from .dispatch import Check, Dispatcher, Limits, Result
-from .errors import InvalidChange, PatchassignError
+from .errors import ConfigError, InvalidChange, PatchassignError
 from .hooks import LoggingHooks, RetryEvent
-from .journal import DONE, Journal, JournalError
+from .journal import Item, Journal, JournalError
 from .plan import read_plan
+from .report import Progress, Report
 
 if TYPE_CHECKING:
     from .changes import Change
     from .config import Config
 
-__all__ = ["Options", "Progress", "Report", "run_plan", "validate_plan"]
+__all__ = [
+    "InvalidPlan",
+    "Options",
+    "PreflightFailed",
+    "Report",
+    "Validation",
+    "run_plan",
+    "validate_plan",
+]
 
-OK_STATUSES = frozenset({"applied", "unchanged"})
 _encode = msgspec.json.Encoder().encode
+#: Items a lane takes from the journal at a time.
+TAKE = 256
+#: Changes a lane holds ahead of its workers (the dispatcher's buffer): small, because the
+#: journal is the queue; a killed run leaves at most this many per system ``taken``.
+AHEAD = 1024
 
 
 @dataclass
@@ -57,6 +70,7 @@ class Options:
     limits: dict[str, Limits] = field(default_factory=dict)
     verbose: bool = False
     preflight: bool = True
+    format: str | None = None  # jsonl | csv; default: from the file
 
     def journal_path(self) -> Path:
         return self.journal or self.plan.with_name(self.plan.name + ".journal")
@@ -64,7 +78,7 @@ class Options:
 
 @dataclass
 class Validation:
-    """The first pass over a plan."""
+    """The pass over a plan: what it holds, and what is wrong with it."""
 
     lines: int = 0
     valid: int = 0
@@ -73,42 +87,58 @@ class Validation:
     digest: str = ""
     by_system: Counter[str] = field(default_factory=Counter)
     samples: dict[str, Change] = field(default_factory=dict)  # a valid change per system
+    unusable: dict[str, str] = field(default_factory=dict)  # systems used, not configured
 
 
-def validate_plan(path: Path, config: Config | None) -> Validation:
+def _items(
+    path: Path, config: Config | None, fmt: str | None, v: Validation, digest: object
+) -> Iterator[tuple[int, Change | None, str | None, str | None]]:
+    """Each plan line decoded and checked once: ``(line, change, error, system)``."""
+    for line, item in read_plan(path, format=fmt, digest=digest):
+        v.lines = line
+        error = _check(item, config, v)
+        if error is None:
+            assert not isinstance(item, InvalidChange)
+            v.valid += 1
+            v.by_system[item.system] += 1
+            if item.system not in v.samples:
+                v.samples[item.system] = item
+            yield line, item, None, None
+        else:
+            v.invalid += 1
+            if len(v.errors) < 1000:
+                v.errors.append((line, error))
+            yield line, None, error, item.system
+
+
+def validate_plan(path: Path, config: Config | None, *, format: str | None = None) -> Validation:
     """Decode every line and check it with its system's adapter (when configured).
 
     Raises:
+        PlanError: The file is not a plan in that format.
         OSError: The plan cannot be read.
     """
     out = Validation()
-    for line, item in read_plan(path):
-        out.lines = line
-        error = _check(item, config)
-        if error is None:
-            out.valid += 1
-            assert not isinstance(item, InvalidChange)
-            out.by_system[item.system] += 1
-            out.samples.setdefault(item.system, item)
-        else:
-            out.invalid += 1
-            if len(out.errors) < 1000:
-                out.errors.append((line, error))
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    out.digest = h.hexdigest()
+    digest = hashlib.sha256()
+    for _ in _items(path, config, format, out, digest):
+        pass
+    out.digest = digest.hexdigest()
     return out
 
 
-def _check(item: Change | InvalidChange, config: Config | None) -> str | None:
+def _check(item: Change | InvalidChange, config: Config | None, v: Validation) -> str | None:
     if isinstance(item, InvalidChange):
-        return item.reason if item.field is None else f"field {item.field!r}: {item.reason}"
+        if item.field is None:
+            return item.reason
+        return f"{'column' if item.csv else 'field'} {item.field!r}: {item.reason}"
     if config is None:
         return None
     adapter = config.adapters.get(item.system)
     if adapter is None:
+        broken = config.broken.get(item.system)
+        if broken is not None:
+            v.unusable.setdefault(item.system, broken)
+            return None  # one error for the whole system, after the pass
         return f"system {item.system!r} is not in the configuration"
     try:
         adapter.check(item)
@@ -117,362 +147,241 @@ def _check(item: Change | InvalidChange, config: Config | None) -> str | None:
     return None
 
 
-class Progress:
-    """Done / total, rate, ETA and failures: a bar on a terminal, log lines otherwise."""
-
-    def __init__(
-        self, total: int, stream: TextIO, mode: str = "auto", interval: float = 10.0
-    ) -> None:
-        if mode == "auto":
-            mode = "bar" if stream.isatty() else "log"
-        self.mode = mode
-        self.total = total
-        self.stream = stream
-        self.interval = interval if mode == "log" else 0.1
-        self.done = 0
-        self.counts: Counter[str] = Counter()
-        self.t0 = time.monotonic()
-        self._last = self.t0
-
-    def update(self, result: Result) -> None:
-        self.done += 1
-        self.counts[result.status] += 1
-        now = time.monotonic()
-        if self.mode != "none" and now - self._last >= self.interval:
-            self._last = now
-            self.show(now)
-
-    def line(self, now: float | None = None) -> str:
-        now = time.monotonic() if now is None else now
-        elapsed = max(now - self.t0, 1e-9)
-        rate = self.done / elapsed
-        left = self.total - self.done
-        eta = _clock(left / rate) if rate > 0 and left > 0 else "-"
-        pct = self.done / self.total if self.total else 1.0
-        bad = self.counts["conflict"] + self.counts["failed"]
-        return (
-            f"{self.done:,}/{self.total:,} ({pct:.0%}) {rate:,.0f}/s ETA {eta} "
-            f"conflicts {self.counts['conflict']:,} failed {self.counts['failed']:,}"
-            + (" !" if bad else "")
-        )
-
-    def show(self, now: float | None = None) -> None:
-        if self.mode == "bar":
-            pct = self.done / self.total if self.total else 1.0
-            width = 28
-            filled = int(pct * width)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r[{bar}] {self.line(now)}\x1b[K")
-        elif self.mode == "log":
-            self.stream.write(f"progress: {self.line(now)}\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.mode == "none":
-            return
-        self.show()
-        if self.mode == "bar":
-            self.stream.write("\n")
-            self.stream.flush()
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-@dataclass
-class Report:
-    """The end of a run: what happened, how fast, what went wrong."""
-
-    plan: str
-    validation: Validation
-    counts: dict[tuple[str, str], int]  # (system, status) over the whole plan
-    run_counts: Counter[str]  # status -> outcomes of this run
-    elapsed: float
-    latency: list[float]  # p50, p90, p99, max of this run
-    errors: list[tuple[str, str, str, int]]
-    interrupted: bool = False
-    dry_run: bool = False
-    skipped: int = 0  # lines already done (resume)
-    unconfirmed: int = 0
-    journal: str = ""
-    results_error: str | None = None
-
-    @property
-    def all_applied(self) -> bool:
-        if self.interrupted or self.validation.invalid:
-            return False
-        bad = {"conflict", "failed", "cancelled"}
-        if self.dry_run:
-            return not any(self.run_counts[s] for s in bad)
-        return not any(n for (_, s), n in self.counts.items() if s not in OK_STATUSES) and (
-            sum(self.counts.values()) >= self.validation.valid
-        )
-
-    def render(self) -> str:
-        v = self.validation
-        done_now = sum(self.run_counts.values())
-        lines = [
-            f"plan {self.plan}: {v.valid:,} changes"
-            + (f", {v.invalid:,} invalid lines skipped" if v.invalid else "")
-            + (f", {self.skipped:,} already done (resumed)" if self.skipped else "")
-        ]
-        rate = done_now / self.elapsed if self.elapsed > 0 else 0.0
-        head = "dry run" if self.dry_run else "this run"
-        lines.append(f"{head}: {done_now:,} changes in {self.elapsed:,.1f} s ({rate:,.0f}/s)")
-        if self.latency:
-            p50, p90, p99, top = self.latency
-            lines.append(
-                f"latency per change: p50 {_ms(p50)}, p90 {_ms(p90)}, p99 {_ms(p99)}, "
-                f"max {_ms(top)}"
+def _load(journal: Journal, opts: Options, err: TextIO) -> tuple[Validation, float | None]:
+    """Load the plan into the journal, or check that the journal holds this plan."""
+    cfg = opts.config
+    v = Validation()
+    if journal.loaded and journal.runs() == 0 and journal.meta("plan_sha256") != _digest(opts.plan):
+        # Loaded by a run that never started (its preflight failed...), and the plan was
+        # edited since: nothing was sent from it, so load the plan as it is now.
+        journal.clear()
+    if journal.loaded:
+        if not opts.resume and journal.runs() > 0:
+            raise JournalError(
+                f"{journal.path} already holds this plan's items: add --resume to continue "
+                "it, or use a new --journal"
             )
-        if self.dry_run:
-            lines.append(
-                "would write {planned:,}, already in place {unchanged:,}, conflicts "
-                "{conflict:,}, failed {failed:,}".format(
-                    planned=self.run_counts["planned"],
-                    unchanged=self.run_counts["unchanged"],
-                    conflict=self.run_counts["conflict"],
-                    failed=self.run_counts["failed"],
-                )
+        v.digest = _digest(opts.plan)
+        if journal.meta("plan_sha256") != v.digest:
+            raise JournalError(
+                f"{journal.path} belongs to another plan ({journal.meta('plan')}, changed since "
+                "or different): use a new --journal (`patchassign leftovers` turns what is "
+                "left in it into a plan)"
             )
-        else:
-            lines += _table(self.counts)
-        if self.errors:
-            lines.append("errors (commonest first):")
-            for system, status, error, n in self.errors:
-                lines.append(f"  {n:>7,} x {system} {status}: {error[:160]}")
-        unsent = sum(n for (_, s), n in self.counts.items() if s == "unsent")
-        if unsent and not self.dry_run:
-            lines.append(
-                f"{unsent:,} changes were not sent (their system stopped or their deadline "
-                "came while they waited): --resume sends them"
-            )
-        if self.unconfirmed:
-            lines.append(
-                f"{self.unconfirmed:,} writes were sent but not confirmed when the run "
-                "stopped: --resume reads those records before doing anything"
-            )
-        if self.results_error:
-            lines.append(f"RESULTS NOT WRITTEN: {self.results_error}")
-        if self.interrupted:
-            lines.append(f"interrupted: continue with --resume (journal {self.journal})")
-        elif not self.dry_run:
-            lines.append(
-                "result: every change applied"
-                if self.all_applied
-                else "result: NOT everything applied (see the errors above and --results)"
-            )
-        return "\n".join(lines)
+        counts = journal.counts()
+        v.invalid = sum(n for (_, s), n in counts.items() if s == "invalid")
+        v.valid = sum(counts.values()) - v.invalid
+        for (system, status), n in counts.items():
+            if status != "invalid":
+                v.by_system[system] += n
+        for system in v.by_system:
+            if system in cfg.broken:
+                v.unusable[system] = cfg.broken[system]
+            else:
+                sample = journal.sample(system)
+                if sample is not None:
+                    v.samples[system] = sample
+        return v, None
+    t0 = time.monotonic()
+    digest = hashlib.sha256()
+
+    def checked() -> Iterator[tuple[int, Change | None, str | None, str | None]]:
+        yield from _items(opts.plan, cfg, opts.format, v, digest)
+        # Past the last line, before the load commits: a plan that must not run is not
+        # kept (the load rolls back), so fixing it and running again just works.
+        if v.invalid and not opts.skip_invalid:
+            raise InvalidPlan(v)
+        if v.unusable:
+            raise unusable_error(v)
+
+    journal.load(checked(), plan=str(opts.plan), digest=digest)
+    v.digest = digest.hexdigest()
+    return v, time.monotonic() - t0
 
 
-def _table(counts: dict[tuple[str, str], int]) -> list[str]:
-    statuses = ["applied", "unchanged", "conflict", "failed", "unsent", "invalid", "cancelled"]
-    present = [s for s in statuses if any(st == s for _, st in counts)]
-    systems = sorted({s for s, _ in counts})
-    if not systems:
-        return []
-    width = max(len("system"), *(len(s) for s in systems))
-    out = ["  " + "system".ljust(width) + "".join(f"{s:>11}" for s in present)]
-    for system in [*systems, "total"]:
-        cells = [
-            sum(n for (sy, st), n in counts.items() if st == s and system in (sy, "total"))
-            for s in present
-        ]
-        out.append("  " + system.ljust(width) + "".join(f"{c:>11,}" for c in cells))
-    return out
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.0f} ms" if seconds < 10 else f"{seconds:,.1f} s"
-
-
-def _clock(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _done_lines(path: Path, retry_failed: bool) -> Iterator[int]:
-    """Lines with a kept outcome, ascending, from a separate read-only connection."""
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        raise JournalError(f"{path}: the journal cannot be read ({e})") from None
-    try:
-        done = DONE - {"failed"} if retry_failed else DONE
-        marks = ",".join("?" * len(done))
-        cur = db.execute(
-            f"SELECT line FROM items WHERE status IN ({marks}) ORDER BY line",  # noqa: S608
-            tuple(done),
-        )
-        for (line,) in cur:
-            yield int(line)
-    except sqlite3.Error as e:
-        raise JournalError(
-            f"{path}: the journal is damaged ({e}); restore it from a copy, or start "
-            "over with a new --journal"
-        ) from None
-    finally:
-        db.close()
+def unusable_error(v: Validation) -> ConfigError:
+    names = ", ".join(sorted(v.unusable))
+    why = "; ".join(v.unusable[s] for s in sorted(v.unusable))
+    return ConfigError(f"the plan uses {names}, whose configuration cannot be used: {why}")
 
 
 async def run_plan(
     opts: Options, *, out: TextIO | None = None, err: TextIO | None = None
 ) -> Report:
-    """Validate and run a plan. Raises nothing for bad changes; see :class:`Report`.
+    """Load and run a plan. Raises nothing for bad changes; see :class:`Report`.
 
     On cancellation (Ctrl-C) the run stops cleanly: outcomes so far are in the journal,
     the report says it was interrupted, and the cancellation propagates.
 
     Raises:
-        InvalidPlan: Lines are invalid and ``skip_invalid`` is off (nothing was sent).
-        JournalError: The journal belongs to another plan, or holds outcomes without
+        InvalidPlan: Lines are invalid and ``skip_invalid`` is off (nothing was sent, and
+            nothing was kept in the journal).
+        PreflightFailed: A system of the plan failed its check (nothing was written).
+        JournalError: The journal belongs to another plan, or holds one without
             ``resume``.
+        ConfigError: The plan uses a system whose configuration cannot be used.
+        PlanError: The file is not a plan in its format.
         OSError: The plan cannot be read.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    cfg = opts.config
-    validation = validate_plan(opts.plan, cfg)
-    # Validation holds the event loop; a SIGTERM or Ctrl-C that came meanwhile waits in
-    # the loop's signal pipe. A (short) timer makes the loop poll it before this task
-    # resumes, so the cancellation lands here, before anything is sent. (sleep(0) would
-    # resume this task first: its wake-up is queued before the signal's callback.)
-    await asyncio.sleep(0.01)
-    if validation.invalid and not opts.skip_invalid:
-        raise InvalidPlan(validation)
-    t0 = time.monotonic()
-    run_counts: Counter[str] = Counter()
-    journal: Journal | None = None
-    jpath = opts.journal_path()
-    if not opts.dry_run:
-        journal = Journal(jpath)
-    interrupted = False
-    skipped = 0
-    unconfirmed = 0
-    if journal is not None:
-        try:
-            journal.bind(str(opts.plan), validation.digest, resume=opts.resume)
-        except BaseException:
-            journal.close()
-            raise
-    results_file = open(opts.results, "wb") if opts.results and opts.dry_run else None  # noqa: SIM115
+    scratch = tempfile.TemporaryDirectory(prefix="patchassign-dry-") if opts.dry_run else None
+    jpath = Path(scratch.name) / "dry-run.journal" if scratch else opts.journal_path()
     try:
-        if journal is not None and validation.invalid:
-            for line, item in read_plan(opts.plan):
-                error = _check(item, cfg)
-                if error is not None:
-                    system = None if isinstance(item, InvalidChange) else item.system
-                    journal.record_invalid(line, error, system)
-            journal.flush()
-        lines: dict[int, int] = {}  # input index -> plan line, while in flight
+        journal = Journal(jpath)
+        try:
+            return await _run(opts, journal, out, err)
+        finally:
+            journal.close()
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
 
-        def changes() -> Iterator[Change]:
-            nonlocal skipped
-            done = iter(_done_lines(jpath, opts.retry_failed)) if journal and opts.resume else None
-            next_done = next(done, None) if done else None
-            index = 0
-            for line, item in read_plan(opts.plan):
-                if line > validation.lines:
-                    # The plan grew after it was validated: only what was validated is
-                    # sent (the journal-as-queue work will make this structural).
-                    err.write(
-                        f"warning: {opts.plan} grew during the run; lines after line "
-                        f"{validation.lines:,} were not validated and are not sent\n"
-                    )
-                    break
-                while done is not None and next_done is not None and next_done < line:
-                    next_done = next(done, None)
-                if next_done == line:
-                    if not isinstance(item, InvalidChange):
-                        skipped += 1
-                    continue
-                if isinstance(item, InvalidChange) or _check(item, cfg) is not None:
-                    continue
-                lines[index] = line
+
+async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Report:
+    cfg = opts.config
+    v, load_time = _load(journal, opts, err)
+    # Loading holds the event loop; a SIGTERM or Ctrl-C that came meanwhile waits in the
+    # loop's signal pipe. A (short) timer makes the loop poll it before this task resumes,
+    # so the cancellation lands here, before anything is sent.
+    await asyncio.sleep(0.01)
+    if v.unusable:
+        raise unusable_error(v)
+    run_counts: Counter[str] = Counter()
+    progress: Progress | None = None
+    interrupted = False
+    unconfirmed = 0
+    t0 = time.monotonic()
+    limits = {**cfg.limits, **opts.limits}
+    adapters = {s: cfg.adapters[s] for s in v.by_system if s in cfg.adapters}
+    inflight: dict[str, dict[int, Item]] = {}
+
+    def source(system: str) -> Iterator[Change]:
+        held = inflight[system]
+        after = 0
+        index = 0
+        while True:
+            batch = journal.take(system, after, TAKE)
+            if not batch:
+                return
+            for item in batch:
+                held[index] = item
                 index += 1
-                yield item
+                yield item.change
+            after = batch[-1].line
 
-        total = validation.valid
-        if journal is not None and opts.resume:
-            total -= journal.count_done(retry_failed=opts.retry_failed)
-        progress = Progress(max(total, 0), err, opts.progress, opts.progress_interval)
-        limits = {**cfg.limits, **opts.limits}
-        async with Dispatcher(
-            cfg.adapters,
-            concurrency=opts.concurrency or cfg.concurrency,
-            limits=limits,
-            retry=cfg.retry,
-            verify_tls=cfg.verify_tls,
-            dry_run=opts.dry_run,
-            hooks=[ScrubbedLog(cfg)] if opts.verbose else [],
-        ) as d:
-            if opts.preflight and validation.samples and total > 0:
-                checks = await d.check(
-                    validation.samples.values(), systems=sorted(validation.samples)
-                )
+    def read_first(system: str, index: int) -> bool:
+        return inflight[system][index].doubt
+
+    def record(r: Result) -> None:
+        item = inflight[r.system].pop(r.index)
+        if r.error is not None:
+            r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
+        status = "recovered" if item.doubt and r.status == "unchanged" else r.status
+        run_counts[status] += 1
+        journal.record(item.line, r, status)
+        if progress is not None:
+            progress.update(r.system, status)
+        if opts.dry_run:
+            _show_planned(out, item.line, r)
+
+    dispatcher = Dispatcher(
+        adapters,
+        concurrency=opts.concurrency or cfg.concurrency,
+        limits=limits,
+        retry=cfg.retry,
+        verify_tls=cfg.verify_tls,
+        dry_run=opts.dry_run,
+        buffer=AHEAD,
+        hooks=[ScrubbedLog(cfg)] if opts.verbose else [],
+    )
+    started = False
+    skipped = 0
+    try:
+        async with dispatcher as d:
+            if opts.preflight and journal.todo(retry_failed=opts.retry_failed):
+                samples = [v.samples[s] for s in sorted(v.samples)]
+                checks = await d.check(samples, systems=sorted(adapters))
                 for c in checks.values():
                     err.write(render_check(c, cfg) + "\n")
                 failed = [c for c in checks.values() if not c.ok]
                 if failed:
                     raise PreflightFailed(failed)
-            run = d.run(changes(), read_first=opts.resume)
+            journal.start(retry_failed=opts.retry_failed)
+            started = True
+            totals = journal.pending()
+            inflight.update({s: {} for s in totals})
+            skipped = v.valid - sum(totals.values()) if opts.resume else 0
+            progress = Progress(
+                totals, err, opts.progress, opts.progress_interval, dispatcher.states
+            )
+            progress.start()
+            run = d.run({s: source(s) for s in totals}, read_first=read_first)
             try:
                 async with run:
                     async for r in run:
-                        if r.error is not None:
-                            r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
-                        line = lines.pop(r.index)
-                        run_counts[r.status] += 1
-                        progress.update(r)
-                        if journal is not None:
-                            journal.record(line, r)
-                        if opts.dry_run:
-                            _show_planned(out, line, r)
-                            if results_file is not None:
-                                results_file.write(_result_line(line, r) + b"\n")
+                        record(r)
             except asyncio.CancelledError:
                 interrupted = True
                 raise
             finally:
                 for r in run.stopped:
-                    line = lines.pop(r.index)
-                    run_counts[r.status] += 1
-                    if journal is not None:
-                        journal.record(line, r)
+                    record(r)
                 unconfirmed = len(run.unconfirmed)
-                progress.close()
+                await progress.aclose()
     finally:
-        elapsed = time.monotonic() - t0
-        if results_file is not None:
-            results_file.close()
-        report = Report(
-            plan=str(opts.plan),
-            validation=validation,
-            counts={},
-            run_counts=run_counts,
-            elapsed=elapsed,
-            latency=[],
-            errors=[],
-            interrupted=interrupted,
-            dry_run=opts.dry_run,
-            skipped=skipped,
-            unconfirmed=unconfirmed,
-            journal=str(jpath),
-        )
-        if journal is not None:
+        if started:
             journal.finish(interrupted=interrupted)
-            report.counts = journal.counts()
-            report.latency = journal.percentiles((0.5, 0.9, 0.99, 1.0), run=journal.run_id)
-            report.errors = journal.errors()
-            if opts.results and not opts.dry_run:
-                try:
-                    export_results(journal, opts.results)
-                except OSError as e:  # a full disk, a missing folder...
-                    report.results_error = (
-                        f"the results could not be written to {opts.results} "
-                        f"({e.strerror or e}); every outcome is in the journal {jpath}: "
-                        "free space and run again with --resume --results FILE"
-                    )
-            journal.close()
-        if interrupted:
-            err.write(report.render() + "\n")
+            report = _report(opts, v, journal, run_counts, t0, interrupted, skipped, unconfirmed)
+            report.load_time = load_time
+            if interrupted:
+                out.write(report.render() + "\n")
+    return report
+
+
+def _report(
+    opts: Options,
+    v: Validation,
+    journal: Journal,
+    run_counts: Counter[str],
+    t0: float,
+    interrupted: bool,
+    skipped: int,
+    unconfirmed: int,
+) -> Report:
+    report = Report(
+        plan=str(opts.plan),
+        valid=v.valid,
+        invalid=v.invalid,
+        counts=journal.counts(),
+        run_counts=run_counts,
+        elapsed=time.monotonic() - t0,
+        latency=journal.percentiles((0.5, 0.9, 0.99, 1.0), run=journal.run_id),
+        errors=journal.errors(),
+        interrupted=interrupted,
+        dry_run=opts.dry_run,
+        skipped=max(skipped, 0),
+        unconfirmed=unconfirmed,
+        journal=str(opts.journal_path()),
+    )
+    if opts.results:
+        try:
+            export_results(journal, opts.results)
+        except OSError as e:  # a full disk, a missing folder...
+            where = "" if opts.dry_run else f"; every outcome is in the journal {journal.path}"
+            report.results_error = (
+                f"the results could not be written to {opts.results} "
+                f"({e.strerror or e}){where}: free space and run again"
+                + ("" if opts.dry_run else " with --resume --results FILE")
+            )
     return report
 
 
@@ -486,43 +395,14 @@ def _show_planned(out: TextIO, line: int, r: Result) -> None:
         out.write(f"{where}: {r.status}" + (f" ({r.error})" if r.error else "") + "\n")
 
 
-def _result_line(line: int, r: Result) -> bytes:
-    row: dict[str, Any] = {
-        "line": line,
-        "id": r.id,
-        "system": r.system,
-        "record": r.record,
-        "status": r.status,
-        "http_status": r.http_status,
-        "version": r.version,
-        "error": r.error,
-        "attempts": r.attempts,
-        "elapsed": round(r.elapsed, 6),
-    }
-    if r.planned is not None:
-        row["planned"] = r.planned
-    return _encode({k: v for k, v in row.items() if v is not None})
-
-
 def export_results(journal: Journal, path: Path) -> int:
-    """Write one JSON line per plan line with an outcome, in plan order; returns the count."""
+    """Write one JSON line per plan line (the journal's rows), in plan order; returns the
+    count."""
     n = 0
+    encode = msgspec.json.Encoder().encode
     with open(path, "wb") as f:
         for row in journal.rows():
-            out = {
-                "line": row["line"],
-                "id": row["id"],
-                "system": row["system"],
-                "record": None if row["record"] is None else msgspec.json.decode(row["record"]),
-                "status": row["status"],
-                "http_status": row["http_status"],
-                "version": row["version"],
-                "error": row["error"],
-                "attempts": row["attempts"],
-                "unconfirmed": bool(row["unconfirmed"]) or None,
-                "elapsed": None if row["elapsed"] is None else round(row["elapsed"], 6),
-            }
-            f.write(_encode({k: v for k, v in out.items() if v is not None}) + b"\n")
+            f.write(encode(row) + b"\n")
             n += 1
     return n
 

@@ -16,9 +16,9 @@ import re
 import signal
 import sys
 import tempfile
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
@@ -29,14 +29,17 @@ from .bulk import (
     Validation,
     render_check,
     run_plan,
+    unusable_error,
     validate_plan,
 )
 from .config import Config, load_config
 from .diff import make_patch
 from .dispatch import Dispatcher, Limits
-from .errors import ConfigError, LimitExceeded, PatchError
+from .errors import ConfigError, LimitExceeded, PatchError, PlanError
+from .journal import Journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
+from .report import LEFTOVER_STATUSES, write_leftovers, write_undo
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -150,15 +153,49 @@ def _run_parsers(sub: Any) -> None:
     run = sub.add_parser(
         "run",
         help="send a plan's changes (validated first), with a journal for --resume",
-        description="Validate the whole plan, then send its changes through the dispatcher. "
-        "Every outcome goes to the journal (SQLite) so that a run killed at any moment can "
-        "be finished with --resume without applying anything twice. Exit status: 0 every "
-        "change applied (or already in place), 1 not all, 2 bad input, 130 interrupted.",
+        description="Load the whole plan into the journal (every line checked; nothing is "
+        "sent if one is bad), then send its changes, each system at its own pace. Every "
+        "outcome goes to the journal (SQLite) so that a run killed at any moment can be "
+        "finished with --resume without applying anything twice. The report goes to "
+        "stdout; progress and logs to stderr. Exit status: 0 every change applied (or "
+        "already in place), 1 not all, 2 bad input, 130 interrupted.",
     )
-    run.add_argument("plan", type=Path, help="the plan: JSON Lines, one change per line")
+    run.add_argument(
+        "plan", type=Path, help="the plan: JSON Lines (one change per line) or CSV (a header row)"
+    )
     run.add_argument("--config", "-c", type=Path, required=True, help="systems TOML file")
     _run_options(run)
     run.set_defaults(func=_run)
+
+    left = sub.add_parser(
+        "leftovers",
+        help="write the changes a run left undone, as a plan to run again",
+        description="Write, as a plan (JSON Lines, each change as the plan gave it, with "
+        "its id), the changes of a journal that are not done: by default conflicts, "
+        "failures, unsent, cancelled and never started. `patchassign run redo.jsonl` does "
+        "exactly those.",
+    )
+    left.add_argument("journal", type=Path, help="the run's journal")
+    left.add_argument(
+        "--status",
+        metavar="LIST",
+        help="comma-separated statuses (default: conflict,failed,unsent,cancelled,pending,taken)",
+    )
+    left.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    left.set_defaults(func=_leftovers)
+
+    undo = sub.add_parser(
+        "undo",
+        help="write the plan that puts back what a run changed",
+        description="Write, as a plan, the inverse of every change a journal's runs "
+        "applied: each record back to the value it had, with `expect` (or `test` "
+        "operations) set to the value the run wrote, so that the undo never overwrites "
+        "what someone changed since (those end as conflicts). Changes that cannot be "
+        "undone (delegations; records not read before the write) are counted on stderr.",
+    )
+    undo.add_argument("journal", type=Path, help="the run's journal")
+    undo.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
+    undo.set_defaults(func=_undo)
 
     check = sub.add_parser(
         "check",
@@ -175,6 +212,11 @@ def _run_parsers(sub: Any) -> None:
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--journal", type=Path, help="journal file (default: PLAN.journal)")
+    p.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        help="the plan's format (default: from its extension, .csv or .jsonl, or content)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -263,6 +305,7 @@ def _options(args: argparse.Namespace, config: Config, plan: Path) -> Options:
         limits=_limits(args.limit),
         verbose=args.verbose,
         preflight=not args.no_preflight,
+        format=args.format,
     )
 
 
@@ -291,7 +334,7 @@ async def _execute(opts: Options) -> int:
     except PreflightFailed as e:
         print(f"patchassign run: {e} (fix it, or pass --no-preflight)", file=sys.stderr)
         return EXIT_FAILED
-    print(report.render(), file=sys.stderr)
+    print(report.render(), flush=True)
     return EXIT_OK if report.all_applied and not report.results_error else EXIT_FAILED
 
 
@@ -302,12 +345,25 @@ def _print_invalid(v: Validation) -> None:
         print(f"... and {v.invalid - 50:,} more", file=sys.stderr)
 
 
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to whatever ``sys.stderr`` is when they are written: the progress bars
+    redirect it while they are drawn, and print the lines above the bars."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    handler = _Stderr()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
     if verbose:  # our own debug lines, not every library's
         for name in ("asyncio", "aiohttp"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -315,24 +371,28 @@ def _logging(verbose: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _logging(args.verbose)
-    config = _load(args.config)
+    config = _load(args.config, lazy=True)
     opts = _options(args, config, args.plan)
     _readable(args.plan)
     return _arun(_cancellable(_execute(opts)))
 
 
 async def _check(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, lazy=True)
     samples: list[Change] = []
     systems = sorted(config.adapters)
+    broken = dict(config.broken)
     if args.plan is not None:
         _readable(args.plan)
-        v = validate_plan(args.plan, config)
+        v = _validated(args.plan, config, None)
         if v.invalid:
             _print_invalid(v)
             raise UsageError(f"{v.invalid:,} invalid line(s) in {args.plan}")
         samples = list(v.samples.values())
         systems = sorted(v.samples)
+        broken = v.unusable
+    for name, why in sorted(broken.items()):
+        print(f"check: {name}: FAILED: {why}")
     async with Dispatcher(
         {s: config.adapters[s] for s in systems},
         limits=config.limits,
@@ -342,14 +402,89 @@ async def _check(args: argparse.Namespace) -> int:
         checks = await d.check(samples, systems=systems)
     for c in checks.values():
         print(render_check(c, config))
-    return EXIT_OK if all(c.ok for c in checks.values()) else EXIT_FAILED
+    return EXIT_OK if all(c.ok for c in checks.values()) and not broken else EXIT_FAILED
 
 
-def _load(path: Path) -> Config:
+def _load(path: Path, *, lazy: bool = False) -> Config:
     try:
-        return load_config(path)
+        return load_config(path, lazy=lazy)
     except ConfigError as e:
         raise UsageError(str(e)) from None
+
+
+def _validated(path: Path, config: Config | None, fmt: str | None) -> Validation:
+    try:
+        return validate_plan(path, config, format=fmt)
+    except PlanError as e:
+        raise UsageError(str(e)) from None
+
+
+def _open_journal(path: Path) -> Journal:
+    if not path.is_file():
+        raise UsageError(f"no such journal: {path}")
+    journal = Journal(path)
+    if not journal.loaded:
+        journal.close()
+        raise UsageError(f"{path} holds no plan (is it a journal?)")
+    return journal
+
+
+def _leftovers(args: argparse.Namespace) -> int:
+    statuses = (
+        [s.strip() for s in args.status.split(",") if s.strip()]
+        if args.status
+        else list(LEFTOVER_STATUSES)
+    )
+    known = {"applied", "recovered", "unchanged", "invalid", *LEFTOVER_STATUSES}
+    unknown = [s for s in statuses if s not in known]
+    if unknown or not statuses:
+        raise UsageError(
+            f"--status: unknown status {', '.join(map(repr, unknown)) or '(none)'} "
+            f"(statuses: {', '.join(sorted(known))})"
+        )
+    journal = _open_journal(args.journal)
+    try:
+        with _output(args.output) as out:
+            n = write_leftovers(journal, out, statuses)
+        invalid = journal.counts()
+        bad = (
+            sum(c for (_, s), c in invalid.items() if s == "invalid")
+            if "invalid" in statuses
+            else 0
+        )
+    finally:
+        journal.close()
+    print(f"leftovers: {n:,} changes ({', '.join(statuses)})", file=sys.stderr)
+    if bad:
+        print(
+            f"leftovers: {bad:,} invalid plan lines are not changes and are not written; "
+            "fix them in the plan",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _undo(args: argparse.Namespace) -> int:
+    journal = _open_journal(args.journal)
+    try:
+        with _output(args.output) as out:
+            n, skipped = write_undo(journal, out)
+    finally:
+        journal.close()
+    print(f"undo: {n:,} changes to put back", file=sys.stderr)
+    for why, count in skipped.most_common():
+        print(f"undo: {count:,} not undoable: {why}", file=sys.stderr)
+    return EXIT_OK
+
+
+@contextlib.contextmanager
+def _output(path: Path | None) -> Iterator[IO[bytes]]:
+    if path is None:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with open(path, "wb") as f:
+        yield f
 
 
 def _readable(path: Path) -> None:
@@ -365,7 +500,8 @@ def _validate(args: argparse.Namespace) -> int:
     _readable(path)
     as_plan = (
         args.plan
-        or path.suffix in (".jsonl", ".ndjson")
+        or args.format is not None
+        or path.suffix in (".jsonl", ".ndjson", ".csv")
         or (not args.patch and _looks_like_plan(path))
     )
     if not as_plan:
@@ -376,8 +512,8 @@ def _validate(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: {e}") from None
         print(f"{path}: a valid JSON Patch of {len(patch)} operation(s)")
         return EXIT_OK
-    config = _load(args.config) if args.config else None
-    v = validate_plan(path, config)
+    config = _load(args.config, lazy=True) if args.config else None
+    v = _validated(path, config, args.format)
     if v.invalid:
         _print_invalid(v)
     systems = ", ".join(f"{n:,} {s}" for s, n in sorted(v.by_system.items()))
@@ -385,12 +521,17 @@ def _validate(args: argparse.Namespace) -> int:
         f"{path}: {v.valid:,} valid change(s) ({systems or 'none'}), {v.invalid:,} invalid"
         + ("" if config else " (adapters not checked: give --config to check values)")
     )
-    return EXIT_OK if not v.invalid else EXIT_FAILED
+    if v.unusable:
+        raise UsageError(str(unusable_error(v)))
+    # Bad input: the same exit status as `run` gives for the same plan.
+    return EXIT_OK if not v.invalid else EXIT_USAGE
 
 
 def _looks_like_plan(path: Path) -> bool:
+    if path.suffix.lower() == ".csv":
+        return True
     with open(path, "rb") as f:
-        head = f.read(4096).lstrip()
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     return head.startswith(b"{")
 
 
@@ -443,6 +584,7 @@ def _core_parsers(sub: Any) -> None:
     kind.add_argument("--plan", action="store_true", help="the file is a plan")
     kind.add_argument("--patch", action="store_true", help="the file is a JSON Patch")
     v.add_argument("--case-insensitive", action="store_true", help="patch paths ignore case")
+    v.add_argument("--format", choices=["jsonl", "csv"], help="the plan's format")
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("diff", help="print the patch that turns A.json into B.json")
@@ -535,7 +677,7 @@ async def _demo(args: argparse.Namespace) -> int:
                 progress_interval=2.0,
             )
             report = await run_plan(opts)
-            print(report.render(), file=sys.stderr)
+            print(report.render(), flush=True)
             wrong = demo_mismatches(sb, args.records)
             doubles = sum(
                 1 for server in sb for n_writes in server.stats.writes.values() if n_writes > 1
@@ -605,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
-    except (UsageError, ConfigError) as e:
+    except (UsageError, ConfigError, PlanError) as e:
         print(f"patchassign {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:

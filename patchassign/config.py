@@ -134,8 +134,12 @@ class Config:
         concurrency: int,
         verify_tls: bool,
         secrets: tuple[Secret, ...] = (),
+        broken: dict[str, str] | None = None,
     ) -> None:
         self.adapters = adapters
+        #: Systems whose configuration cannot be used (a credential variable not set...),
+        #: with why, when loaded with ``lazy=True``: an error only for a plan that uses one.
+        self.broken = broken or {}
         self._secrets = secrets
         self._scrub = _Scrubber(s.reveal() for s in secrets)
         self.limits = limits
@@ -159,8 +163,14 @@ class Config:
         return self._scrub(text)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, lazy: bool = False
+) -> Config:
     """Read a TOML configuration file; credentials come from ``env`` (``os.environ``).
+
+    ``lazy``: a system whose adapter cannot be built (its credential variable is not set,
+    its URL is wrong) is left out and listed in :attr:`Config.broken`, so that a plan
+    that does not use it runs without it.
 
     Raises:
         ConfigError: The file is missing or not TOML, a setting is unknown or of the
@@ -174,11 +184,15 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raise ConfigError(f"cannot read configuration file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    return parse_config(data, env, source=str(path))
+    return parse_config(data, env, source=str(path), lazy=lazy)
 
 
 def parse_config(
-    data: Mapping[str, Any], env: Mapping[str, str] | None = None, *, source: str = "config"
+    data: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    *,
+    source: str = "config",
+    lazy: bool = False,
 ) -> Config:
     """A :class:`Config` from already parsed TOML data (see :func:`load_config`)."""
     try:
@@ -189,6 +203,7 @@ def parse_config(
     adapters: dict[str, Adapter] = {}
     limits: dict[str, Limits] = {}
     read: list[Secret] = []
+    broken: dict[str, str] = {}
     for name, table in file.systems.items():
         kind = _BUILT_IN.get(name, CustomConfig)
         try:
@@ -205,6 +220,10 @@ def parse_config(
             adapters[name] = _adapter(name, conf, env, table)
             read += _secrets_of(table, env)
         except ConfigError as e:
+            adapters.pop(name, None)
+            if lazy:
+                broken[name] = f"{source}: systems.{name}: {e}"
+                continue
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
         base = adapters[name].limits
         limits[name] = Limits(
@@ -212,9 +231,11 @@ def parse_config(
             rate=(conf.rate or None) if conf.rate is not None else base.rate,
             burst=conf.burst or base.burst,
         )
-    if not adapters:
+    if not adapters and not broken:
         raise ConfigError(f"{source}: no systems configured (add a [systems.<name>] table)")
-    return Config(adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read))
+    return Config(
+        adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read), broken
+    )
 
 
 _MASK = "********"

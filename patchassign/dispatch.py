@@ -34,7 +34,14 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, cast
 from urllib.parse import urlsplit
@@ -51,6 +58,12 @@ if TYPE_CHECKING:
 
     from .changes import Change
     from .transports import Transport
+
+    #: What :meth:`Dispatcher.run` reads: changes, sync or async.
+    Source = Iterable[Change] | AsyncIterable[Change]
+    #: Whether a change must be read before it is written: one answer for all, or asked
+    #: per change with its system and index.
+    ReadFirst = bool | Callable[[str, int], bool]
 
 __all__ = [
     "Check",
@@ -618,17 +631,21 @@ class Dispatcher:
 
     # -- public API ----------------------------------------------------------------------
 
-    def run(
-        self, changes: Iterable[Change] | AsyncIterable[Change], *, read_first: bool = False
-    ) -> Run:
+    def run(self, changes: Source | Mapping[str, Source], *, read_first: ReadFirst = False) -> Run:
         """Send ``changes``; iterate the returned :class:`Run` for results as they complete.
 
         The input is read ahead into each system's buffer (at most ``buffer`` changes
         per system) and results wait for the consumer (backpressure): memory does not
-        grow with the input. ``read_first``: read every record before writing, even where
-        the change does not need it, so a change already in place is not sent again (a
-        resume after a crash). A run starts with every system open again, even one a
-        previous run stopped.
+        grow with the input. A single input stops being read while the buffer of the
+        system its next change is for is full; give a mapping of system name to that
+        system's own input (a source per system, as a bulk run's journal does) and no
+        system's backlog ever holds back another's. With a mapping, a result's ``index``
+        is the change's position in its system's input.
+
+        ``read_first``: read the record before writing, even where the change does not
+        need it, so that a change already in place is not sent again (a resume after a
+        crash): ``True`` for every change, or a function of ``(system, index)``. A run
+        starts with every system open again, even one a previous run stopped.
         """
         for lane in self._lanes.values():
             lane.reopen()
@@ -677,6 +694,23 @@ class Dispatcher:
     def slowdowns(self) -> dict[str, int]:
         """How many times each system was slowed down after many 429s."""
         return {name: lane.slowdowns for name, lane in self._lanes.items()}
+
+    def states(self) -> dict[str, str]:
+        """Each system's state now, for a progress display: ``stopped`` (fail-fast),
+        ``paused`` (unreachable, or waiting out a server's Retry-After), ``throttled``
+        (slowed down after many 429s, or below its full window), or ``running``."""
+        now = asyncio.get_running_loop().time() if _loop_running() else 0.0
+        out = {}
+        for name, lane in self._lanes.items():
+            if lane.stopped:
+                out[name] = "stopped"
+            elif lane.paused_until > now or lane.outage_since is not None:
+                out[name] = "paused"
+            elif lane._cut_until > now or lane.pressure >= lane.threshold:
+                out[name] = "throttled"
+            else:
+                out[name] = "running"
+        return out
 
     def stopped(self) -> dict[str, str]:
         """Systems stopped by fail-fast, with the reason."""
@@ -1058,8 +1092,8 @@ class Run:
     def __init__(
         self,
         dispatcher: Dispatcher,
-        changes: Iterable[Change] | AsyncIterable[Change],
-        read_first: bool = False,
+        changes: Source | Mapping[str, Source],
+        read_first: ReadFirst = False,
     ) -> None:
         self._state = _RunState()
         self._gen: AsyncGenerator[Result, None] = _results(
@@ -1140,11 +1174,13 @@ class _Channel:
 class _Buffer:
     """One run's waiting changes for one lane, and its idle workers."""
 
-    __slots__ = ("cap", "idlers", "items", "lane", "low")
+    __slots__ = ("cap", "exhausted", "idlers", "items", "lane", "low", "taken")
 
     def __init__(self, lane: _Lane, cap: int) -> None:
         self.lane = lane
         self.cap = cap
+        self.exhausted = False  # its input has no more
+        self.taken = 0  # changes read from its own input (a mapping's)
         self.low = cap - max(1, cap // 8)  # the reader goes on below this
         self.items: deque[tuple[int, Change]] = deque()
         self.idlers: deque[asyncio.Future[None]] = deque()
@@ -1173,9 +1209,9 @@ class _Buffer:
 
 async def _results(
     d: Dispatcher,
-    changes: Iterable[Change] | AsyncIterable[Change],
+    changes: Source | Mapping[str, Source],
     state: _RunState,
-    read_first: bool,
+    read_first: ReadFirst,
 ) -> AsyncGenerator[Result, None]:
     buffers = {name: _Buffer(lane, d.buffer) for name, lane in d._lanes.items()}
     # Room for a burst of results: with a small channel, 64 workers and one consumer take
@@ -1189,8 +1225,13 @@ async def _results(
 
     def room(buffer: _Buffer) -> None:
         """A change left ``buffer``: let the reader go on when it waits for room there."""
-        if blocked[0][0] is buffer and len(buffer.items) <= buffer.low:
-            _wake(blocked.pop()[1])
+        if len(buffer.items) > buffer.low:
+            return
+        for i, (where, fut) in enumerate(blocked):
+            if where is buffer:
+                del blocked[i]
+                _wake(fut)
+                return
 
     async def read() -> None:
         """Hand the input's changes to their lanes; pause only at a full buffer."""
@@ -1216,6 +1257,44 @@ async def _results(
         finally:
             state.exhausted = True
             for buffer in buffers.values():
+                buffer.exhausted = True
+                buffer.wake_all()
+        await done.put(None)
+
+    async def read_one(system: str, source: Source) -> None:
+        """One system's own input into its own buffer (a mapping's): waits only for it."""
+        buffer = buffers.get(system)
+        n = 0
+        try:
+            if buffer is None:  # no adapter: every change fails, nothing is sent
+                async for change in _aiter(source):
+                    await done.put(d._no_adapter(n, change))
+                    n += 1
+                return
+            async for change in _aiter(source):
+                index = buffer.taken
+                buffer.taken += 1
+                state.taken += 1
+                if change.system != system:
+                    await done.put(_misrouted(index, change, system))
+                    continue
+                while len(buffer.items) >= buffer.cap:
+                    fut = asyncio.get_running_loop().create_future()
+                    blocked.append((buffer, fut))
+                    try:
+                        await fut
+                    finally:
+                        with contextlib.suppress(ValueError):
+                            blocked.remove((buffer, fut))
+                buffer.put((index, change))
+                n += 1
+                if n & 255 == 0:
+                    await asyncio.sleep(0)
+        except Exception as e:
+            await done.put(e)
+        finally:
+            if buffer is not None:
+                buffer.exhausted = True
                 buffer.wake_all()
         await done.put(None)
 
@@ -1232,8 +1311,8 @@ async def _results(
             try:
                 await fut
             finally:
-                if blocked and blocked[0][1] is fut:
-                    blocked.pop()
+                with contextlib.suppress(ValueError):
+                    blocked.remove((buffer, fut))
         buffer.put((index, change))
 
     async def work(buffer: _Buffer, track: _Track, pool: _Pool) -> None:
@@ -1247,12 +1326,15 @@ async def _results(
                     index, change = items.popleft()
                     if blocked:
                         room(buffer)
-                elif state.exhausted:
+                elif buffer.exhausted:
                     break
                 else:
                     await buffer.idle()
                     continue
-                res = await d._process(lane, track, index, change, stop, read_first)
+                first = (
+                    read_first if isinstance(read_first, bool) else read_first(lane.system, index)
+                )
+                res = await d._process(lane, track, index, change, stop, first)
                 track.flow = None
                 if stop.is_set():
                     state.stopped.append(res)
@@ -1295,14 +1377,23 @@ async def _results(
         pool = _Pool(min(buffer.lane.max, d.concurrency), spawn)
         return pool
 
-    reader = asyncio.create_task(read(), name="patchassign-reader")
+    if isinstance(changes, Mapping):
+        readers = [
+            asyncio.create_task(read_one(system, source), name=f"patchassign-reader-{system}")
+            for system, source in changes.items()
+        ]
+        for name, buffer in buffers.items():
+            if name not in changes:
+                buffer.exhausted = True
+    else:
+        readers = [asyncio.create_task(read(), name="patchassign-reader")]
     for buffer in buffers.values():
         pool = spawner(buffer)
         for _ in range(pool.target):
             pool.spawn()
     finished = 0
     try:
-        while finished < spawned + 1:
+        while finished < spawned + len(readers):
             got = await done.get()
             if got is None:
                 finished += 1
@@ -1312,7 +1403,8 @@ async def _results(
                 yield got
     finally:
         stop.set()
-        reader.cancel()
+        for reader in readers:
+            reader.cancel()
         for buffer in buffers.values():
             buffer.wake_all()
         busy = []
@@ -1334,7 +1426,7 @@ async def _results(
         left = list(tracks)
         for task in left:
             task.cancel()
-        await asyncio.shield(asyncio.gather(reader, *left, return_exceptions=True))
+        await asyncio.shield(asyncio.gather(*readers, *left, return_exceptions=True))
         if state.stopped:
             log.info(
                 "run stopped early: %d change(s) were in progress, %d unconfirmed",
@@ -1343,3 +1435,32 @@ async def _results(
             )
         if again:
             raise asyncio.CancelledError
+
+
+async def _aiter(source: Source) -> AsyncGenerator[Change, None]:
+    if isinstance(source, AsyncIterable):
+        async for change in source:
+            yield change
+    else:
+        for change in source:
+            yield change
+
+
+def _misrouted(index: int, change: Change, system: str) -> Result:
+    return Result(
+        index=index,
+        id=change.id,
+        system=change.system,
+        record=change.record,
+        status="failed",
+        error=f"a change for {change.system!r} in the input of {system!r}: not sent",
+        started=time.time(),
+    )
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -21,6 +21,8 @@ the package raises is a :class:`PatchassignError`::
     └── JournalError            a journal cannot be used for this run (another plan, locked)
     InvalidPlan                 a plan has invalid lines and the run was not told to skip
                                 them (nothing was sent)
+    PlanError                   a plan file cannot be read as a plan at all (CSV given as
+                                JSON Lines, a CSV header naming no plan members...)
 
     TransportError              a request got no answer; ``sent``: it may have reached
                                 the server (then the record is read before any resend)
@@ -58,6 +60,7 @@ __all__ = [
     "PatchConflict",
     "PatchError",
     "PatchassignError",
+    "PlanError",
     "ResponseTimeout",
     "SetupError",
     "TransportError",
@@ -258,6 +261,8 @@ class InvalidChange(PatchassignError, ValueError):
         line: The plan line number (1-based), when the change came from a plan.
         field: The member at fault (``"to"``, ``"record"``, ``"action"``...), if known.
         system: The target system, when it could be read.
+        csv: The plan is CSV: the message says row and column (``line`` is the row,
+            counting the header as row 1; ``field`` the column).
     """
 
     def __init__(
@@ -267,18 +272,24 @@ class InvalidChange(PatchassignError, ValueError):
         line: int | None = None,
         field: str | None = None,
         system: str | None = None,
+        csv: bool = False,
     ) -> None:
         self.reason = reason
         self.line = line
         self.field = field
         self.system = system
+        self.csv = csv
         where = []
         if line is not None:
-            where.append(f"line {line}")
+            where.append(f"{'row' if csv else 'line'} {line}")
         if field is not None:
-            where.append(f"field {field!r}")
+            where.append(f"{'column' if csv else 'field'} {field!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {reason}" if prefix else reason)
+
+
+class PlanError(PatchassignError, ValueError):
+    """A plan file cannot be read as a plan at all (the wrong format, a bad CSV header)."""
 
 
 class ConfigError(PatchassignError, ValueError):

@@ -144,6 +144,12 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
             delegation: the successor assignment).
         planned: In a dry run, the write that would be sent: ``method``, ``url`` and the
             JSON ``body`` (headers, and so credentials, are left out).
+        before: Where the record was read: the fields the change touches as they were
+            before the write (``{"to": ...}`` for assignments, ``{field: value}`` for
+            field updates; see ``Adapter.touched``). With ``after``, what undo is made of.
+        after: The touched fields as the change left them (applied, unchanged).
+        current: For a conflict: the touched fields as the record holds them now (who
+            holds it, as data), so that a script can decide what to do.
     """
 
     index: int
@@ -161,6 +167,9 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     elapsed: float = 0.0
     record_after: Any = None
     planned: dict[str, Any] | None = None
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    current: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -242,12 +251,14 @@ class Flow:
         "must_read",
         "policy",
         "rng",
+        "seen",
         "signal",
         "started",
         "t0",
         "throttles",
         "writes",
         "writing",
+        "wrote_from",
     )
 
     def __init__(
@@ -282,6 +293,9 @@ class Flow:
         self.writing = False
         self.last_status: int | None = None
         self.last = "no answer yet"
+        #: The record as last read (for before / after / current).
+        self.seen: Current | None = None
+        self.wrote_from: Current | None = None
         #: What the last event showed about the system (``None``: nothing new).
         self.signal: Signal | None = None
         #: With ``signal == "throttled"``: the server's wait, if it gave one.
@@ -395,17 +409,45 @@ class Flow:
         return self._prepare(None, now)
 
     def _prepare(self, current: Current | None, now: float) -> Step:
+        if current is not None:
+            self.seen = current
         step = self.adapter.prepare(self.change, current)
         if isinstance(step, HttpRequest):
             if self.dry_run:
-                return self.finish("planned", None, now, planned=_planned(step))
+                return self.finish(
+                    "planned", None, now, planned=_planned(step), **self._fields("applied")
+                )
+            if not self.maybe_applied:
+                self.wrote_from = self.seen
             return self._send(step, True, now)
         if isinstance(step, Unchanged):
             status: Status = "applied" if self.maybe_applied else "unchanged"
-            return self.finish(status, None, now, version=step.version)
+            return self.finish(status, None, now, version=step.version, **self._fields(status))
         if isinstance(step, Conflict):
-            return self.finish("conflict", step.reason, now)
+            return self.finish("conflict", step.reason, now, **self._fields("conflict"))
         return self.finish("failed", step.reason, now)
+
+    def _fields(self, status: str) -> dict[str, Any]:
+        """``before``/``after``/``current`` for a result, from the record as last read."""
+        seen = self.seen
+        touched = getattr(self.adapter, "touched", None)
+        if seen is None or touched is None:
+            return {}
+        try:
+            now = touched(self.change, seen.record)
+            if status == "conflict":
+                return {"current": now}
+            if status == "unchanged":
+                return {"before": now, "after": now}
+            if self.maybe_applied:
+                # Found in place after an unconfirmed write of ours: before is what the
+                # record held when that write was prepared.
+                base = self.wrote_from
+                before = None if base is None else touched(self.change, base.record)
+                return {"before": before, "after": now}
+            return {"before": now, "after": self.adapter.wanted(self.change, seen.record)}  # type: ignore[attr-defined]
+        except Exception:
+            return {}
 
     def _send(self, request: HttpRequest, write: bool, now: float) -> Step:
         left = self.deadline - now
@@ -431,7 +473,12 @@ class Flow:
         if isinstance(outcome, Applied):
             self.maybe_applied = False
             return self.finish(
-                "applied", None, now, version=outcome.version, record_after=outcome.record
+                "applied",
+                None,
+                now,
+                version=outcome.version,
+                record_after=outcome.record,
+                **self._fields("applied"),
             )
         if isinstance(outcome, Retry):
             if outcome.ambiguous:
@@ -440,13 +487,14 @@ class Flow:
             return self._retry_outcome(outcome, now)
         if isinstance(outcome, Conflict):
             if not outcome.recoverable:
-                return self.finish("conflict", outcome.reason, now)
+                return self.finish("conflict", outcome.reason, now, **self._fields("conflict"))
             self.conflicts += 1
             if self.conflicts > self.policy.conflicts:
                 return self.finish(
                     "conflict",
                     f"still conflicting after {self.conflicts} re-reads: {outcome.reason}",
                     now,
+                    **self._fields("conflict"),
                 )
             self.must_read = True
             return self._next(now)

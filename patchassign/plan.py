@@ -1,35 +1,60 @@
-"""Plans: JSON Lines files of changes, one per line, read as a stream.
+"""Plans: files of changes, JSON Lines or CSV, read as a stream.
 
-Each line is decoded with msgspec into a :mod:`~patchassign.changes` change; a line that is
-not one yields an :class:`~patchassign.errors.InvalidChange` naming the line number and
-the member at fault, and reading goes on (so one pass reports every bad line). Blank lines
-are skipped. A change without an ``id`` gets ``line-<n>``. Memory does not grow with the
-plan's length.
+JSON Lines: one change per line (a UTF-8 byte order mark is accepted). CSV: a header row
+names the plan members (``system,record,action,to,expect,...``), one change per row:
+
+* an empty cell leaves its member out;
+* ``to`` and ``expect`` hold several assignees separated by ``|`` (:data:`SEPARATOR`);
+* ``record`` is an integer when the cell is one (a 64-bit integer), else text;
+* ``merge``, ``patch`` and ``state`` hold JSON; ``guard`` is ``true`` or ``false``;
+* UTF-8, with or without a byte order mark; quoting as in RFC 4180 (a quoted cell may
+  hold commas, quotes doubled, line breaks).
+
+Each line (row) is decoded once into a :mod:`~patchassign.changes` change; one that is not
+yields an :class:`~patchassign.errors.InvalidChange` naming the line (the row, counting
+the header as row 1, as a spreadsheet does) and the member (column) at fault, and reading
+goes on, so one pass reports every bad line. Blank lines are skipped. A change without an
+``id`` gets ``line-<n>``. Memory does not grow with the plan's length.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, Literal
 
 import msgspec
 
-from .changes import Change, decode_change
-from .errors import InvalidChange
+from .changes import Change, _Change, convert_change, decode_change
+from .errors import InvalidChange, PlanError
 
-__all__ = ["MAX_LINE", "PlanItem", "iter_plan", "read_plan"]
+__all__ = ["MAX_LINE", "SEPARATOR", "PlanItem", "iter_plan", "plan_format", "read_plan"]
 
 #: Longest plan line accepted, in bytes.
 MAX_LINE = 1 << 20
+#: Separates several assignees in one CSV cell (``to``, ``expect``).
+SEPARATOR = "|"
+_BOM = b"\xef\xbb\xbf"
 
 PlanItem = tuple[int, Change | InvalidChange]
+Format = Literal["jsonl", "csv"]
+
+_MEMBERS = sorted(
+    {"action"} | {name for kind in _Change.__subclasses__() for name in kind.__struct_fields__}
+)
+_LISTS = frozenset({"to", "expect"})
+_JSON = frozenset({"merge", "patch", "state"})
+_BOOLS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
 def iter_plan(lines: Iterable[bytes]) -> Iterator[PlanItem]:
-    """``(line number, change or error)`` for each non-blank line."""
+    """``(line number, change or error)`` for each non-blank JSON line."""
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
+        if number == 1 and line.startswith(_BOM):
+            line = line[3:].strip()
         if not line:
             continue
         if len(line) > MAX_LINE:
@@ -45,14 +70,182 @@ def iter_plan(lines: Iterable[bytes]) -> Iterator[PlanItem]:
         yield number, change
 
 
-def read_plan(source: str | Path | BinaryIO) -> Iterator[PlanItem]:
-    """Stream a plan file (a path, or a binary file object).
+def plan_format(path: str | Path, given: str | None = None) -> Format:
+    """The format of a plan: ``given``, else by extension (``.csv``; ``.jsonl``,
+    ``.ndjson``, ``.json``), else by its first bytes (``{``: JSON Lines).
 
     Raises:
+        PlanError: ``given`` is neither format.
+        OSError: The file cannot be read.
+    """
+    if given is not None:
+        if given not in ("jsonl", "csv"):
+            raise PlanError(f"unknown plan format {given!r}: jsonl or csv")
+        return given  # type: ignore[return-value]
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(_BOM).lstrip()
+    return "jsonl" if head.startswith(b"{") or not head else "csv"
+
+
+def _refuse_csv(path: str | Path, first: bytes) -> None:
+    """A JSON Lines plan whose first line is a CSV header: one clear error, not one per
+    line."""
+    text = first.removeprefix(_BOM).strip()
+    if text.startswith(b"{") or b"," not in text:
+        return
+    names = {c.strip().strip('"').lower() for c in text.decode("utf-8", "replace").split(",")}
+    if {"system", "record"} <= names or len(names & set(_MEMBERS)) >= 2:
+        raise PlanError(
+            f"{path} looks like CSV (its first line is a header: "
+            f"{text[:80].decode('utf-8', 'replace')}), not JSON Lines: name it .csv or pass "
+            "--format csv"
+        )
+
+
+class _Hashing(io.RawIOBase):
+    """A binary reader that feeds what it reads to a ``hashlib`` object."""
+
+    def __init__(self, raw: BinaryIO, digest: Any) -> None:
+        self._raw = raw
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        if n:
+            self._digest.update(data)
+        return n
+
+
+def read_plan(
+    source: str | Path | BinaryIO, *, format: str | None = None, digest: Any = None
+) -> Iterator[PlanItem]:
+    """Stream a plan (a path, or a binary file object).
+
+    Args:
+        source: The plan.
+        format: ``"jsonl"`` or ``"csv"``; by default from the file (see :func:`plan_format`;
+            a file object is JSON Lines unless told).
+        digest: A ``hashlib`` object to feed with the file's bytes as they are read.
+
+    Raises:
+        PlanError: The file is not in the format given (CSV read as JSON Lines), or a
+            CSV header names no plan member.
         OSError: The file cannot be opened or read.
     """
     if isinstance(source, str | Path):
+        kind = plan_format(source, format)
         with open(source, "rb") as f:
-            yield from iter_plan(f)
+            yield from _read(f, kind, str(source), digest)
     else:
-        yield from iter_plan(source)
+        yield from _read(source, format or "jsonl", "the plan", digest)
+
+
+def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem]:
+    stream: IO[bytes] = raw
+    if digest is not None:
+        stream = io.BufferedReader(_Hashing(raw, digest), 1 << 16)
+    if kind == "csv":
+        yield from _read_csv(stream, name)
+        return
+    first = stream.readline()
+    _refuse_csv(name, first)
+
+    def lines() -> Iterator[bytes]:
+        yield first
+        yield from stream
+
+    yield from iter_plan(lines())
+
+
+def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
+    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    reader = csv.reader(text, strict=True)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise PlanError(f"{name}: row 1 (the header): not CSV: {e}") from None
+    if header is None:
+        return
+    columns = [c.strip().lower() for c in header]
+    unknown = [c for c in columns if c not in _MEMBERS]
+    if unknown or not columns:
+        raise PlanError(
+            f"{name}: row 1 (the header): unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"a plan's columns are its members: {', '.join(_MEMBERS)}"
+        )
+    seen: set[str] = set()
+    for c in columns:
+        if c in seen:
+            raise PlanError(f"{name}: row 1 (the header): column {c!r} appears twice")
+        seen.add(c)
+    row_number = 1
+    while True:
+        row_number += 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            yield row_number, InvalidChange(f"not CSV: {e}", line=row_number, csv=True)
+            return  # the reader cannot find the next row after a broken quote
+        if not any(cell.strip() for cell in row):
+            continue
+        yield row_number, _row(columns, row, row_number)
+
+
+def _row(columns: list[str], row: list[str], number: int) -> Change | InvalidChange:
+    if len(row) > len(columns):
+        return InvalidChange(
+            f"{len(row)} cells, but the header names {len(columns)} columns",
+            line=number,
+            csv=True,
+        )
+    obj: dict[str, Any] = {}
+    for column, cell in zip(columns, row, strict=False):
+        value = cell.strip()
+        if not value:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return InvalidChange("not valid UTF-8", line=number, field=column, csv=True)
+        if column in _LISTS and SEPARATOR in value:
+            obj[column] = [part.strip() for part in value.split(SEPARATOR)]
+        elif column in _JSON:
+            try:
+                obj[column] = msgspec.json.decode(value)
+            except msgspec.DecodeError as e:
+                return InvalidChange(f"not JSON: {e}", line=number, field=column, csv=True)
+        elif column == "guard":
+            flag = _BOOLS.get(value.lower())
+            if flag is None:
+                return InvalidChange(
+                    f"expected true or false, got {value!r}", line=number, field=column
+                )
+            obj[column] = flag
+        elif column == "record" and _is_int(value):
+            obj[column] = int(value)
+        else:
+            obj[column] = value
+    try:
+        change = convert_change(obj, line=number)
+    except InvalidChange as e:
+        return InvalidChange(e.reason, line=number, field=e.field, system=e.system, csv=True)
+    if change.id is None:
+        change = msgspec.structs.replace(change, id=f"line-{number}")
+    return change
+
+
+def _is_int(text: str) -> bool:
+    digits = text[1:] if text.startswith("-") else text
+    return digits.isascii() and digits.isdigit() and -(2**63) <= int(text) < 2**63

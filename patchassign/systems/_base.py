@@ -26,7 +26,8 @@ from urllib.parse import quote, urlsplit
 
 import msgspec
 
-from ..errors import ConfigError, InvalidChange
+from ..errors import ConfigError, InvalidChange, PatchError
+from ..pointer import find_key, parse_tokens
 
 if TYPE_CHECKING:
     from ..changes import Change
@@ -471,6 +472,72 @@ class BaseAdapter(abc.ABC):
             return Current(None)
         return self.classify(response, self.error_message(response))
 
+    # -- before and after (the journal keeps them; undo and leftovers read them) --------
+
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        """Who holds ``record`` now, in the plan's terms: ``{"to": ...}`` (``None`` when
+        unassigned), plus ``to_type`` where it is not a user. ``None``: not readable."""
+        return None
+
+    def assigned(self, change: Change) -> dict[str, Any]:
+        """What an :class:`~patchassign.changes.Assign` or ``Unassign`` leaves, in the
+        terms of :meth:`holder`."""
+        from ..changes import Assign
+
+        if not isinstance(change, Assign):
+            return {"to": None}
+        out: dict[str, Any] = {"to": change.to}
+        if change.to_type != "user":
+            out["to_type"] = change.to_type
+        return out
+
+    def touched(self, change: Change, record: Any) -> dict[str, Any] | None:
+        """The values in ``record`` of the fields ``change`` touches (what it held before
+        a write, what it holds after, what a conflict found): ``{"to": ...}`` for the
+        assignment actions, ``{field: value}`` for field updates (a field the record does
+        not have is left out). ``None`` when the record cannot tell.
+        """
+        from ..changes import Merge, Patch, SetFields
+
+        if not isinstance(record, dict):
+            return None
+        if not isinstance(change, Merge | Patch | SetFields):
+            return self.holder(record)
+        out: dict[str, Any] = {}
+        for name in _field_names(change):
+            try:
+                key = find_key(record, name)
+            except PatchError:
+                return None
+            if key is not None:
+                out[key] = record[key]
+        return out
+
+    def wanted(self, change: Change, record: Any) -> dict[str, Any] | None:
+        """The touched fields as ``change`` leaves them, from ``record`` as it was before
+        (in the terms of :meth:`touched`); ``None`` when that cannot be worked out."""
+        from ..changes import Assign, Merge, Patch, SetFields, Unassign
+
+        if isinstance(change, Assign | Unassign):
+            return self.assigned(change)
+        if not isinstance(change, Merge | Patch | SetFields) or not isinstance(record, dict):
+            return {"to": change.to} if hasattr(change, "to") else None
+        from ..merge import apply_merge_patch
+        from ..patch import apply_patch
+
+        try:
+            if isinstance(change, Merge):
+                new = apply_merge_patch(record, change.merge, case_insensitive=True)
+            elif isinstance(change, Patch):
+                new = apply_patch(record, change.patch, case_insensitive=True)
+            else:
+                new = dict(record)
+                for name, value in change.state.items():
+                    new[find_key(new, name) or name] = value
+        except PatchError:
+            return None
+        return self.touched(change, new)
+
     def error_message(self, response: HttpResponse) -> str:
         """The server's error message from its error body, or a summary of the status."""
         body = response.json()
@@ -478,6 +545,28 @@ class BaseAdapter(abc.ABC):
         if found:
             return found[:500]
         return f"HTTP {response.status}"
+
+
+def _field_names(change: Any) -> list[str]:
+    """The top-level fields a merge, set or patch change names."""
+    from ..changes import Merge, SetFields
+
+    if isinstance(change, Merge):
+        return list(change.merge)
+    if isinstance(change, SetFields):
+        return list(change.state)
+    names: list[str] = []
+    for op in change.patch:
+        for member in ("path", "from"):
+            text = op.get(member)
+            if isinstance(text, str):
+                try:
+                    tokens = parse_tokens(text, case_insensitive=True)
+                except PatchError:
+                    continue
+                if tokens and tokens[0] not in names:
+                    names.append(tokens[0])
+    return names
 
 
 def _find_message(body: Any) -> str | None:

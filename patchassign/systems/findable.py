@@ -9,7 +9,7 @@ never done twice.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..changes import Change, Delegate
 from ._base import (
@@ -83,6 +83,14 @@ class FindableAdapter(BaseAdapter):
                 return Current(record, etag if isinstance(etag, str) else None)
             return Failed("Findable answered a read without an assignment", 200)
         return self.classify(response, self.error_message(response))
+
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        if not isinstance(record, dict):
+            return None
+        if record.get("status") == "delegated" and record.get("delegatedTo"):
+            return {"to": str(record["delegatedTo"])}
+        held = record.get("assigneeEmail")
+        return {"to": None if held is None else str(held)}
 
     def prepare(self, change: Change, current: Current | None) -> Prepared:
         assert isinstance(change, Delegate)

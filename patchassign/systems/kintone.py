@@ -181,6 +181,13 @@ class KintoneAdapter(BaseAdapter):
                 return [str(u.get("code")) for u in field.get("value") or [] if isinstance(u, dict)]
         return None
 
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        held = self.holders(record) if isinstance(record, dict) else None
+        return None if held is None else {"to": held}
+
+    def assigned(self, change: Change) -> dict[str, Any]:
+        return {"to": assignees(change.to) if isinstance(change, Assign) else []}
+
     def prepare(self, change: Change, current: Current | None) -> Prepared:
         if current is None:
             return Failed("a kintone update needs the current record")

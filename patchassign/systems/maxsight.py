@@ -91,6 +91,24 @@ class MaxsightAdapter(BaseAdapter):
             return Failed("Maxsight answered a read without updated_at", 200)
         return self._error(response)
 
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        held = record.get("assignment") if isinstance(record, dict) else None
+        if not isinstance(held, dict):
+            return {"to": None}
+        out: dict[str, Any] = {"to": held.get("assigned_to_id")}
+        kind = held.get("assigned_to_type")
+        if isinstance(kind, str) and kind.lower() != "user":
+            out["to_type"] = kind.lower()
+        return out
+
+    def assigned(self, change: Change) -> dict[str, Any]:
+        if not isinstance(change, Assign):
+            return {"to": None}
+        out: dict[str, Any] = {"to": single(change.to, self.system, "to")}
+        if change.to_type != "user":
+            out["to_type"] = change.to_type
+        return out
+
     def prepare(self, change: Change, current: Current | None) -> Prepared:
         if current is None or current.version is None:
             return Failed("a Maxsight update needs the task's updated_at")

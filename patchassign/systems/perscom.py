@@ -159,6 +159,14 @@ class PerscomAdapter(BaseAdapter):
             return Failed("PERSCOM answered a read without a data object", 200)
         return self.classify(response, self.error_message(response))
 
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        held = record.get("user_id") if isinstance(record, dict) else None
+        return {"to": None if held is None else str(held)}
+
+    def assigned(self, change: Change) -> dict[str, Any]:
+        assert isinstance(change, Assign)
+        return {"to": str(self._user(change.to, "to"))}
+
     def prepare(self, change: Change, current: Current | None) -> Prepared:
         record = current.record if current is not None else None
         body: dict[str, Any]

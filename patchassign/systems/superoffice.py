@@ -180,6 +180,14 @@ class SuperOfficeAdapter(BaseAdapter):
             new[find_key(new, key) or key] = value
         return new
 
+    def holder(self, record: Any) -> dict[str, Any] | None:
+        held = record.get("PersonId") if isinstance(record, dict) else None
+        return {"to": None if held is None else str(held)}
+
+    def assigned(self, change: Change) -> dict[str, Any]:
+        assert isinstance(change, Assign)
+        return {"to": str(self._person(change.to, "to"))}
+
     def prepare(self, change: Change, current: Current | None) -> Prepared:
         if current is None or not isinstance(current.record, dict):
             return Failed("a SuperOffice update needs the current record")

@@ -13,12 +13,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from patchassign.bulk import Progress
+from patchassign.changes import Assign
 from patchassign.cli import main
 from patchassign.config import load_config, parse_config
 from patchassign.dispatch import Limits, Result
 from patchassign.errors import ConfigError
 from patchassign.journal import Journal, JournalError
+from patchassign.report import Progress
 from patchassign.systems import KintoneAdapter, PerscomAdapter
 
 
@@ -71,7 +72,7 @@ def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixtu
         "\n"
         '{"system": "kintone", "record": "1:2", "action": "asign", "to": "eve"}\n'
     )
-    assert main(["validate", str(plan)]) == 1
+    assert main(["validate", str(plan)]) == 2  # bad input: the same status as `run`
     captured = capsys.readouterr()
     assert "line 3:" in captured.err
     assert "asign" in captured.err
@@ -126,7 +127,7 @@ def test_demo_runs_and_verifies() -> None:
         check=False,
     )
     assert r.returncode == 0, r.stderr
-    assert "result: every change applied" in r.stderr
+    assert "result: every change applied" in r.stdout
     assert "verified: all 200 records are now with team B, each change applied once" in r.stderr
 
 
@@ -202,43 +203,77 @@ def result(index: int, status: str = "applied", **kw: Any) -> Result:
 
 
 def stored(path: Path) -> int:
+    """Items with an outcome, as another process sees the file."""
     with sqlite3.connect(path) as db:
-        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+        return int(
+            db.execute(
+                "SELECT count(*) FROM items WHERE status NOT IN ('pending', 'taken')"
+            ).fetchone()[0]
+        )
 
 
-def test_journal_batches_and_survives_reopening(tmp_path: Path) -> None:
+def load(j: Journal, n: int) -> None:
+    import hashlib
+
+    j.load(
+        [
+            (i, Assign(system="kintone", record=f"1:{i}", to="eve", id=f"c{i}"), None, None)
+            for i in range(1, n + 1)
+        ],
+        plan="plan.jsonl",
+        digest=hashlib.sha256(b"abc"),
+    )
+
+
+def test_journal_is_a_queue_that_batches_and_survives_reopening(tmp_path: Path) -> None:
     path = tmp_path / "j.sqlite"
     with Journal(path, batch=3, interval=3600) as j:
-        j.bind("plan.jsonl", "abc", resume=False)
-        j.record(1, result(0))
-        j.record(2, result(1, "conflict", error="assigned to zed"))
+        load(j, 5)
+        with pytest.raises(JournalError, match="holds a plan already"):
+            load(j, 5)
+        j.start()
+        assert j.pending() == {"kintone": 5}
+        taken = j.take("kintone", 0, 4)
+        assert [i.line for i in taken] == [1, 2, 3, 4]
+        assert taken[1].change == Assign(system="kintone", record="1:2", to="eve", id="c2")
+        assert j.take("kintone", 4, 10)[0].line == 5
+        assert j.take("kintone", 5, 10) == []
+        assert j.pending() == {}
+        j.record(1, result(0, before={"to": ["ada"]}, after={"to": ["eve"]}))
+        j.record(2, result(1, "conflict", error="assigned to zed", current={"to": ["zed"]}))
         assert stored(path) == 0  # buffered, not written yet
         j.record(3, result(2, "failed", error="HTTP 404", elapsed=0.5))
         assert stored(path) == 3  # a batch of 3 went in one transaction
         with pytest.raises(JournalError, match="in use by another run"):
             Journal(path)
         j.record(4, result(3, "cancelled", unconfirmed=True))
+        j.finish(interrupted=True)
+    # line 5 was taken and never finished: the run was killed with it in flight
     with Journal(path) as j:
-        assert j.count() == 4
-        assert j.done_lines() == {1, 2, 3}
-        assert j.done_lines(retry_failed=True) == {1, 2}
-        assert j.count_done() == 3
+        assert j.count() == 5
         assert j.counts() == {
             ("kintone", "applied"): 1,
             ("kintone", "conflict"): 1,
             ("kintone", "failed"): 1,
             ("kintone", "cancelled"): 1,
+            ("kintone", "taken"): 1,
         }
-        with pytest.raises(JournalError, match="already holds 4 outcomes"):
-            j.bind("plan.jsonl", "abc", resume=False)
-        with pytest.raises(JournalError, match="another plan"):
-            j.bind("plan.jsonl", "def", resume=True)
-        j.bind("plan.jsonl", "abc", resume=True)
+        assert j.todo() == 2
+        assert j.todo(retry_failed=True) == 3
+        j.start(retry_failed=True)
+        again = j.take("kintone", 0, 10)
+        # in doubt (read before writing): the one a killed run had in flight, the one
+        # with an unconfirmed write; not the failure whose write never went out
+        assert [(i.line, i.doubt) for i in again] == [(3, False), (4, True), (5, True)]
         j.record(4, result(3, "applied", attempts=2))
-        j.flush()
-        row = next(r for r in j.rows() if r["line"] == 4)
-        assert row["status"] == "applied"
-        assert json.loads(row["record"]) == "1:3"
+        rows = {r.line: r for r in j.rows()}
+        assert rows[4].status == "applied"
+        assert rows[4].attempts == 2
+        assert rows[1].record == "1:1"  # as the plan gave it, not as a result said
+        assert msgspec.json.decode(rows[1].before or b"null") == {"to": ["ada"]}
+        assert msgspec.json.decode(rows[2].current or b"null") == {"to": ["zed"]}
+        assert msgspec.json.decode(rows[2].change or b"null")["id"] == "c2"
+        assert [line for line, _ in j.changes(["conflict", "taken"])] == [2, 3, 5]
 
 
 def test_not_a_journal_is_a_clear_error(tmp_path: Path) -> None:
@@ -253,28 +288,43 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+async def test_progress_is_bars_on_a_terminal_and_timed_lines_otherwise() -> None:
+    import asyncio
+
     tty = _Tty()
-    bar = Progress(4, tty, "auto")
+    states = {"kintone": "throttled", "perscom": "running"}
+    bar = Progress({"kintone": 3, "perscom": 1}, tty, "auto", states=lambda: states)
     assert bar.mode == "bar"
-    for status in ("applied", "conflict", "applied", "failed"):
-        bar.update(result(0, status))
-    bar.close()
+    bar.start()
+    for system, status in (("kintone", "applied"), ("kintone", "conflict"), ("perscom", "applied")):
+        bar.update(system, status)
+    await asyncio.sleep(0.3)
+    await bar.aclose()
     text = tty.getvalue()
-    assert text.startswith("\r[")
-    assert "4/4 (100%)" in text
-    assert "conflicts 1 failed 1 !" in text
-    assert text.endswith("\n")
+    assert "kintone" in text
+    assert "2/3" in text
+    assert "1/1" in text
+    assert "throttled, 1 not applied" in text
+    assert max(len(line) for line in text.replace("\r", "\n").splitlines()) <= 200
     log = io.StringIO()
-    lines = Progress(10, log, "auto", interval=0.0)
+    lines = Progress(
+        {"kintone": 10}, log, "auto", interval=0.05, states=lambda: {"kintone": "paused"}
+    )
     assert lines.mode == "log"
-    lines.update(result(0))
-    assert log.getvalue().startswith("progress: 1/10 (10%)")
-    assert "ETA" in log.getvalue()
+    lines.start()
+    await asyncio.sleep(0.2)  # nothing completes: lines still come, on the timer
+    assert log.getvalue().count("progress: 0/10 (0%)") >= 2
+    lines.update("kintone", "applied")
+    await lines.aclose()
+    last = log.getvalue().splitlines()[-1]
+    assert last.split()[0].startswith("20")  # a timestamp
+    assert "1/10 (10%)" in last
+    assert "kintone 1/10 paused" in last
     quiet = io.StringIO()
-    none = Progress(1, quiet, "none")
-    none.update(result(0))
-    none.close()
+    none = Progress({"kintone": 1}, quiet, "none")
+    none.start()
+    none.update("kintone", "applied")
+    await none.aclose()
     assert quiet.getvalue() == ""
 
 

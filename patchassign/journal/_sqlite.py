@@ -1,0 +1,589 @@
+"""The SQLite journal (standard library): the default, one file, no server.
+
+The plan's items are loaded in one transaction (all or nothing), WAL mode, and outcomes
+are written in batches (a transaction per batch), so the journal costs the run little. A
+kill loses at most the last batch of outcomes, and that is safe: their items are still
+``taken``, and the next run reads each of those records before writing (the change may
+have been applied just before the kill), so nothing is applied twice.
+
+What is never stored: credentials, request headers, whole records. What is: the plan's
+identity (path, size, SHA-256), each change as the plan gave it, and per item its status,
+HTTP status, version token, error message, attempts, timings, and the values of the
+fields it touches before and after (or, for a conflict, as they are now).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Self
+
+import msgspec
+
+from ..changes import Change
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..flow import Result
+
+__all__ = ["DONE", "Item", "Journal", "JournalError", "Outcome"]
+
+#: Outcomes a resume keeps (``failed`` too, unless asked to retry them).
+DONE = frozenset({"applied", "unchanged", "recovered", "conflict", "failed", "invalid"})
+#: Outcomes with nothing left to do.
+OK = frozenset({"applied", "unchanged", "recovered"})
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    line INTEGER PRIMARY KEY,
+    id TEXT,
+    system TEXT,
+    record ANY,
+    change BLOB,
+    status TEXT NOT NULL,
+    doubt INTEGER NOT NULL DEFAULT 0,
+    http_status INTEGER,
+    version TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    writes INTEGER NOT NULL DEFAULT 0,
+    unconfirmed INTEGER NOT NULL DEFAULT 0,
+    started REAL,
+    elapsed REAL,
+    before BLOB,
+    after BLOB,
+    current BLOB,
+    planned BLOB,
+    run INTEGER
+) STRICT;
+CREATE INDEX IF NOT EXISTS items_pending ON items (system, line) WHERE status = 'pending';
+CREATE TABLE IF NOT EXISTS runs (
+    run INTEGER PRIMARY KEY,
+    started REAL NOT NULL,
+    finished REAL,
+    interrupted INTEGER NOT NULL DEFAULT 0
+);
+"""
+_VERSION = "2"
+_encode = msgspec.json.Encoder().encode
+_decode_change = msgspec.json.Decoder(Change).decode
+_COLUMNS = (
+    "line, id, system, record, change, status, http_status, version, error, attempts, "
+    "writes, unconfirmed, started, elapsed, before, after, current, planned, run"
+)
+
+
+class JournalError(ConfigError):
+    """The journal cannot be used for this run (another plan's, in use, or not a journal)."""
+
+
+class Item(msgspec.Struct, frozen=True):
+    """A pending item taken from the journal: its plan line and change. ``doubt``: an
+    earlier run may have written it (killed, or stopped with the write unconfirmed):
+    the record is read before anything is sent."""
+
+    line: int
+    change: Change
+    doubt: bool = False
+
+
+class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One item's row in the journal, and its line in ``--results`` (runs and dry runs
+    alike): the plan line, the change as the plan gave it, and what became of it.
+
+    ``before`` / ``after``: the fields the change touches, as they were before the write
+    and as it left them (where the record was read); ``current``: for a conflict, as the
+    record holds them now. ``planned``: in a dry run, the write that would be sent.
+    """
+
+    line: int
+    id: str | None = None
+    system: str | None = None
+    record: str | int | None = None
+    status: str
+    change: msgspec.Raw | None = None
+    http_status: int | None = None
+    version: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    writes: int = 0
+    unconfirmed: bool = False
+    started: float | None = None
+    elapsed: float | None = None
+    before: msgspec.Raw | None = None
+    after: msgspec.Raw | None = None
+    current: msgspec.Raw | None = None
+    planned: msgspec.Raw | None = None
+    run: int | None = None
+
+
+def _raw(value: bytes | None) -> msgspec.Raw | None:
+    return None if value is None else msgspec.Raw(value)
+
+
+def _json(value: Any) -> bytes | None:
+    return None if value is None else _encode(value)
+
+
+def _exclusive(path: Path) -> IO[bytes]:
+    """Hold the journal file itself exclusively: two runs must never share a journal.
+
+    The lock is on the file, not on a name (a second file named after the path let two
+    runs share one journal reached through a symlink). It is the operating system's
+    ``flock``, which goes away with the process, even after ``kill -9``, so there is
+    never a stale lock to clean up; it is independent of SQLite's own (POSIX) locks.
+    This descriptor is opened before SQLite's connection and closed after it, as
+    closing a descriptor of the file drops a process's POSIX locks on it.
+    """
+    handle = open(path, "ab")  # noqa: SIM115 - held until close(); creates an empty db
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        return handle
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise JournalError(
+            f"{path} is in use by another run (wait for it, or stop it first)"
+        ) from None
+    return handle
+
+
+class _Db:
+    """The journal's SQLite connection: any database failure (a full disk, a file size
+    limit, a damaged file) is a :class:`JournalError` that names the file, says what is
+    kept and how to go on, instead of a raw ``sqlite3`` traceback."""
+
+    __slots__ = ("_conn", "path")
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def _failed(self, e: sqlite3.Error) -> JournalError:
+        text = str(e)
+        if "full" in text or "disk" in text or isinstance(e, sqlite3.OperationalError):
+            what = f"cannot be written ({text})"
+            fix = "free space (or raise the file size limit)"
+        else:
+            what = f"is damaged ({text})"
+            fix = "restore the file from a copy, or start over with a new --journal"
+        return JournalError(
+            f"{self.path}: the journal {what}; every outcome written before this is kept "
+            f"in it: {fix}, then continue with --resume"
+        )
+
+    def execute(self, sql: str, args: Any = ()) -> sqlite3.Cursor:
+        try:
+            return self._conn.execute(sql, args)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        try:
+            return self._conn.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def executescript(self, sql: str) -> sqlite3.Cursor:
+        try:
+            return self._conn.executescript(sql)
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def __enter__(self) -> Self:
+        self._conn.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._conn.__exit__(*exc)  # commit, or roll back on an error
+        except sqlite3.Error as e:
+            raise self._failed(e) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class Journal:
+    """A bulk run's journal (SQLite). ``with Journal(path) as j:``.
+
+    Args:
+        path: The SQLite file (created if missing).
+        batch: Outcomes buffered before a write.
+        interval: Seconds after which buffered outcomes are written anyway.
+    """
+
+    def __init__(self, path: str | Path, *, batch: int = 500, interval: float = 1.0) -> None:
+        self.path = Path(path)
+        self.batch = batch
+        self.interval = interval
+        self._buffer: list[tuple[Any, ...]] = []
+        self._last = time.monotonic()
+        self.run_id = 0
+        self._lock = _exclusive(self.path)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            version = _peek_version(conn)
+            if version is not None and version != _VERSION:
+                conn.close()
+                self._lock.close()
+                raise JournalError(
+                    f"{self.path}: a journal of format {version} (an earlier patchassign); "
+                    f"this one reads format {_VERSION}: finish that run with the version that "
+                    "started it, or start over with a new --journal"
+                )
+            conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self._lock.close()
+            raise JournalError(f"{self.path}: not a usable journal ({e})") from None
+        self._db = _Db(conn, self.path)
+        if self.meta("version") is None:
+            self.set_meta("version", _VERSION)
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write what is buffered and close."""
+        try:
+            self.flush()
+            self._db.close()
+        finally:
+            self._lock.close()
+
+    # -- plan identity, loading, runs ----------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a plan is loaded."""
+        return self.meta("plan_sha256") is not None
+
+    def load(
+        self,
+        items: Iterable[tuple[int, Change | None, str | None, str | None]],
+        *,
+        plan: str,
+        digest: Any,
+    ) -> None:
+        """Load a plan's items in one transaction: all of them, or none if anything
+        raises (the plan's reader refusing it, an interruption).
+
+        Args:
+            items: ``(line, change, error, system)``: a change, or ``None`` and why the
+                line is invalid (and its system, when known).
+            plan: The plan's path, for messages.
+            digest: A ``hashlib`` object fed while ``items`` is read: its hex digest,
+                taken at the end, identifies the plan.
+
+        Raises:
+            JournalError: A plan is loaded already.
+        """
+        if self.loaded:
+            raise JournalError(f"{self.path} holds a plan already: use a new --journal")
+        sql = (
+            "INSERT INTO items (line, id, system, record, change, status, error) "
+            "VALUES (?,?,?,?,?,?,?)"
+        )
+        encode = _encode
+        rows: list[tuple[Any, ...]] = []
+        with self._db:
+            self._db.execute("BEGIN")
+            for line, change, error, system in items:
+                if change is None:
+                    rows.append((line, None, system, None, None, "invalid", error))
+                else:
+                    rows.append(
+                        (
+                            line,
+                            change.id,
+                            change.system,
+                            change.record,
+                            encode(change),
+                            "pending",
+                            None,
+                        )
+                    )
+                if len(rows) >= 5000:
+                    self._db.executemany(sql, rows)
+                    rows.clear()
+            if rows:
+                self._db.executemany(sql, rows)
+            self.set_meta("plan", plan)
+            self.set_meta("plan_sha256", digest.hexdigest())
+
+    def start(self, *, retry_failed: bool = False) -> None:
+        """Begin a run: whatever an earlier run left unfinished is pending again.
+
+        Items a killed run had ``taken``, and those that ended ``cancelled`` or ``unsent``
+        (and ``failed`` ones with ``retry_failed``), go back to ``pending``; those that
+        may have been written (taken by a killed run, or with an unconfirmed write) are
+        marked so that their records are read before anything is sent.
+        """
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "UPDATE items SET status = 'pending', doubt = 1 WHERE status = 'taken'"
+            )
+            again = "'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
+            self._db.execute(
+                "UPDATE items SET status = 'pending', doubt = max(doubt, unconfirmed) "  # noqa: S608 - constants
+                f"WHERE status IN ({again})"
+            )
+            cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
+            self.run_id = int(cur.lastrowid or 0)
+
+    def finish(self, *, interrupted: bool) -> None:
+        self.flush()
+        self._db.execute(
+            "UPDATE runs SET finished = ?, interrupted = ? WHERE run = ?",
+            (time.time(), int(interrupted), self.run_id),
+        )
+
+    def runs(self) -> int:
+        """Runs started on this journal."""
+        return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def todo(self, *, retry_failed: bool = False) -> int:
+        """Items a run would do now (see :meth:`start`)."""
+        again = "'pending', 'taken', 'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
+        row = self._db.execute(
+            f"SELECT count(*) FROM items WHERE status IN ({again})"  # noqa: S608 - constants
+        ).fetchone()
+        return int(row[0])
+
+    def clear(self) -> None:
+        """Forget the loaded plan (only for a journal no run has started on)."""
+        if self.runs():
+            raise JournalError(f"{self.path}: runs have started on this plan; not cleared")
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM items")
+            self._db.execute("DELETE FROM meta WHERE key IN ('plan', 'plan_sha256')")
+
+    def pending(self) -> dict[str, int]:
+        """Pending items per system."""
+        cur = self._db.execute(
+            "SELECT system, count(*) FROM items WHERE status = 'pending' GROUP BY system"
+        )
+        return {str(s): int(n) for s, n in cur}
+
+    def sample(self, system: str) -> Change | None:
+        """A change of ``system`` (for a preflight read)."""
+        row = self._db.execute(
+            "SELECT change FROM items WHERE system = ? AND change IS NOT NULL LIMIT 1",
+            (system,),
+        ).fetchone()
+        return None if row is None else _decode_change(row[0])
+
+    def take(self, system: str, after: int, limit: int) -> list[Item]:
+        """Up to ``limit`` pending items of ``system`` after plan line ``after``, in plan
+        order, marked ``taken`` (committed before they are handed out)."""
+        rows = self._db.execute(
+            "SELECT line, change, doubt FROM items WHERE system = ? AND status = 'pending' "
+            "AND line > ? ORDER BY line LIMIT ?",
+            (system, after, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        first, last = rows[0][0], rows[-1][0]
+        self._db.execute(
+            "UPDATE items SET status = 'taken', run = ? WHERE system = ? "
+            "AND status = 'pending' AND line BETWEEN ? AND ?",
+            (self.run_id, system, first, last),
+        )
+        decode = _decode_change
+        return [Item(line, decode(change), bool(doubt)) for line, change, doubt in rows]
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def record(self, line: int, result: Result, status: str | None = None) -> None:
+        """Buffer one outcome (written by the next :meth:`flush`). ``status`` overrides
+        the result's (``recovered``)."""
+        self._buffer.append(
+            (
+                status or result.status,
+                result.http_status,
+                result.version,
+                result.error,
+                result.attempts,
+                result.writes,
+                int(result.unconfirmed),
+                result.started,
+                result.elapsed,
+                _json(result.before),
+                _json(result.after),
+                _json(result.current),
+                _json(result.planned),
+                self.run_id,
+                line,
+            )
+        )
+        if len(self._buffer) >= self.batch or time.monotonic() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered outcomes in one transaction."""
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "UPDATE items SET status = ?, http_status = ?, version = ?, error = ?, "
+                "attempts = attempts + ?, writes = writes + ?, unconfirmed = ?, started = ?, "
+                "elapsed = ?, before = coalesce(?, before), after = ?, current = ?, "
+                "planned = ?, run = ?, doubt = 0 WHERE line = ?",
+                rows,
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def rows(
+        self, *, statuses: Iterable[str] | None = None, run: int | None = None
+    ) -> Iterator[Outcome]:
+        """Items in plan order (all, or those with one of ``statuses``, or of one run)."""
+        self.flush()
+        where, args = _where(statuses, run)
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM items {where} ORDER BY line",  # noqa: S608 - placeholders
+            args,
+        )
+        for row in cur:
+            (
+                line, id_, system, record, change, status, http_status, version, error,
+                attempts, writes, unconfirmed, started, elapsed, before, after, current,
+                planned, run_,
+            ) = row  # fmt: skip
+            yield Outcome(
+                line=line,
+                id=id_,
+                system=system,
+                record=record,
+                status=status,
+                change=_raw(change),
+                http_status=http_status,
+                version=version,
+                error=error,
+                attempts=attempts,
+                writes=writes,
+                unconfirmed=bool(unconfirmed),
+                started=started,
+                elapsed=None if elapsed is None else round(elapsed, 6),
+                before=_raw(before),
+                after=_raw(after),
+                current=_raw(current),
+                planned=_raw(planned),
+                run=run_,
+            )
+
+    def changes(self, statuses: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        """``(line, change as JSON)`` of the items with one of ``statuses``, in plan order."""
+        self.flush()
+        where, args = _where(statuses, None)
+        cur = self._db.execute(
+            f"SELECT line, change FROM items {where} AND change IS NOT NULL ORDER BY line",  # noqa: S608
+            args,
+        )
+        for line, change in cur:
+            yield int(line), bytes(change)
+
+    def counts(self, *, run: int | None = None) -> dict[tuple[str, str], int]:
+        """``(system, status)`` -> items."""
+        self.flush()
+        where, args = ("WHERE run = ?", (run,)) if run is not None else ("", ())
+        cur = self._db.execute(
+            f"SELECT coalesce(system, '?'), status, count(*) FROM items {where} "  # noqa: S608
+            "GROUP BY 1, 2",
+            args,
+        )
+        return {(str(s), str(st)): int(n) for s, st, n in cur}
+
+    def percentiles(self, qs: tuple[float, ...], *, run: int | None = None) -> list[float]:
+        """Latency percentiles (seconds) of the outcomes with a timing."""
+        self.flush()
+        where = "WHERE elapsed IS NOT NULL" + (" AND run = ?" if run is not None else "")
+        args: tuple[Any, ...] = (run,) if run is not None else ()
+        n = int(self._db.execute(f"SELECT count(*) FROM items {where}", args).fetchone()[0])  # noqa: S608
+        if n == 0:
+            return []
+        out = []
+        for q in qs:
+            k = min(n - 1, max(0, round(q * (n - 1))))
+            row = self._db.execute(
+                f"SELECT elapsed FROM items {where} ORDER BY elapsed LIMIT 1 OFFSET ?",  # noqa: S608
+                (*args, k),
+            ).fetchone()
+            out.append(float(row[0]))
+        return out
+
+    def errors(self, *, run: int | None = None, limit: int = 10) -> list[tuple[str, str, str, int]]:
+        """The commonest errors: ``(system, status, error, count)``."""
+        self.flush()
+        where = "WHERE error IS NOT NULL" + (" AND run = ?" if run is not None else "")
+        args: tuple[Any, ...] = (run,) if run is not None else ()
+        cur = self._db.execute(
+            f"SELECT coalesce(system, '?'), status, error, count(*) FROM items {where} "  # noqa: S608
+            "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [(str(a), str(b), str(c), int(d)) for a, b, c, d in cur]
+
+
+def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[Any, ...]]:
+    parts: list[str] = []
+    args: list[Any] = []
+    if statuses is not None:
+        wanted = sorted(set(statuses))
+        parts.append(f"status IN ({','.join('?' * len(wanted))})")
+        args += wanted
+    if run is not None:
+        parts.append("run = ?")
+        args.append(run)
+    return ("WHERE " + " AND ".join(parts) if parts else "WHERE 1"), tuple(args)
+
+
+def _peek_version(conn: sqlite3.Connection) -> str | None:
+    """The format of an existing journal (``None``: a new file)."""
+    has_meta = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+    ).fetchone()
+    if not has_meta:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+    return None if row is None else str(row[0])
