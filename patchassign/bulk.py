@@ -27,7 +27,7 @@ from .dispatch import Check, Dispatcher, Limits, Result
 from .errors import ConfigError, InvalidChange, PatchassignError
 from .hooks import LoggingHooks, RetryEvent
 from .journal import Item, Journal, JournalError
-from .plan import read_plan
+from .plan import plan_format, read_plan
 from .report import Progress, Report
 
 if TYPE_CHECKING:
@@ -88,12 +88,15 @@ class Validation:
     by_system: Counter[str] = field(default_factory=Counter)
     samples: dict[str, Change] = field(default_factory=dict)  # a valid change per system
     unusable: dict[str, str] = field(default_factory=dict)  # systems used, not configured
+    unit: str = "line"  # what a plan's lines are called: "row" in a CSV plan
 
 
 def _items(
     path: Path, config: Config | None, fmt: str | None, v: Validation, digest: object
 ) -> Iterator[tuple[int, Change | None, str | None, str | None]]:
     """Each plan line decoded and checked once: ``(line, change, error, system)``."""
+    fmt = plan_format(path, fmt)
+    v.unit = "row" if fmt == "csv" else "line"
     for line, item in read_plan(path, format=fmt, digest=digest):
         v.lines = line
         error = _check(item, config, v)

@@ -340,7 +340,7 @@ async def _execute(opts: Options) -> int:
 
 def _print_invalid(v: Validation) -> None:
     for line, error in v.errors[:50]:
-        print(f"line {line}: {error}", file=sys.stderr)
+        print(f"{v.unit} {line}: {error}", file=sys.stderr)
     if v.invalid > 50:
         print(f"... and {v.invalid - 50:,} more", file=sys.stderr)
 

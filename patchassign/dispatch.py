@@ -1268,28 +1268,14 @@ async def _results(
         try:
             if buffer is None:  # no adapter: every change fails, nothing is sent
                 async for change in _aiter(source):
-                    await done.put(d._no_adapter(n, change))
+                    await done.put(
+                        d._no_adapter(n, change)
+                        if change.system == system
+                        else _misrouted(n, change, system)
+                    )
                     n += 1
-                return
-            async for change in _aiter(source):
-                index = buffer.taken
-                buffer.taken += 1
-                state.taken += 1
-                if change.system != system:
-                    await done.put(_misrouted(index, change, system))
-                    continue
-                while len(buffer.items) >= buffer.cap:
-                    fut = asyncio.get_running_loop().create_future()
-                    blocked.append((buffer, fut))
-                    try:
-                        await fut
-                    finally:
-                        with contextlib.suppress(ValueError):
-                            blocked.remove((buffer, fut))
-                buffer.put((index, change))
-                n += 1
-                if n & 255 == 0:
-                    await asyncio.sleep(0)
+            else:
+                await fill(buffer, source)
         except Exception as e:
             await done.put(e)
         finally:
@@ -1297,6 +1283,29 @@ async def _results(
                 buffer.exhausted = True
                 buffer.wake_all()
         await done.put(None)
+
+    async def fill(buffer: _Buffer, source: Source) -> None:
+        system = buffer.lane.system
+        n = 0
+        async for change in _aiter(source):
+            index = buffer.taken
+            buffer.taken += 1
+            state.taken += 1
+            if change.system != system:
+                await done.put(_misrouted(index, change, system))
+                continue
+            while len(buffer.items) >= buffer.cap:
+                fut = asyncio.get_running_loop().create_future()
+                blocked.append((buffer, fut))
+                try:
+                    await fut
+                finally:
+                    with contextlib.suppress(ValueError):
+                        blocked.remove((buffer, fut))
+            buffer.put((index, change))
+            n += 1
+            if n & 255 == 0:
+                await asyncio.sleep(0)
 
     async def place(change: Change) -> None:
         index = state.taken

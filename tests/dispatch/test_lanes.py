@@ -23,6 +23,7 @@ from patchassign import (
     RetryPolicy,
     SetupError,
 )
+from patchassign.changes import Assign
 
 from .fakes import FakeMaxsight, FakePerscom, Route, to_maxsight, to_perscom
 
@@ -103,6 +104,85 @@ async def test_reading_pauses_only_for_a_full_buffer() -> None:
         await run.aclose()
         gate.set()
     assert {r.system for r in got} == {"maxsight"}
+
+
+async def test_a_source_per_system_never_waits_for_another_systems_backlog() -> None:
+    """With one input, a stalled system's full buffer stops the reading (the next change
+    may be for it); with one source per system (a bulk run's journal), the other
+    systems' changes all go, however many the stalled one has waiting."""
+    gate = asyncio.Event()
+    route = Route(maxsight=FakeMaxsight())
+    adapters = [FakePerscom().adapter(), route.fakes["maxsight"].adapter()]
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        if "perscom" in request.url:
+            await gate.wait()
+            return HttpResponse.from_json(200, {"data": {"id": 1}})
+        return await route(request)
+
+    plan_perscom, plan_maxsight = to_perscom(200), to_maxsight(300)
+    for sources in ("one", "per system"):
+        gate.clear()
+        async with Dispatcher(
+            adapters, transport=MockTransport(handler), buffer=20, retry=FAST, seed=1
+        ) as d:
+            if sources == "one":
+                run = d.run([*plan_perscom, *plan_maxsight])
+            else:
+                run = d.run({"perscom": plan_perscom, "maxsight": iter(plan_maxsight)})
+            got: list[Result] = []
+
+            async def take(run: Any = run, got: list[Result] = got) -> None:
+                async for r in run:
+                    got.append(r)  # noqa: PERF401 - counted while it runs
+
+            task = asyncio.create_task(take())
+            await asyncio.sleep(0.5)
+            maxsight = sum(r.system == "maxsight" for r in got)
+            gate.set()
+            await task
+        if sources == "one":
+            assert maxsight == 0  # held back behind perscom's 200
+        else:
+            assert maxsight == 300
+            # indexes are positions in each system's own input
+            assert sorted(r.index for r in got if r.system == "maxsight") == list(range(300))
+        assert len(got) == 500
+
+
+async def test_read_first_can_be_asked_per_change() -> None:
+    """``read_first`` as a function of (system, index): only those changes are read."""
+    route = Route(perscom=FakePerscom())
+    asked: list[tuple[str, int]] = []
+
+    def read_first(system: str, index: int) -> bool:
+        asked.append((system, index))
+        return index % 2 == 0
+
+    changes = [Assign(system="perscom", record=i + 1, to="8") for i in range(6)]
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run({"perscom": changes}, read_first=read_first)]
+    assert sorted(asked) == [("perscom", i) for i in range(6)]
+    # read (it holds user 7), then written; or written straight away
+    assert {r.index: r.attempts for r in results} == {0: 2, 1: 1, 2: 2, 3: 1, 4: 2, 5: 1}
+    assert {r.status for r in results} == {"applied"}
+
+
+async def test_a_source_for_a_system_without_an_adapter_fails_its_changes() -> None:
+    route = Route(perscom=FakePerscom())
+    jira = [Assign(system="jira", record=i, to="7") for i in range(3)]
+    sources = {"perscom": [*to_perscom(2), jira[0]], "jira": jira, "kintone": to_perscom(1)}
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(sources)]
+    assert Counter((r.system, r.status) for r in results) == {
+        ("perscom", "applied"): 2,
+        ("jira", "failed"): 4,
+        ("perscom", "failed"): 1,
+    }
+    errors = Counter(r.error for r in results if r.status == "failed")
+    assert errors["no adapter configured for system 'jira'"] == 3
+    assert errors["a change for 'jira' in the input of 'perscom': not sent"] == 1
+    assert errors["a change for 'perscom' in the input of 'kintone': not sent"] == 1
 
 
 # -- fail fast ----------------------------------------------------------------------------
