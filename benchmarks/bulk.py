@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -87,7 +88,11 @@ def one(size: int, concurrency: int, folder: Path) -> dict[str, float | int]:
         if got["code"] != 0:
             print(proc.stderr, file=sys.stderr)
         lines = len((folder / "results.jsonl").read_bytes().splitlines())
+        load = re.search(r"loaded in ([\d.,]+) s", proc.stdout)
+        rate = re.search(r"changes in [\d.,]+ s \(([\d,]+)/s\)", proc.stdout)
         return {
+            "load": float(load.group(1).replace(",", "")) if load else float("nan"),
+            "rate": float(rate.group(1).replace(",", "")) if rate else float("nan"),
             "size": size,
             "code": got["code"],
             "maxrss": got["maxrss_mib"],
@@ -111,16 +116,17 @@ def main() -> None:
         return
     print(machine())
     print(
-        "\n| plan lines | exit | peak RSS of `patchassign run` | wall time (incl. start-up) "
-        "| changes/s | results lines | journal size |"
+        "\n| plan lines | exit | peak RSS of `patchassign run` | load into the journal "
+        "| wall time (incl. start-up) | changes/s (run) | results lines | journal size |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as d:
             r = one(size, args.concurrency, Path(d))
         print(
-            f"| {r['size']:,} | {r['code']} | {r['maxrss']:,.1f} MiB | {r['elapsed']:,.1f} s "
-            f"| {r['size'] / r['elapsed']:,.0f} | {r['results']:,} | {r['journal_mib']:,.1f} MiB |",
+            f"| {r['size']:,} | {r['code']} | {r['maxrss']:,.1f} MiB | {r['load']:,.1f} s "
+            f"| {r['elapsed']:,.1f} s | {r['rate']:,.0f} | {r['results']:,} "
+            f"| {r['journal_mib']:,.1f} MiB |",
             flush=True,
         )
 

@@ -169,7 +169,13 @@ def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem
 
 def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text, strict=True)
+    try:
+        yield from _rows(csv.reader(text, strict=True), name)
+    finally:
+        text.detach()  # the caller closes the file
+
+
+def _rows(reader: Any, name: str) -> Iterator[PlanItem]:
     try:
         header = next(reader, None)
     except csv.Error as e:

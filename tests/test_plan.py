@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,8 @@ from patchassign.changes import (
     convert_change,
     decode_change,
 )
-from patchassign.errors import InvalidChange
-from patchassign.plan import MAX_LINE, iter_plan, read_plan
+from patchassign.errors import InvalidChange, PlanError
+from patchassign.plan import MAX_LINE, iter_plan, plan_format, read_plan
 from patchassign.systems import (
     FindableAdapter,
     KintoneAdapter,
@@ -163,3 +164,116 @@ def test_record_ids_beyond_64_bits_are_refused() -> None:
         b'{"system": "perscom", "record": 9223372036854775807, "action": "assign", "to": "7"}'
     )
     assert ok.record == 2**63 - 1
+
+
+# -- CSV ----------------------------------------------------------------------------------
+
+
+def csv_plan(tmp_path: Path, text: str, name: str = "plan.csv") -> list[tuple[int, object]]:
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8"))
+    return list(read_plan(path))
+
+
+def test_csv_rows_become_the_same_changes_as_json_lines(tmp_path: Path) -> None:
+    got = csv_plan(
+        tmp_path,
+        "\ufeffSystem, record ,action,to,expect,to_type,guard,merge,patch,state,id\r\n"
+        "kintone,1:7,assign,ada | bob,eve,,,,,,\r\n"
+        'superoffice,12,merge,,,,yes,"{""PersonId"": 7}",,,m\r\n'
+        ",,,,,,,,,,\r\n"
+        'perscom,-5,patch,,,,,,"[{""op"": ""replace"", ""path"": ""/status_id"", ""value"": 2}]",,\r\n'
+        'maxsight,"task-1",assign,"team, b",,team,,,,,\r\n'
+        'superoffice,99999999999999999999,set,,,,false,,,"{""a"": 1}",\r\n',
+    )
+    assert got == [
+        (2, Assign(system="kintone", record="1:7", to=["ada", "bob"], expect="eve", id="line-2")),
+        (3, Merge(system="superoffice", record=12, merge={"PersonId": 7}, guard=True, id="m")),
+        (
+            5,
+            Patch(
+                system="perscom",
+                record=-5,
+                patch=[{"op": "replace", "path": "/status_id", "value": 2}],
+                id="line-5",
+            ),
+        ),
+        (6, Assign(system="maxsight", record="task-1", to="team, b", to_type="team", id="line-6")),
+        # beyond 64 bits: text, as a JSON string would be (the adapter judges it)
+        (
+            7,
+            SetFields(
+                system="superoffice", record="99999999999999999999", state={"a": 1}, id="line-7"
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ("kintone,1:1,assign,,", "row 2: column 'to': Object missing required field `to`"),
+        ("kintone,1:1,asign,eve,", "row 2: column 'action'"),
+        ("kintone,1:1,assign,eve,,extra", "row 2: 6 cells, but the header names 5 columns"),
+        ("superoffice,1,merge,,{bad", "row 2, column 'merge': not JSON"),
+        ("jira!,1,assign,eve,", "row 2, column 'system'"),
+    ],
+)
+def test_bad_csv_rows_name_row_and_column(tmp_path: Path, row: str, words: str) -> None:
+    [(number, error)] = csv_plan(tmp_path, f"system,record,action,to,merge\n{row}\n")
+    assert number == 2
+    assert isinstance(error, InvalidChange)
+    assert words.replace("row 2: ", "row 2, ").replace("row 2, 6", "row 2: 6") in str(error)
+
+
+def test_a_quoted_cell_may_span_lines_and_rows_are_numbered_as_written(tmp_path: Path) -> None:
+    got = csv_plan(
+        tmp_path,
+        'system,record,action,to,comment\nmaxsight,t1,assign,eve,"two\nlines"\nmaxsight,t2,assign,eve,\n',
+    )
+    assert [n for n, _ in got] == [2, 3]
+    first = got[0][1]
+    assert isinstance(first, Assign)
+    assert first.comment == "two\nlines"
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        ("system,record,action,owner", "unknown column(s) 'owner'"),
+        ("system,record,system", "column 'system' appears twice"),
+    ],
+)
+def test_a_bad_csv_header_is_one_plan_error(tmp_path: Path, header: str, words: str) -> None:
+    with pytest.raises(PlanError, match=re.escape(words)):
+        csv_plan(tmp_path, f"{header}\nkintone,1:1,assign\n")
+
+
+def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="looks like CSV"):
+        csv_plan(tmp_path, "system,record,action,to\nkintone,1:1,assign,eve\n", "plan.jsonl")
+    got = csv_plan(
+        tmp_path,
+        '\ufeff{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n',
+        "plan.jsonl",
+    )
+    assert isinstance(got[0][1], Assign)
+    assert plan_format(tmp_path / "plan.jsonl") == "jsonl"
+    (tmp_path / "export").write_text("system,record\n")
+    assert plan_format(tmp_path / "export") == "csv"
+    with pytest.raises(PlanError, match="unknown plan format"):
+        plan_format(tmp_path / "export", "xml")
+
+
+def test_reading_a_plan_feeds_its_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    for name, text in (
+        ("p.csv", "system,record,action,to\nkintone,1:1,assign,eve\n"),
+        ("p.jsonl", '{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n'),
+    ):
+        path = tmp_path / name
+        path.write_text(text)
+        digest = hashlib.sha256()
+        assert len(list(read_plan(path, digest=digest))) == 1
+        assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
