@@ -23,7 +23,7 @@ from patchassign import (
     RetryPolicy,
     SetupError,
 )
-from patchassign.changes import Assign
+from patchassign.changes import Assign, Change
 
 from .fakes import FakeMaxsight, FakePerscom, Route, to_maxsight, to_perscom
 
@@ -170,8 +170,12 @@ async def test_read_first_can_be_asked_per_change() -> None:
 
 async def test_a_source_for_a_system_without_an_adapter_fails_its_changes() -> None:
     route = Route(perscom=FakePerscom())
-    jira = [Assign(system="jira", record=i, to="7") for i in range(3)]
-    sources = {"perscom": [*to_perscom(2), jira[0]], "jira": jira, "kintone": to_perscom(1)}
+    jira: list[Change] = [Assign(system="jira", record=i, to="7") for i in range(3)]
+    sources: dict[str, list[Change]] = {
+        "perscom": [*to_perscom(2), jira[0]],
+        "jira": jira,
+        "kintone": to_perscom(1),
+    }
     async with dispatcher(route) as d:
         results = [r async for r in d.run(sources)]
     assert Counter((r.system, r.status) for r in results) == {
