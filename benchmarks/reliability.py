@@ -170,11 +170,22 @@ async def kills(records: int, count: int) -> None:
             wrong = demo_mismatches(sb, records)
             print(f"\n### Kill -9 and resume: {total:,} changes, {len(killed_at)} kills\n")
             print(f"journaled outcomes at each kill: {killed_at}")
+            with sqlite3.connect(plan.with_name(plan.name + ".journal")) as db:
+                final = dict(db.execute("SELECT status, count(*) FROM items GROUP BY 1"))
+            # Every record started with team A: nothing may be reported `unchanged`; the
+            # changes a killed run applied without journaling them are `recovered`.
+            print(f"final outcomes: {final}")
             print(
                 f"final run exit {code}; records not as planned: {len(wrong)}; "
                 f"changes applied twice: {duplicates}; total time {elapsed:,.1f} s"
             )
-            ok = code == 0 and not wrong and duplicates == 0 and len(killed_at) >= count
+            ok = (
+                code == 0
+                and not wrong
+                and duplicates == 0
+                and len(killed_at) >= count
+                and not final.get("unchanged")
+            )
             print("PASS" if ok else "FAIL")
             sys.exit(0 if ok else 1)
 
@@ -183,7 +194,11 @@ def _journaled(journal: Path) -> int:
     if not journal.exists():
         return 0
     with sqlite3.connect(journal) as db:
-        return int(db.execute("SELECT count(*) FROM items").fetchone()[0])
+        return int(
+            db.execute(
+                "SELECT count(*) FROM items WHERE status NOT IN ('pending', 'taken')"
+            ).fetchone()[0]
+        )
 
 
 async def _run_and_kill(

@@ -46,10 +46,11 @@ __all__ = [
 
 _encode = msgspec.json.Encoder().encode
 #: Items a lane takes from the journal at a time.
-TAKE = 256
+TAKE = 128
 #: Changes a lane holds ahead of its workers (the dispatcher's buffer): small, because the
-#: journal is the queue; a killed run leaves at most this many per system ``taken``.
-AHEAD = 1024
+#: journal is the queue; a killed run leaves at most this many (plus a batch) per system
+#: ``taken``, which the next run reads before writing.
+AHEAD = 256
 
 
 @dataclass
@@ -288,7 +289,12 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
         item = inflight[r.system].pop(r.index)
         if r.error is not None:
             r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
-        status = "recovered" if item.doubt and r.status == "unchanged" else r.status
+        status = r.status
+        if item.doubt and status == "unchanged":
+            # Applied by a run that was killed before journaling it: what the record held
+            # before that write is not what this run read (that is the write's result).
+            status = "recovered"
+            r = msgspec.structs.replace(r, before=None)
         run_counts[status] += 1
         journal.record(item.line, r, status)
         if progress is not None:

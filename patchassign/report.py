@@ -395,6 +395,12 @@ def inverse(change: dict[str, Any], before: Any, after: Any) -> dict[str, Any] |
     action = change.get("action")
     if action == "delegate":
         return "a delegation cannot be undone (it created a successor assignment)"
+    if before is None and action in ("assign", "unassign") and change.get("expect") is not None:
+        # A write guarded by `expect` was sent only while the record held that: it is
+        # what the record held before (a `recovered` change, whose read was not kept).
+        before = {"to": change["expect"]}
+        if action == "assign" and change.get("to_type", "user") != "user":
+            before["to_type"] = change["to_type"]
     if not isinstance(before, dict) or not isinstance(after, dict):
         return "the record's earlier value is not known (it was not read before the write)"
     base = {

@@ -7,35 +7,18 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest_asyncio
 
 from patchassign.sandbox import demo_mismatches
 
-from .test_run import Setup, make, patchassign, results, writes
+from .test_run import Setup, holders, make, patchassign, results, writes
 
 
 @pytest_asyncio.fixture
 async def small(tmp_path: Path) -> AsyncIterator[Setup]:
     async for s in make(tmp_path, 20):
         yield s
-
-
-HOLDERS = ("perscom", "maxsight", "kintone", "superoffice")
-
-
-def holders(s: Setup) -> dict[tuple[str, int], Any]:
-    """Who holds each demo record, per system (the fields the demo plan changes)."""
-    out: dict[tuple[str, int], Any] = {}
-    for i in range(1, s.n + 1):
-        out["perscom", i] = s.sb.perscom.records[str(i)]["user_id"]
-        got = s.sb.maxsight.records[f"task-{i:06d}"].get("assignment") or {}
-        out["maxsight", i] = (got.get("assigned_to_id"), got.get("assigned_to_type"))
-        out["kintone", i] = list(s.sb.kintone.records[f"1:{i}"]["assignees"])
-        rec = s.sb.superoffice.records[str(i)]
-        out["superoffice", i] = (rec["PersonId"], rec.get("ContactDepartment"))
-    return out
 
 
 def closed_port() -> str:

@@ -180,6 +180,24 @@ def test_the_inverse_puts_back_the_before_value_guarded_by_the_after_value(
     }
 
 
+def test_a_recovered_change_guarded_by_expect_is_undone_to_what_it_expected() -> None:
+    """A killed run's read is not kept; its write went out only while the record held
+    ``expect``, so that is the value to put back."""
+    change = base("assign", to="team-b", to_type="team", expect="team-a")
+    assert inverse(change, None, {"to": "team-b", "to_type": "team"}) == {
+        "system": "s",
+        "record": 7,
+        "id": "undo-c1",
+        "action": "assign",
+        "to": "team-a",
+        "to_type": "team",
+        "expect": "team-b",
+    }
+    unguarded = inverse(base("assign", to="x"), None, {"to": "x"})
+    assert isinstance(unguarded, str)
+    assert "not known" in unguarded
+
+
 @pytest.mark.parametrize(
     ("change", "before", "after", "why"),
     [
