@@ -289,7 +289,7 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
         item = inflight[r.system].pop(r.index)
         if r.error is not None:
             r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
-        status = r.status
+        status: str = r.status
         if item.doubt and status == "unchanged":
             # Applied by a run that was killed before journaling it: what the record held
             # before that write is not what this run read (that is the write's result).
