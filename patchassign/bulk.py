@@ -333,7 +333,8 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
                 totals, err, opts.progress, opts.progress_interval, dispatcher.states
             )
             progress.start()
-            run = d.run({s: source(s) for s in totals}, read_first=read_first)
+            # Loaded items were checked by their adapters when the plan was loaded.
+            run = d.run({s: source(s) for s in totals}, read_first=read_first, checked=True)
             try:
                 async with run:
                     async for r in run:

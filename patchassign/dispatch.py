@@ -631,7 +631,13 @@ class Dispatcher:
 
     # -- public API ----------------------------------------------------------------------
 
-    def run(self, changes: Source | Mapping[str, Source], *, read_first: ReadFirst = False) -> Run:
+    def run(
+        self,
+        changes: Source | Mapping[str, Source],
+        *,
+        read_first: ReadFirst = False,
+        checked: bool = False,
+    ) -> Run:
         """Send ``changes``; iterate the returned :class:`Run` for results as they complete.
 
         The input is read ahead into each system's buffer (at most ``buffer`` changes
@@ -646,10 +652,13 @@ class Dispatcher:
         need it, so that a change already in place is not sent again (a resume after a
         crash): ``True`` for every change, or a function of ``(system, index)``. A run
         starts with every system open again, even one a previous run stopped.
+
+        ``checked``: every change was checked by its system's adapter already (a bulk
+        run's journal holds only checked changes): it is not checked again.
         """
         for lane in self._lanes.values():
             lane.reopen()
-        return Run(self, changes, read_first)
+        return Run(self, changes, read_first, checked)
 
     async def send(self, change: Change, *, read_first: bool = False) -> Result:
         """Send one change and return its result."""
@@ -821,6 +830,7 @@ class Dispatcher:
         change: Change,
         stop: asyncio.Event | None,
         read_first: bool,
+        checked: bool = False,
     ) -> Result:
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -833,6 +843,7 @@ class Dispatcher:
             index=index,
             read_first=read_first,
             dry_run=self.dry_run,
+            checked=checked,
         )
         track.flow = flow
         if lane.stopped and lane.is_stopped(now):
@@ -1094,10 +1105,11 @@ class Run:
         dispatcher: Dispatcher,
         changes: Source | Mapping[str, Source],
         read_first: ReadFirst = False,
+        checked: bool = False,
     ) -> None:
         self._state = _RunState()
         self._gen: AsyncGenerator[Result, None] = _results(
-            dispatcher, changes, self._state, read_first
+            dispatcher, changes, self._state, read_first, checked
         )
 
     def __aiter__(self) -> Self:
@@ -1212,6 +1224,7 @@ async def _results(
     changes: Source | Mapping[str, Source],
     state: _RunState,
     read_first: ReadFirst,
+    checked: bool = False,
 ) -> AsyncGenerator[Result, None]:
     buffers = {name: _Buffer(lane, d.buffer) for name, lane in d._lanes.items()}
     # Room for a burst of results: with a small channel, 64 workers and one consumer take
@@ -1343,7 +1356,7 @@ async def _results(
                 first = (
                     read_first if isinstance(read_first, bool) else read_first(lane.system, index)
                 )
-                res = await d._process(lane, track, index, change, stop, first)
+                res = await d._process(lane, track, index, change, stop, first, checked)
                 track.flow = None
                 if stop.is_set():
                     state.stopped.append(res)

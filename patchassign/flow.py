@@ -232,6 +232,8 @@ class Flow:
         read_first: Read the record before writing even where the change does not need
             it (a resume: the change may already be in place).
         dry_run: Prepare the write but do not send it: end ``planned``.
+        checked: The change was checked by ``adapter.check`` already (when it was loaded
+            into a journal): :meth:`start` does not check it again.
         wall: Unix time at ``now`` (for :attr:`Result.started`); defaults to the clock.
     """
 
@@ -240,6 +242,7 @@ class Flow:
         "after",
         "attempts",
         "change",
+        "checked",
         "conflicts",
         "deadline",
         "dry_run",
@@ -272,6 +275,7 @@ class Flow:
         index: int = 0,
         read_first: bool = False,
         dry_run: bool = False,
+        checked: bool = False,
         wall: float | None = None,
     ) -> None:
         self.adapter = adapter
@@ -284,6 +288,7 @@ class Flow:
         self.started = time.time() if wall is None else wall
         self.deadline = now + policy.deadline
         self.must_read = read_first
+        self.checked = checked
         self.attempts = 0
         self.writes = 0
         self.failures = 0
@@ -308,10 +313,11 @@ class Flow:
 
     def start(self, now: float) -> Step:
         """The first step: the read or write to send (or why none is needed)."""
-        try:
-            self.adapter.check(self.change)
-        except InvalidChange as e:
-            return self.finish("failed", str(e), now)
+        if not self.checked:
+            try:
+                self.adapter.check(self.change)
+            except InvalidChange as e:
+                return self.finish("failed", str(e), now)
         try:
             return self._next(now)
         except _TYPED as e:

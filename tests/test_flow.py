@@ -178,6 +178,59 @@ def test_an_invalid_change_ends_before_anything_is_sent() -> None:
     assert done.result.attempts == 0
 
 
+def test_a_checked_change_is_not_checked_again() -> None:
+    """A journal's items were checked when loaded: ``checked=True`` skips the adapter's
+    check (a change it would refuse goes straight to its read)."""
+    with_comment = Assign(system="maxsight", record="t1", to="eve", comment="x" * 10)
+    calls: list[Any] = []
+
+    class Counting(MaxsightAdapter):
+        def check(self, change: Any) -> None:
+            calls.append(change)
+            super().check(change)
+
+    adapter = Counting("https://m.example", "key", assigned_by="admin")
+    for checked, expected in ((False, 1), (True, 0)):
+        calls.clear()
+        f = Flow(
+            adapter, with_comment, policy=POLICY, rng=random.Random(1), now=0.0, checked=checked
+        )
+        assert isinstance(f.start(0.0), Send)
+        assert len(calls) == expected
+
+
+def test_before_after_and_current_come_from_the_record_as_read() -> None:
+    f = flow()
+    f.start(0.0)
+    f.on_response(task("ada"), 0.1)
+    done = f.on_response(task("eve", "v2"), 0.2)
+    assert isinstance(done, Done)
+    assert (done.result.before, done.result.after) == ({"to": "ada"}, {"to": "eve"})
+    f = flow()
+    f.start(0.0)
+    done = f.on_response(task("eve"), 0.1)
+    assert isinstance(done, Done)
+    assert (done.result.before, done.result.after) == ({"to": "eve"}, {"to": "eve"})
+    guarded = Assign(system="maxsight", record="t1", to="eve", expect="bob")
+    f = Flow(ADAPTER, guarded, policy=POLICY, rng=random.Random(1), now=0.0)
+    f.start(0.0)
+    done = f.on_response(task("zed"), 0.1)
+    assert isinstance(done, Done)
+    assert done.result.status == "conflict"
+    assert done.result.current == {"to": "zed"}
+    # a lost answer to a write, then found in place: before is what the write replaced
+    f = flow()
+    f.start(0.0)
+    f.on_response(task("ada"), 0.1)
+    f.on_error(ConnectionLost("dropped"), 0.2)
+    step = f.on_timer(1.0)
+    assert isinstance(step, Send)
+    done = f.on_response(task("eve", "v2"), 1.1)
+    assert isinstance(done, Done)
+    assert done.result.status == "applied"
+    assert (done.result.before, done.result.after) == ({"to": "ada"}, {"to": "eve"})
+
+
 def test_throttled_answers_spend_no_attempt_but_grow_the_backoff() -> None:
     f = flow(policy=RetryPolicy(attempts=2, base=0.1, cap=100.0, deadline=600.0))
     step = f.start(0.0)
