@@ -110,7 +110,7 @@ def one(
                 with sqlite3.connect(journal) as db:
                     loaded = db.execute("SELECT count(*) FROM items").fetchone()[0]
                     left = db.execute(
-                        f"SELECT count(*) FROM items WHERE system IN ({marks}) "  # noqa: S608
+                        f"SELECT count(*) FROM items WHERE system IN ({marks}) "
                         "AND status IN ('pending', 'taken')",
                         others,
                     ).fetchone()[0]
@@ -133,17 +133,25 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--slow", default="superoffice")
     parser.add_argument("--rate", type=float, default=25.0, help="the slow system's requests/s")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the two runs this many times"
+    )
     args = parser.parse_args()
     per_system = args.lines // len(SYSTEMS)
     others = tuple(s for s in SYSTEMS if s != args.slow)
     print(machine())
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        alone, n_alone, wall_alone = one(Path(a), per_system, others, args.slow, args.rate)
-        mixed, n_mixed, wall_mixed = one(Path(b), per_system, SYSTEMS, args.slow, args.rate)
     print(
         f"\n{args.lines:,}-line plan, {per_system:,} changes per system; {args.slow} limited "
         f"to 2 in flight and {args.rate:g} requests/s"
     )
+    for _ in range(args.repeat):
+        pair(args, per_system, others)
+
+
+def pair(args: argparse.Namespace, per_system: int, others: tuple[str, ...]) -> None:
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        alone, _, wall_alone = one(Path(a), per_system, others, args.slow, args.rate)
+        mixed, n_mixed, wall_mixed = one(Path(b), per_system, SYSTEMS, args.slow, args.rate)
     print(
         "\n| system | last outcome, plan without it | last outcome, mixed plan | ratio "
         "| outcomes (mixed) |"
