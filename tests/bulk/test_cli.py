@@ -328,6 +328,41 @@ async def test_progress_is_bars_on_a_terminal_and_timed_lines_otherwise() -> Non
     assert quiet.getvalue() == ""
 
 
+async def test_log_lines_are_printed_above_the_bars(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-v` lines go to whatever stderr is when they are written: while the bars are drawn,
+    rich's proxy, which prints them above the bars instead of gluing them onto one."""
+    import asyncio
+    import logging
+    import sys
+
+    from patchassign.cli import _Stderr
+
+    tty = _Tty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    log = logging.getLogger("patchassign.test-bars")
+    log.propagate = False
+    log.addHandler(_Stderr())
+    log.setLevel(logging.INFO)
+    bar = Progress({"kintone": 2}, tty, "bar")
+    bar.start()
+    try:
+        assert sys.stderr is not tty  # redirected while the bars are live
+        log.info("retrying kintone 1:1 after 429")
+        bar.update("kintone", "applied")
+        await asyncio.sleep(0.3)
+    finally:
+        await bar.aclose()
+        log.handlers.clear()
+    assert sys.stderr is tty
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.getvalue())
+    # the log line is a line of its own, before the last drawing of the bars
+    lines = text.replace("\r", "\n").split("\n")
+    assert any(line.strip() == "retrying kintone 1:1 after 429" for line in lines), lines
+    assert text.rindex("retrying kintone") < text.rindex("1/2")
+
+
 ACME = """
 from patchassign.systems import FindableAdapter
 
