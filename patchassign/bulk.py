@@ -326,6 +326,7 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
                     raise PreflightFailed(failed)
             journal.start(retry_failed=opts.retry_failed)
             started = True
+            await _settle(journal, cfg, err)
             totals = journal.pending()
             inflight.update({s: {} for s in totals})
             skipped = v.valid - sum(totals.values()) if opts.resume else 0
@@ -393,6 +394,29 @@ def _report(
                 + ("" if opts.dry_run else " with --resume --results FILE")
             )
     return report
+
+
+async def _settle(journal: Journal, cfg: Config, err: TextIO) -> None:
+    """Before reading the records a stopped run may have written to a system without a
+    version token, give the writes it had in flight time to land (``retry.settle``):
+    read too early, a late write would be missed and then overwritten (or done twice)."""
+    systems = sorted(
+        s for s in journal.doubtful() if s in cfg.adapters and not cfg.adapters[s].versioned
+    )
+    last = journal.last_alive()
+    if not systems or last is None:
+        return
+    # The stopped run may have sent a write up to one journal interval after it last
+    # wrote to the journal.
+    wait = last + journal.interval + cfg.retry.settle_time - time.time()
+    if wait <= 0:
+        return
+    err.write(
+        f"waiting {wait:,.1f} s for writes a stopped run may have had in flight to "
+        f"{', '.join(systems)} (no version token) to settle before reading those records\n"
+    )
+    err.flush()
+    await asyncio.sleep(wait)
 
 
 def _show_planned(out: TextIO, line: int, r: Result) -> None:

@@ -737,6 +737,13 @@ def _demo_config(sb: Any, path: Path) -> dict[str, str]:
                 "rate = 0  # the real one allows 1,000 requests a minute; the fake has no limit"
             )
         lines.append("")
+    lines += [
+        "[retry]",
+        "# The sandbox applies a write at once unless its `late` fault is on: a short settle",
+        "# time (real systems without a version token: leave it at the request timeout).",
+        "settle = 1.0",
+        "",
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return env
 

@@ -22,13 +22,13 @@ from __future__ import annotations
 import base64
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, quote_plus
 
 import msgspec
 
+from ._scrub import Scrubber as _Scrubber
 from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
 from .systems import (
@@ -236,56 +236,6 @@ def parse_config(
     return Config(
         adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read), broken
     )
-
-
-_MASK = "********"
-_WINDOW = 8  # this many characters of a credential in a row are masked
-
-
-class _Scrubber:
-    """Masks credentials in every form they are sent in (see :meth:`Config.scrub`)."""
-
-    __slots__ = ("exact", "windows")
-
-    def __init__(self, values: Iterable[str]) -> None:
-        forms: set[str] = set()
-        for value in values:
-            forms |= {value, quote(value, safe=""), quote_plus(value)}
-        forms.discard("")
-        self.exact = sorted(forms, key=len, reverse=True)  # longest first
-        self.windows = {
-            form[i : i + _WINDOW]
-            for form in forms
-            if len(form) >= _WINDOW
-            for i in range(len(form) - _WINDOW + 1)
-        }
-
-    def __call__(self, text: str) -> str:
-        for form in self.exact:
-            if form in text:
-                text = text.replace(form, _MASK)
-        windows = self.windows
-        if not windows or len(text) < _WINDOW:
-            return text
-        covered = [False] * len(text)
-        hit = False
-        for i in range(len(text) - _WINDOW + 1):
-            if text[i : i + _WINDOW] in windows:
-                covered[i : i + _WINDOW] = [True] * _WINDOW
-                hit = True
-        if not hit:
-            return text
-        out: list[str] = []
-        i = 0
-        while i < len(text):
-            if covered[i]:
-                while i < len(text) and covered[i]:
-                    i += 1
-                out.append(_MASK)
-            else:
-                out.append(text[i])
-                i += 1
-        return "".join(out)
 
 
 def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret]:

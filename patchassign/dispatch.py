@@ -48,6 +48,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from ._scrub import Scrubber, header_secrets
 from .errors import ConfigError, ConnectError, InvalidChange, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
@@ -591,6 +592,14 @@ class Dispatcher:
         self._on_stop = [h.on_stop for h in hooks if _overrides(h, "on_stop")]
         #: Requests answered, per ``(system, status)``; ``status`` 0: no answer.
         self.counts: Counter[tuple[str, int]] = Counter()
+        # A server may echo a credential in an error message: masked in every result,
+        # event and check (every form the adapters send it in).
+        secrets: list[str] = []
+        for adapter in self.adapters.values():
+            auth = getattr(adapter, "auth_headers", None)
+            if auth is not None:
+                secrets += header_secrets(auth())
+        self._scrub: Scrubber | None = Scrubber(secrets) if secrets else None
 
     def __repr__(self) -> str:
         return f"<Dispatcher systems={sorted(self.adapters)} concurrency={self.concurrency}>"
@@ -698,7 +707,10 @@ class Dispatcher:
                 if len(samples) == len(names):
                     break
         results = await asyncio.gather(*(self._check(n, samples.get(n)) for n in names))
-        return dict(zip(names, results, strict=True))
+        return {
+            name: c if c.error is None else msgspec.structs.replace(c, error=self._clean(c.error))
+            for name, c in zip(names, results, strict=True)
+        }
 
     def slowdowns(self) -> dict[str, int]:
         """How many times each system was slowed down after many 429s."""
@@ -864,11 +876,19 @@ class Dispatcher:
                 elif kind is Wait:
                     step = await self._wait(lane, flow, cast("Wait", step), track, stop)
                 else:
-                    return cast("Done", step).result
+                    result = cast("Done", step).result
+                    if result.error is not None and self._scrub is not None:
+                        result = msgspec.structs.replace(result, error=self._scrub(result.error))
+                    return result
         except _Stop:
             return flow.cancelled(loop.time()).result
         finally:
-            busy.release(key)
+            if flow.maybe_applied and not lane.adapter.versioned:
+                # A write of this change may still land (no version token to stop it):
+                # the next change to the record waits until it would have.
+                loop.call_later(self.retry.settle_time, busy.release, key)
+            else:
+                busy.release(key)
 
     async def _wait(
         self, lane: _Lane, flow: Flow, step: Wait, track: _Track, stop: asyncio.Event | None
@@ -883,7 +903,7 @@ class Dispatcher:
                     id=change.id,
                     failures=flow.failures,
                     wait=step.seconds,
-                    reason=step.reason,
+                    reason=self._clean(step.reason),
                 ),
             )
         if stop is not None and stop.is_set():
@@ -1052,9 +1072,13 @@ class Dispatcher:
                 pause,
             )
 
+    def _clean(self, text: str) -> str:
+        return text if self._scrub is None else self._scrub(text)
+
     def _stop(
         self, lane: _Lane, status: Status, cause: str, reason: str, until: float | None
     ) -> None:
+        reason = self._clean(reason)
         lane.stop(status, cause, reason, until)
         log.warning("%s", reason)
         if self._on_stop:

@@ -43,7 +43,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from .errors import ConfigError, ConnectError, InvalidChange, PatchError, SetupError
+from .errors import (
+    ConfigError,
+    ConnectError,
+    InvalidChange,
+    PatchError,
+    ResponseTimeout,
+    SetupError,
+)
 from .systems import (
     Applied,
     Conflict,
@@ -102,6 +109,11 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         auth_stop: Records in a row whose requests were refused for their credentials
             or permissions (401, 403, the systems' own codes) after which the system is
             stopped: its other changes end ``failed`` without being sent.
+        settle: Seconds a write to a system without a version token (PERSCOM) may still
+            take effect after it timed out (the server, or a proxy's backend, still
+            holding it): the record is read back only after this, and the next change to
+            the same record waits as long. ``None``: the request ``timeout``. A system
+            with a version token needs no wait: a late write fails its version check.
     """
 
     attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 6
@@ -113,6 +125,12 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     slowdown: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.3
     outage: Annotated[float, msgspec.Meta(ge=0, le=86_400 * 7)] = 60.0
     auth_stop: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 3
+    settle: Annotated[float, msgspec.Meta(ge=0, le=86_400)] | None = None
+
+    @property
+    def settle_time(self) -> float:
+        """:attr:`settle`, or the request timeout when not set."""
+        return self.timeout if self.settle is None else self.settle
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -255,6 +273,7 @@ class Flow:
         "policy",
         "rng",
         "seen",
+        "settling",
         "signal",
         "started",
         "t0",
@@ -300,6 +319,8 @@ class Flow:
         self.last = "no answer yet"
         #: The record as last read (for before / after / current).
         self.seen: Current | None = None
+        #: A write timed out on a system without a version token: it may still land.
+        self.settling = False
         self.wrote_from: Current | None = None
         #: What the last event showed about the system (``None``: nothing new).
         self.signal: Signal | None = None
@@ -357,6 +378,8 @@ class Flow:
                 return self._typed(e, now)
         if self.writing:
             self.maybe_applied = True
+            if isinstance(error, ResponseTimeout) and not self.adapter.versioned:
+                self.settling = True
         self.must_read = True
         return self._retry(None, reason, now)
 
@@ -490,6 +513,9 @@ class Flow:
             if outcome.ambiguous:
                 self.maybe_applied = True
                 self.must_read = True
+                # A gateway timeout: the backend may still be working on it.
+                if outcome.status == 504 and not adapter.versioned:
+                    self.settling = True
             return self._retry_outcome(outcome, now)
         if isinstance(outcome, Conflict):
             if not outcome.recoverable:
@@ -539,6 +565,14 @@ class Flow:
                 now,
             )
         delay = backoff_delay(self.failures + self.throttles, after, policy, self.rng)
+        if self.settling:
+            # Read back only once a late write would have landed (no version token to
+            # catch it afterwards).
+            self.settling = False
+            settle = policy.settle_time
+            if settle > delay:
+                delay = settle
+                reason = f"{reason}; letting a late write settle for {settle:g}s before reading"
         if delay > left:
             return self._expired(now)
         return Wait(delay, reason, after)

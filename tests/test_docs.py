@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -14,10 +15,12 @@ import types
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from patchassign.changes import decode_change
 from patchassign.config import parse_config
+from patchassign.journal import Outcome
 from patchassign.systems import ADAPTERS, FindableAdapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +87,11 @@ def test_plan_lines_in_the_docs_are_valid(page: Path) -> None:
     checked = 0
     for code in blocks(page, "json"):
         for line in code.splitlines():
+            if line.startswith('{"line"'):  # a results line: the journal's row
+                row = msgspec.json.decode(line)
+                assert set(row) <= set(Outcome.__struct_fields__), line
+                decode_change(msgspec.json.encode(row["change"]))
+                continue
             if '"system"' not in line or '"action"' not in line:
                 continue
             change = decode_change(line)
@@ -144,7 +152,19 @@ def test_the_tutorial_works_as_written(tmp_path: Path) -> None:
         assert '"assignees":["eve"]' in r.stdout
         r = cli("run", "plan.jsonl", "--config", "systems.toml", "--results", "results.jsonl")
         assert r.returncode == 1, r.stderr
-        assert (tmp_path / "results.jsonl").read_text().count('"status":"applied"') == 4
+        results = (tmp_path / "results.jsonl").read_text()
+        assert results.count('"status":"applied"') == 4
+        assert '"current":{"to":["bob"]}' in results  # who holds line 5's record, as data
+        # what is left, and the way back (section 6)
+        r = cli("leftovers", "plan.jsonl.journal")
+        assert r.returncode == 0, r.stderr
+        assert [json.loads(line)["record"] for line in r.stdout.splitlines()] == ["1:5"]
+        r = cli("undo", "plan.jsonl.journal", "-o", "undo.jsonl")
+        assert r.returncode == 0, r.stderr
+        assert "1 not undoable: a delegation cannot be undone" in r.stderr
+        r = cli("run", "undo.jsonl", "--config", "systems.toml")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "result: every change applied" in r.stdout
     finally:
         server.terminate()
         server.communicate(timeout=10)  # also closes the pipes

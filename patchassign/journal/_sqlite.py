@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS runs (
     run INTEGER PRIMARY KEY,
     started REAL NOT NULL,
     finished REAL,
+    alive REAL,
     interrupted INTEGER NOT NULL DEFAULT 0
 );
 """
@@ -369,6 +370,22 @@ class Journal:
             (time.time(), int(interrupted), self.run_id),
         )
 
+    def last_alive(self) -> float | None:
+        """When an earlier run last wrote to the journal (Unix time), if any did."""
+        row = self._db.execute(
+            "SELECT max(coalesce(finished, alive, started)) FROM runs WHERE run < ?",
+            (self.run_id,),
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def doubtful(self) -> dict[str, int]:
+        """Pending items per system that an earlier run may have written."""
+        cur = self._db.execute(
+            "SELECT system, count(*) FROM items WHERE status = 'pending' AND doubt = 1 "
+            "GROUP BY system"
+        )
+        return {str(s): int(n) for s, n in cur}
+
     def runs(self) -> int:
         """Runs started on this journal."""
         return int(self._db.execute("SELECT count(*) FROM runs").fetchone()[0])
@@ -461,6 +478,7 @@ class Journal:
         rows, self._buffer = self._buffer, []
         with self._db:
             self._db.execute("BEGIN")
+            self._db.execute("UPDATE runs SET alive = ? WHERE run = ?", (time.time(), self.run_id))
             self._db.executemany(
                 "UPDATE items SET status = ?, http_status = ?, version = ?, error = ?, "
                 "attempts = attempts + ?, writes = writes + ?, unconfirmed = ?, started = ?, "

@@ -36,15 +36,19 @@ class Stats:
         writes: record key -> number of changes applied to it (a second application of
             the same change shows up here as 2).
         edits: record key -> number of changes made by the concurrent editor.
+        late: writes held and applied late (the ``late`` fault).
+        echoed: answers that echoed the request's credential (the ``echo`` fault).
     """
 
-    __slots__ = ("dropped", "edits", "requests", "writes")
+    __slots__ = ("dropped", "echoed", "edits", "late", "requests", "writes")
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
         self.dropped: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
         self.edits: Counter[str] = Counter()
+        self.late = 0
+        self.echoed = 0
 
     def count(self, endpoint: str | None = None, status: int | None = None) -> int:
         """Requests answered, optionally only those of one endpoint and/or status."""
@@ -58,6 +62,7 @@ class Stats:
         """Forget everything counted so far."""
         for c in (self.requests, self.dropped, self.writes, self.edits):
             c.clear()
+        self.late = self.echoed = 0
 
     def __repr__(self) -> str:
         return (
@@ -253,6 +258,9 @@ class FakeServer(abc.ABC):
                 return self.error(503, "Service unavailable")
             if f.server_error and draw() < f.server_error:
                 return self.error(500, "Internal server error")
+            if f.echo and draw() < f.echo:
+                self.stats.echoed += 1
+                return self.error(500, f"Internal server error (request credential: {who})")
             if f.gateway and draw() < f.gateway:
                 return web.Response(
                     status=200,
@@ -271,6 +279,10 @@ class FakeServer(abc.ABC):
                 delay += draw() * f.jitter
             if f.spikes and draw() < f.spikes:
                 delay += f.spike
+            if f.late and endpoint in self.write_endpoints and draw() < f.late:
+                # Held, then applied whether or not the client is still there.
+                self.stats.late += 1
+                return await asyncio.shield(self._late(request, handler, delay + f.hold))
         else:
             delay = f.latency
         if delay:
@@ -283,6 +295,15 @@ class FakeServer(abc.ABC):
             self.stats.dropped["after"] += 1
             self._cut(request)
             return None
+        return resp
+
+    async def _late(self, request: web.Request, handler: Any, hold: float) -> web.StreamResponse:
+        await request.read()  # the write is in: it lands after the hold, answered or not
+        await asyncio.sleep(hold)
+        try:
+            resp: web.StreamResponse = await handler(request)
+        except web.HTTPException as e:
+            resp = self.error(e.status, e.reason)
         return resp
 
     @staticmethod

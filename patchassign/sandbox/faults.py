@@ -42,6 +42,13 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         editor: Fraction of record reads after which a "concurrent editor" changes
             the record (a field unrelated to assignment) and its version, so a
             client's version token read just now is stale when it writes.
+        late: Fraction of writes held ``hold`` seconds before the server applies them
+            (and answers): a client that times out first gives up on a write that lands
+            afterwards, what a server or a proxy's backend under load does.
+        hold: How long a late write is held, in seconds.
+        echo: Fraction of requests answered 500 with an error message that echoes the
+            request's credential (a misconfigured server or proxy): it must never reach
+            a log, the journal, the results or the report.
         writes_only: Apply the random faults (throttle, unavailable, drop) only to
             write endpoints; reads are then reliable.
         seed: Seed of the server's random draws.
@@ -60,6 +67,9 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     rate_limit: Annotated[float, msgspec.Meta(gt=0.0)] | None = None
     burst: Annotated[int, msgspec.Meta(ge=1)] = 10
     editor: _Fraction = 0.0
+    late: _Fraction = 0.0
+    hold: _Seconds = 3.0
+    echo: _Fraction = 0.0
     writes_only: bool = False
     seed: int = 0
 
@@ -74,6 +84,8 @@ class Faults(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
             or self.drop
             or self.jitter
             or self.spikes
+            or self.late
+            or self.echo
         )
 
 

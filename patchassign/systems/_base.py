@@ -547,6 +547,23 @@ class BaseAdapter(abc.ABC):
         return f"HTTP {response.status}"
 
 
+def in_place(record: Any, patch: list[dict[str, Any]]) -> bool:
+    """Whether a patch whose ``test`` operations fail on ``record`` is already in effect
+    there: its other operations would change nothing. (After an unconfirmed write, the
+    read-back finds the record as the patch left it, and its tests, written against the
+    record before, fail: that is the patch applied, not a conflict.)"""
+    from .._json import json_equal
+    from ..patch import apply_patch
+
+    ops = [op for op in patch if op.get("op") != "test"]
+    if not ops:
+        return False
+    try:
+        return json_equal(apply_patch(record, ops, case_insensitive=True), record)
+    except PatchError:
+        return False
+
+
 def _field_names(change: Any) -> list[str]:
     """The top-level fields a merge, set or patch change names."""
     from ..changes import Merge, SetFields

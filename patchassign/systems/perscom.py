@@ -29,6 +29,7 @@ from ._base import (
     Retry,
     Secret,
     Unchanged,
+    in_place,
     secret,
     segment,
     single,
@@ -191,6 +192,8 @@ class PerscomAdapter(BaseAdapter):
             try:
                 new = apply_patch(base, change.patch, case_insensitive=True)
             except PatchConflict as e:
+                if in_place(base, change.patch):
+                    return Unchanged(record.get("updated_at"))
                 return Conflict(f"the patch does not apply: {e}", recoverable=False)
             except InvalidPatch as e:
                 return Failed(str(e))

@@ -33,6 +33,7 @@ from ._base import (
     Retry,
     Secret,
     Unchanged,
+    in_place,
     secret,
     segment,
     single,
@@ -199,6 +200,8 @@ class SuperOfficeAdapter(BaseAdapter):
         try:
             target = self._target(change, record)
         except PatchConflict as e:
+            if isinstance(change, Patch) and in_place(record, change.patch):
+                return Unchanged(current.version)
             return Conflict(f"the change does not apply to the record: {e}", recoverable=False)
         except PatchError as e:
             return Failed(str(e))

@@ -37,8 +37,9 @@ async def test_leftovers_of_conflicts_and_a_stopped_system_finish_the_job(
     small.sb.perscom.records["4"]["user_id"] = 999
     broken = small.config.with_name("broken.toml")
     broken.write_text(
-        small.config.read_text().replace(small.sb.superoffice.url, closed_port())
-        + "\n[retry]\noutage = 1\n"
+        small.config.read_text()
+        .replace(small.sb.superoffice.url, closed_port())
+        .replace("[retry]\n", "[retry]\noutage = 1\n")
     )
     out_file = small.dir / "results.jsonl"
     code, out, err = await patchassign(

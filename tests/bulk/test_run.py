@@ -377,7 +377,9 @@ async def test_an_unreachable_system_ends_unsent_and_a_resume_sends_it(small: Se
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
     good = small.config.read_text()
     broken = small.config.with_name("broken.toml")
-    broken.write_text(good.replace(small.sb.superoffice.url, closed) + "\n[retry]\noutage = 1\n")
+    broken.write_text(
+        good.replace(small.sb.superoffice.url, closed).replace("[retry]\n", "[retry]\noutage = 1\n")
+    )
     code, _, err = await patchassign(small, "run", small.plan, "-c", broken)
     assert code == 1
     assert "superoffice" in err
@@ -553,3 +555,47 @@ async def test_results_that_cannot_be_written_name_the_file_and_the_journal(
     assert str(small.journal) in text
     assert "every change applied" in text  # the report is still there
     assert "Traceback" not in text
+
+
+async def test_a_resume_lets_late_writes_settle_before_reading(tmp_path: Path) -> None:
+    """Issue: kill -9 while PERSCOM (no version token) held writes, then resume: the
+    resume read the records before the held writes landed and wrote them again. Now it
+    waits out the settle time first, and nothing is applied twice."""
+    n = 40
+    faults = {"late": 0.5, "hold": 2.0, "writes_only": True, "seed": 6}
+    async with Sandbox(demo=n, faults=faults, systems=["perscom"]) as sb:
+        config = tmp_path / "systems.toml"
+        env = _demo_config(sb, config)
+        config.write_text(config.read_text().replace("settle = 1.0", "timeout = 1.0\nsettle = 2.5"))
+        plan = tmp_path / "plan.jsonl"
+        write_plan(plan, n)
+        lines = [ln for ln in plan.read_text().splitlines() if '"perscom"' in ln]
+        plan.write_text("\n".join(lines) + "\n")
+        s = Setup(sb, tmp_path, plan, config, env, n)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "patchassign",
+            "run",
+            str(plan),
+            "-c",
+            str(config),
+            "--progress",
+            "none",
+            "--concurrency",
+            "8",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
+        for _ in range(200):  # kill once writes are being held
+            await asyncio.sleep(0.05)
+            if sb.perscom.stats.late >= 3:
+                break
+        proc.send_signal(signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+        code, out, err = await patchassign(s, "run", plan, "-c", config, "--resume")
+        assert code == 0, out + err
+        assert "to settle before reading those records" in err
+        assert demo_mismatches(sb, n, ["perscom"]) == []
+        assert max(sb.perscom.stats.writes.values()) == 1

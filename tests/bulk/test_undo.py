@@ -213,3 +213,33 @@ def test_what_cannot_be_undone_says_why(
     reason = inverse(change, before, after)
     assert isinstance(reason, str)
     assert why in reason
+
+
+def test_a_patch_whose_tests_fail_because_it_is_in_place_is_unchanged() -> None:
+    """After an unconfirmed write, the read-back finds the record as the patch left it:
+    its tests (written against the record before) fail, and that is the patch applied,
+    not a conflict. An undo line is such a patch."""
+    from patchassign.systems import Conflict, Current, Unchanged
+
+    undo = Patch(
+        system="superoffice",
+        record=2,
+        patch=[
+            {"op": "test", "path": "/PersonId", "value": 202},
+            {"op": "replace", "path": "/PersonId", "value": 102},
+        ],
+    )
+    done = SUPEROFFICE.prepare(undo, Current({"PersonId": 102}, "2026-11-23T10:00:00"))
+    assert isinstance(done, Unchanged)
+    other = SUPEROFFICE.prepare(undo, Current({"PersonId": 999}, "2026-11-23T10:00:00"))
+    assert isinstance(other, Conflict)
+    as_perscom = Patch(
+        system="perscom",
+        record=2,
+        patch=[
+            {"op": "test", "path": "/user_id", "value": 202},
+            {"op": "replace", "path": "/user_id", "value": 102},
+        ],
+    )
+    assert isinstance(PERSCOM.prepare(as_perscom, Current({"id": 2, "user_id": 102})), Unchanged)
+    assert isinstance(PERSCOM.prepare(as_perscom, Current({"id": 2, "user_id": 9})), Conflict)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from patchassign.changes import Assign
 from patchassign.dispatch import Dispatcher, Limits, Result, RetryPolicy
 from patchassign.sandbox import (
     SYSTEMS,
@@ -184,3 +185,72 @@ async def test_a_200_that_is_not_the_systems_answer_is_never_reported_applied() 
     assert len(wrong) == by["failed"]
     failed = [r for r in results if r.status == "failed"]
     assert all(r.unconfirmed for r in failed)
+
+
+def _perscom_plan(n: int) -> list[Assign]:
+    """Two changes per record, in plan order: first to user 301, then to user 302."""
+    return [
+        Assign(system="perscom", record=i, to=str(user), id=f"{i}-{user}")
+        for i in range(1, n + 1)
+        for user in (301, 302)
+    ]
+
+
+async def _late_run(settle: float) -> tuple[int, int, int]:
+    """PERSCOM (no version token) holding 30% of writes 1 s, clients giving up at 0.3 s:
+    (records not ending with the plan's last value, records written more than twice,
+    late writes)."""
+    n = 60
+    faults = {"late": 0.3, "hold": 1.0, "writes_only": True, "seed": 4}
+    policy = RetryPolicy(base=0.05, cap=0.2, timeout=0.3, attempts=8, settle=settle)
+    async with Sandbox(demo=n, faults=faults, systems=["perscom"]) as sb:
+        async with Dispatcher(sb.adapters(), retry=policy, limits=LIMITS) as d:
+            results = [r async for r in d.run(_perscom_plan(n))]
+        await asyncio.sleep(1.2)  # let every held write land
+        records = sb.perscom.records
+        wrong = sum(records[str(i)]["user_id"] != 302 for i in range(1, n + 1))
+        twice = sum(c > 2 for c in sb.perscom.stats.writes.values())
+        assert {r.status for r in results} <= {"applied", "unchanged"}, Counter(
+            r.status for r in results
+        )
+        return wrong, twice, sb.perscom.stats.late
+
+
+async def test_late_writes_to_a_system_without_a_version_token_settle_before_a_read() -> None:
+    """Issue: a PERSCOM write the server applied after the client gave up was applied
+    twice, and the next change to the same record was overwritten by it (the record ended
+    with the plan's first value). With a settle time, the read-back waits for the late
+    write, and so does the next change to the record."""
+    wrong, twice, late = await _late_run(settle=1.5)
+    assert late > 10
+    assert (wrong, twice) == (0, 0)
+    # the same run without waiting shows what the settle time is for
+    wrong, twice, late = await _late_run(settle=0.0)
+    assert late > 10
+    assert wrong + twice > 0
+
+
+async def test_a_server_echoing_credentials_leaks_them_nowhere() -> None:
+    """The sandbox's echo fault answers 500 with the request's credential in the message:
+    results, errors and hook events carry it masked."""
+    from patchassign.hooks import Hooks
+
+    n = 100
+    events: list[str] = []
+
+    class Record(Hooks):
+        def on_retry(self, event: Any) -> None:
+            events.append(repr(event))
+
+    async with Sandbox(demo=n, faults={"echo": 0.1, "seed": 2}) as sb:
+        tokens = {name: info["token"] for name, info in sb.describe().items()}
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, hooks=[Record()]) as d:
+            results = [r async for r in d.run(demo_plan(n))]
+        assert sum(s.stats.echoed for s in sb) > 50
+    # each change is applied, or failed after its attempts (each answer had a 10% chance
+    # of being an echo): reported as it is
+    assert len(demo_mismatches(sb, n)) == sum(r.status == "failed" for r in results)
+    text = "\n".join([*events, *(repr(r) for r in results)])
+    assert "request credential" in text  # the servers did say it
+    for token in tokens.values():
+        assert token not in text
