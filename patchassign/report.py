@@ -374,10 +374,7 @@ def write_undo(journal: Journal, out: IO[bytes]) -> tuple[int, Counter[str]]:
     for row in journal.rows(statuses=("applied", "recovered")):
         if row.change is None:
             continue
-        change = _decode(row.change)
-        before = None if row.before is None else _decode(row.before)
-        after = None if row.after is None else _decode(row.after)
-        undo = inverse(change, before, after)
+        undo = inverse(row.change, row.before, row.after)
         if isinstance(undo, str):
             skipped[undo] += 1
             continue

@@ -106,7 +106,7 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     system: str | None = None
     record: str | int | None = None
     status: str
-    change: msgspec.Raw | None = None
+    change: Any = None
     http_status: int | None = None
     version: str | None = None
     error: str | None = None
@@ -115,15 +115,18 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     unconfirmed: bool = False
     started: float | None = None
     elapsed: float | None = None
-    before: msgspec.Raw | None = None
-    after: msgspec.Raw | None = None
-    current: msgspec.Raw | None = None
-    planned: msgspec.Raw | None = None
+    before: Any = None
+    after: Any = None
+    current: Any = None
+    planned: Any = None
     run: int | None = None
 
 
-def _raw(value: bytes | None) -> msgspec.Raw | None:
-    return None if value is None else msgspec.Raw(value)
+_decode = msgspec.json.Decoder().decode
+
+
+def _raw(value: bytes | None) -> Any:
+    return None if value is None else _decode(value)
 
 
 def _json(value: Any) -> bytes | None:
