@@ -54,6 +54,10 @@ CHAOS = Faults(
     spike=0.5,
     drop=0.02,
     editor=0.1,
+    gateway=0.01,  # a proxy's 200 page, the request not forwarded
+    late=0.01,  # writes held 12 s, past the 10 s timeout, then applied
+    hold=12.0,
+    echo=0.01,  # 500 with the request's credential in the message
     seed=2026,
 )
 POLICY = RetryPolicy(base=0.1, cap=2.0, timeout=10.0, attempts=10, deadline=600)
@@ -79,6 +83,8 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
                 await server.come_back()
                 await asyncio.sleep(2)
 
+        tokens = [info["token"] for info in sb.describe().values()]
+        leaked = 0
         t = time.perf_counter()
         async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, seed=1) as d:
             chaos = asyncio.create_task(outage()) if outages else None
@@ -88,9 +94,12 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
                 results += 1
                 if r.status == "failed":
                     errors[f"{r.system}: {r.error}"] += 1
+                if r.error and any(token in r.error for token in tokens):
+                    leaked += 1
             if chaos is not None:
                 chaos.cancel()
         elapsed = time.perf_counter() - t
+        await asyncio.sleep(faults.hold if faults is not None and faults.late else 0)
         duplicates = sum(1 for s in sb for count in s.stats.writes.values() if count > 1)
         wrong = demo_mismatches(sb, n, skip=set(moved))
         injected = {
@@ -98,6 +107,8 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
             "503": sum(c for s in sb for (_, st), c in s.stats.requests.items() if st == 503),
             "dropped": sum(sum(s.stats.dropped.values()) for s in sb),
             "edits": sum(sum(s.stats.edits.values()) for s in sb),
+            "late": sum(s.stats.late for s in sb),
+            "echoed": sum(s.stats.echoed for s in sb),
         }
         return {
             "changes": 5 * n,
@@ -109,6 +120,7 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
             "elapsed": elapsed,
             "injected": injected,
             "outages": len(outage_log),
+            "leaked": leaked,
             "errors": errors.most_common(5),
         }
 
@@ -131,11 +143,18 @@ def chaos(records: int) -> None:
     print(
         f"\nInjected in the chaos run: {inj['429']:,} x 429, {inj['503']:,} x 503, "
         f"{inj['dropped']:,} dropped connections, {inj['edits']:,} concurrent edits, "
+        f"{inj['late']:,} writes held 12 s and applied late, {inj['echoed']:,} answers echoing "
+        f"the credential ({rough['leaked']} results carrying one), "
         f"{rough['outages']} server outages of 3 s; slowdown {rough['elapsed'] / clean['elapsed']:.1f}x."
     )
     for error, count in rough["errors"]:
         print(f"  failed {count} x {error}")
-    ok = rough["duplicates"] == 0 and rough["lost"] == 0 and not rough["statuses"].get("failed")
+    ok = (
+        rough["duplicates"] == 0
+        and rough["lost"] == 0
+        and not rough["statuses"].get("failed")
+        and rough["leaked"] == 0
+    )
     print("PASS" if ok else "FAIL")
     sys.exit(0 if ok else 1)
 
