@@ -162,11 +162,18 @@ def chaos(records: int) -> None:
 async def kills(records: int, count: int) -> None:
     print(machine())
     rng = random.Random(20)
-    faults = Faults(latency=0.01, jitter=0.01, drop=0.01, seed=5)
+    # Dropped connections, a proxy's 200 pages, answers echoing the credential, and
+    # writes held 2 s before they are applied (what a kill leaves in flight).
+    faults = Faults(
+        latency=0.01, jitter=0.01, drop=0.01, gateway=0.01, echo=0.01, late=0.02, hold=2.0, seed=5
+    )
     with tempfile.TemporaryDirectory() as folder:
         d = Path(folder)
         async with Sandbox(demo=records, faults=faults) as sb:
             env = _demo_config(sb, d / "systems.toml")
+            config = d / "systems.toml"
+            # a held write must have landed before a resume reads its record
+            config.write_text(config.read_text().replace("settle = 1.0", "settle = 3.0"))
             plan = d / "plan.jsonl"
             with open(plan, "wb") as f:
                 for change in demo_plan(records):
@@ -191,6 +198,9 @@ async def kills(records: int, count: int) -> None:
             print(f"journaled outcomes at each kill: {killed_at}")
             with sqlite3.connect(plan.with_name(plan.name + ".journal")) as db:
                 final = dict(db.execute("SELECT status, count(*) FROM items GROUP BY 1"))
+                dump = "\n".join(db.iterdump())
+            tokens = [info["token"] for info in sb.describe().values()]
+            leaked = sum(token in dump for token in tokens)
             # Every record started with team A: nothing may be reported `unchanged`; the
             # changes a killed run applied without journaling them are `recovered`.
             print(f"final outcomes: {final}")
@@ -198,12 +208,19 @@ async def kills(records: int, count: int) -> None:
                 f"final run exit {code}; records not as planned: {len(wrong)}; "
                 f"changes applied twice: {duplicates}; total time {elapsed:,.1f} s"
             )
+            print(
+                f"faults: {sum(s.stats.late for s in sb):,} writes held 2 s, "
+                f"{sum(s.stats.echoed for s in sb):,} answers echoing the credential "
+                f"(tokens in the journal: {leaked}), "
+                f"{sum(sum(s.stats.dropped.values()) for s in sb):,} dropped connections"
+            )
             ok = (
                 code == 0
                 and not wrong
                 and duplicates == 0
                 and len(killed_at) >= count
                 and not final.get("unchanged")
+                and not leaked
             )
             print("PASS" if ok else "FAIL")
             sys.exit(0 if ok else 1)

@@ -444,6 +444,7 @@ class BaseAdapter(abc.ABC):
         A proxy, a WAF or a maintenance page can answer 200 without forwarding the
         request; a 204 can follow an applied write. Neither proves anything: the outcome
         is ambiguous, so the record is read back before anything is resent or reported.
+        The same answer to a read is retried (it is not the record).
         """
         kind = response.header("Content-Type") or "no content type"
         return Retry(

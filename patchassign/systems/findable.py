@@ -81,7 +81,7 @@ class FindableAdapter(BaseAdapter):
             if isinstance(record, dict):
                 etag = record.get("_etag")
                 return Current(record, etag if isinstance(etag, str) else None)
-            return Failed("Findable answered a read without an assignment", 200)
+            return self.not_the_answer(response, "the assignment")
         return self.classify(response, self.error_message(response))
 
     def holder(self, record: Any) -> dict[str, Any] | None:

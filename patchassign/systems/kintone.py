@@ -167,7 +167,7 @@ class KintoneAdapter(BaseAdapter):
             if isinstance(record, dict):
                 revision = record.get("$revision", {}).get("value")
                 return Current(record, str(revision) if revision is not None else None)
-            return Failed("kintone answered a read without a record", 200)
+            return self.not_the_answer(response, '{"record": ...}')
         outcome = self._error(response)
         return (
             outcome if not isinstance(outcome, Conflict) else Failed(outcome.reason, outcome.status)

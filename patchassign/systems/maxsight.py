@@ -88,7 +88,7 @@ class MaxsightAdapter(BaseAdapter):
             task = response.json()
             if isinstance(task, dict) and isinstance(task.get("updated_at"), str):
                 return Current(task, task["updated_at"])
-            return Failed("Maxsight answered a read without updated_at", 200)
+            return self.not_the_answer(response, "the task (with updated_at)")
         return self._error(response)
 
     def holder(self, record: Any) -> dict[str, Any] | None:

@@ -157,7 +157,7 @@ class PerscomAdapter(BaseAdapter):
             data = body.get("data") if isinstance(body, dict) else None
             if isinstance(data, dict):
                 return Current(data, data.get("updated_at"))
-            return Failed("PERSCOM answered a read without a data object", 200)
+            return self.not_the_answer(response, 'the record ({"data": {...}})')
         return self.classify(response, self.error_message(response))
 
     def holder(self, record: Any) -> dict[str, Any] | None:

@@ -160,7 +160,7 @@ class SuperOfficeAdapter(BaseAdapter):
             if isinstance(record, dict):
                 updated = record.get("Updated")
                 return Current(record, updated if isinstance(updated, str) else None)
-            return Failed("SuperOffice answered a read without a record", 200)
+            return self.not_the_answer(response, "the ProjectMember")
         return self.classify(response, self.error_message(response))
 
     def _target(self, change: Change, record: dict[str, Any]) -> Any:

@@ -254,3 +254,16 @@ async def test_a_server_echoing_credentials_leaks_them_nowhere() -> None:
     assert "request credential" in text  # the servers did say it
     for token in tokens.values():
         assert token not in text
+
+
+async def test_a_proxy_page_answering_a_read_is_retried_not_a_failure() -> None:
+    """A 200 page from a proxy in front is not the record: on a read it is retried (it
+    was reported failed, "answered a read without a record")."""
+    n = 100
+    async with Sandbox(demo=n, faults={"gateway": 0.2, "seed": 5}) as sb:
+        async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS) as d:
+            results = [r async for r in d.run(demo_plan(n))]
+        assert Counter(r.status for r in results) == {"applied": 5 * n}
+        assert demo_mismatches(sb, n) == []
+        for s in sb:
+            assert max(s.stats.writes.values()) == 1
