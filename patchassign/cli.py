@@ -754,6 +754,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.func(args)
         return status
+    except BrokenPipeError:
+        # The reader went away (`patchassign leftovers J | head`): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except (UsageError, ConfigError, PlanError) as e:
         print(f"patchassign {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
