@@ -719,7 +719,7 @@ class Dispatcher:
     def states(self) -> dict[str, str]:
         """Each system's state now, for a progress display: ``stopped`` (fail-fast),
         ``paused`` (unreachable, or waiting out a server's Retry-After), ``throttled``
-        (slowed down after many 429s, or below its full window), or ``running``."""
+        (slowed down after many 429s), or ``running``."""
         now = asyncio.get_running_loop().time() if _loop_running() else 0.0
         out = {}
         for name, lane in self._lanes.items():

@@ -208,6 +208,19 @@ async def test_refused_credentials_stop_the_system_after_three_records() -> None
     assert "maxsight (maxsight.example:443)" in stopped[0].error
     assert "401" in stopped[0].error
     assert "not sent" in stopped[0].error
+    assert d.states() == {"maxsight": "stopped", "perscom": "running"}
+
+
+async def test_states_show_a_throttled_system_while_it_runs() -> None:
+    throttled = HttpResponse.from_json(429, {"message": "slow down"}, {"Retry-After": "1"})
+    maxsight = FakeMaxsight(fault=lambda r: throttled)
+    route = Route(maxsight=maxsight, perscom=FakePerscom())
+    seen: set[str] = set()
+    async with dispatcher(route, retry=RetryPolicy(deadline=3.0, base=0.01, cap=0.05)) as d:
+        async for r in d.run(interleave(to_maxsight(20), to_perscom(5))):
+            seen.add(d.states()["maxsight"])
+            assert r.system == "maxsight" or r.status == "applied"
+    assert seen & {"throttled", "paused"}, seen
 
 
 async def test_an_unreachable_system_stops_after_the_outage_budget() -> None:
