@@ -48,7 +48,6 @@ from .errors import (
     ConnectError,
     InvalidChange,
     PatchError,
-    ResponseTimeout,
     SetupError,
 )
 from .systems import (
@@ -109,11 +108,12 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         auth_stop: Records in a row whose requests were refused for their credentials
             or permissions (401, 403, the systems' own codes) after which the system is
             stopped: its other changes end ``failed`` without being sent.
-        settle: Seconds a write to a system without a version token (PERSCOM) may still
-            take effect after it timed out (the server, or a proxy's backend, still
-            holding it): the record is read back only after this, and the next change to
-            the same record waits as long. ``None``: the request ``timeout``. A system
-            with a version token needs no wait: a late write fails its version check.
+        settle: Seconds a write to a system without a version token (PERSCOM, Findable)
+            may still take effect after an ambiguous failure (a timeout, a dropped
+            connection, a 5xx that may have applied: the server, or a proxy's backend,
+            may still hold it): the record is read back only after this, and the next
+            change to the same record waits as long. ``None``: the request ``timeout``.
+            A system with a version token needs no wait: a late write fails its check.
     """
 
     attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 6
@@ -378,7 +378,7 @@ class Flow:
                 return self._typed(e, now)
         if self.writing:
             self.maybe_applied = True
-            if isinstance(error, ResponseTimeout) and not self.adapter.versioned:
+            if not self.adapter.versioned:
                 self.settling = True
         self.must_read = True
         return self._retry(None, reason, now)
@@ -513,8 +513,7 @@ class Flow:
             if outcome.ambiguous:
                 self.maybe_applied = True
                 self.must_read = True
-                # A gateway timeout: the backend may still be working on it.
-                if outcome.status == 504 and not adapter.versioned:
+                if not adapter.versioned:
                     self.settling = True
             return self._retry_outcome(outcome, now)
         if isinstance(outcome, Conflict):

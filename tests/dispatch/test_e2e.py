@@ -29,7 +29,8 @@ FAULTS = Faults(
     editor=0.1,  # a concurrent editor changes the record after a read
     seed=11,
 )
-POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=10.0, attempts=8)
+# The sandbox holds no write (unless its `late` fault is on): a short settle time.
+POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=10.0, attempts=8, settle=0.5)
 LIMITS = {"perscom": Limits(concurrency=16)}  # the sandbox has no per-minute limit
 
 

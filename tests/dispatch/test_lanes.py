@@ -124,7 +124,12 @@ async def test_a_source_per_system_never_waits_for_another_systems_backlog() -> 
     for sources in ("one", "per system"):
         gate.clear()
         async with Dispatcher(
-            adapters, transport=MockTransport(handler), buffer=20, retry=FAST, seed=1
+            adapters,
+            transport=MockTransport(handler),
+            buffer=20,
+            retry=FAST,
+            seed=1,
+            limits={"perscom": Limits(concurrency=32)},  # no per-minute rate here
         ) as d:
             if sources == "one":
                 run = d.run([*plan_perscom, *plan_maxsight])
