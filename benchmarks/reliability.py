@@ -171,9 +171,6 @@ async def kills(records: int, count: int) -> None:
         d = Path(folder)
         async with Sandbox(demo=records, faults=faults) as sb:
             env = _demo_config(sb, d / "systems.toml")
-            config = d / "systems.toml"
-            # a held write must have landed before a resume reads its record
-            config.write_text(config.read_text().replace("settle = 1.0", "settle = 3.0"))
             plan = d / "plan.jsonl"
             with open(plan, "wb") as f:
                 for change in demo_plan(records):

@@ -407,8 +407,9 @@ async def _settle(journal: Journal, cfg: Config, err: TextIO) -> None:
     if not systems or last is None:
         return
     # The stopped run may have sent a write up to one journal interval after it last
-    # wrote to the journal.
-    wait = last + journal.interval + cfg.retry.settle_time - time.time()
+    # wrote to the journal; it may land until its timeout and the settle time are over.
+    retry = cfg.retry
+    wait = last + journal.interval + retry.timeout + retry.settle_time - time.time()
     if wait <= 0:
         return
     err.write(

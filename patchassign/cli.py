@@ -739,8 +739,11 @@ def _demo_config(sb: Any, path: Path) -> dict[str, str]:
         lines.append("")
     lines += [
         "[retry]",
-        "# The sandbox applies a write at once unless its `late` fault is on: a short settle",
-        "# time (real systems without a version token: leave it at the request timeout).",
+        "# The sandbox answers on 127.0.0.1 and applies a write at once unless its `late`",
+        "# fault is on: a short timeout and settle time (after an unconfirmed write to a",
+        "# system without a version token, its record is read back timeout + settle after",
+        "# the write was sent). Real systems: leave both at their defaults.",
+        "timeout = 5.0",
         "settle = 1.0",
         "",
     ]

@@ -883,10 +883,10 @@ class Dispatcher:
         except _Stop:
             return flow.cancelled(loop.time()).result
         finally:
-            if flow.maybe_applied and not lane.adapter.versioned:
+            if flow.maybe_applied and not lane.adapter.versioned and flow.settled_at > loop.time():
                 # A write of this change may still land (no version token to stop it):
                 # the next change to the record waits until it would have.
-                loop.call_later(self.retry.settle_time, busy.release, key)
+                loop.call_at(flow.settled_at, busy.release, key)
             else:
                 busy.release(key)
 

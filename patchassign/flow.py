@@ -273,6 +273,7 @@ class Flow:
         "policy",
         "rng",
         "seen",
+        "settled_at",
         "settling",
         "signal",
         "started",
@@ -319,8 +320,10 @@ class Flow:
         self.last = "no answer yet"
         #: The record as last read (for before / after / current).
         self.seen: Current | None = None
-        #: A write timed out on a system without a version token: it may still land.
+        #: A write failed ambiguously on a system without a version token: it may land.
         self.settling = False
+        #: When every write sent so far has surely landed or died (the clock of ``now``).
+        self.settled_at = 0.0
         self.wrote_from: Current | None = None
         #: What the last event showed about the system (``None``: nothing new).
         self.signal: Signal | None = None
@@ -484,7 +487,13 @@ class Flow:
             return self._expired(now)
         self.writing = write
         timeout = self.policy.timeout
-        return Send(request, write, timeout if timeout <= left else left)
+        if timeout > left:
+            timeout = left
+        if write:
+            # Until then the server may apply this write, even if the request fails early
+            # (a proxy dropping the connection while the backend goes on).
+            self.settled_at = max(self.settled_at, now + timeout + self.policy.settle_time)
+        return Send(request, write, timeout)
 
     def _answered(self, now: float, response: HttpResponse) -> Step:
         adapter, change = self.adapter, self.change
@@ -566,12 +575,12 @@ class Flow:
         delay = backoff_delay(self.failures + self.throttles, after, policy, self.rng)
         if self.settling:
             # Read back only once a late write would have landed (no version token to
-            # catch it afterwards).
+            # catch it afterwards): ``settle`` past the write's own timeout.
             self.settling = False
-            settle = policy.settle_time
+            settle = self.settled_at - now
             if settle > delay:
                 delay = settle
-                reason = f"{reason}; letting a late write settle for {settle:g}s before reading"
+                reason = f"{reason}; letting a late write settle for {settle:.3g}s before reading"
         if delay > left:
             return self._expired(now)
         return Wait(delay, reason, after)

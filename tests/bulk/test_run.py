@@ -566,7 +566,8 @@ async def test_a_resume_lets_late_writes_settle_before_reading(tmp_path: Path) -
     async with Sandbox(demo=n, faults=faults, systems=["perscom"]) as sb:
         config = tmp_path / "systems.toml"
         env = _demo_config(sb, config)
-        config.write_text(config.read_text().replace("settle = 1.0", "timeout = 1.0\nsettle = 2.5"))
+        text = config.read_text().replace("timeout = 5.0", "timeout = 1.0")
+        config.write_text(text.replace("settle = 1.0", "settle = 1.5"))
         plan = tmp_path / "plan.jsonl"
         write_plan(plan, n)
         lines = [ln for ln in plan.read_text().splitlines() if '"perscom"' in ln]

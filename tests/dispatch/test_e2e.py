@@ -30,7 +30,7 @@ FAULTS = Faults(
     seed=11,
 )
 # The sandbox holds no write (unless its `late` fault is on): a short settle time.
-POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=10.0, attempts=8, settle=0.5)
+POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=3.0, attempts=8, settle=0.5)
 LIMITS = {"perscom": Limits(concurrency=16)}  # the sandbox has no per-minute limit
 
 
