@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
+
 from patchassign import (
     ConnectError,
     ConnectionLost,
@@ -246,3 +248,28 @@ def test_throttled_answers_spend_no_attempt_but_grow_the_backoff() -> None:
     step = f.on_response(task("ada"), now)
     assert isinstance(step, Send)
     assert step.write
+
+
+def test_a_write_without_a_version_token_settles_past_its_timeout_before_a_read() -> None:
+    """PERSCOM has no version token: after a dropped connection (however early), the
+    record is read back only once the write's timeout and the settle time are over."""
+    from patchassign.systems import PerscomAdapter
+
+    adapter = PerscomAdapter("https://p.example", "t")
+    change = Assign(system="perscom", record=1, to="7")
+    policy = RetryPolicy(base=0.1, cap=0.2, timeout=1.0, settle=2.0, deadline=60.0)
+    f = Flow(adapter, change, policy=policy, rng=random.Random(1), now=0.0)
+    step = f.start(0.0)
+    assert isinstance(step, Send)
+    assert step.write  # no read needed: a blind write
+    wait = f.on_error(ConnectionLost("dropped"), 0.1)
+    assert isinstance(wait, Wait)
+    assert wait.seconds == pytest.approx(2.9)  # sent at 0, timeout 1, settle 2
+    assert "settle" in wait.reason
+    # a system with a version token reads back at once (a late write fails its check)
+    m = flow()
+    m.start(0.0)
+    m.on_response(task("ada"), 0.1)
+    wait = m.on_error(ConnectionLost("dropped"), 0.2)
+    assert isinstance(wait, Wait)
+    assert wait.seconds < 0.2
