@@ -171,6 +171,13 @@ async def kills(records: int, count: int) -> None:
         d = Path(folder)
         async with Sandbox(demo=records, faults=faults) as sb:
             env = _demo_config(sb, d / "systems.toml")
+            config = d / "systems.toml"
+            # Held writes (2 s) land within timeout + settle (3 s) of being sent; a resume
+            # waits that long (plus a journal interval) before reading what a killed run
+            # had in flight to PERSCOM and Findable.
+            text = config.read_text().replace("timeout = 5.0", "timeout = 2.5")
+            config.write_text(text.replace("settle = 1.0", "settle = 0.5"))
+            settle_wait = 1.0 + 2.5 + 0.5
             plan = d / "plan.jsonl"
             with open(plan, "wb") as f:
                 for change in demo_plan(records):
@@ -180,7 +187,9 @@ async def kills(records: int, count: int) -> None:
             t = time.perf_counter()
             runs = 0
             while len(killed_at) < count:
-                delay = rng.uniform(0.6, 2.0)  # start-up and validation take about 0.5 s
+                # start-up and loading take about 0.5 s; a resume first waits out the
+                # settle time of the writes the killed run had in flight
+                delay = rng.uniform(0.6, 2.0) + (settle_wait if runs else 0.0)
                 code, seen = await _run_and_kill(plan, d, env, delay, resume=runs > 0)
                 runs += 1
                 if code != -signal.SIGKILL:
