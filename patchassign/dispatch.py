@@ -1366,6 +1366,8 @@ async def _results(
         items = buffer.items
         lane = buffer.lane
         on_result = d._on_result
+        ask = None if isinstance(read_first, bool) else read_first
+        every = read_first if isinstance(read_first, bool) else False
         try:
             while not stop.is_set():
                 if items:
@@ -1377,9 +1379,7 @@ async def _results(
                 else:
                     await buffer.idle()
                     continue
-                first = (
-                    read_first if isinstance(read_first, bool) else read_first(lane.system, index)
-                )
+                first = every if ask is None else ask(lane.system, index)
                 res = await d._process(lane, track, index, change, stop, first, checked)
                 track.flow = None
                 if stop.is_set():

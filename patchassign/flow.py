@@ -279,6 +279,7 @@ class Flow:
         "started",
         "t0",
         "throttles",
+        "versioned",
         "writes",
         "writing",
         "wrote_from",
@@ -309,6 +310,7 @@ class Flow:
         self.deadline = now + policy.deadline
         self.must_read = read_first
         self.checked = checked
+        self.versioned = adapter.versioned
         self.attempts = 0
         self.writes = 0
         self.failures = 0
@@ -381,7 +383,7 @@ class Flow:
                 return self._typed(e, now)
         if self.writing:
             self.maybe_applied = True
-            if not self.adapter.versioned:
+            if not self.versioned:
                 self.settling = True
         self.must_read = True
         return self._retry(None, reason, now)
@@ -489,10 +491,12 @@ class Flow:
         timeout = self.policy.timeout
         if timeout > left:
             timeout = left
-        if write:
+        if write and not self.versioned:
             # Until then the server may apply this write, even if the request fails early
             # (a proxy dropping the connection while the backend goes on).
-            self.settled_at = max(self.settled_at, now + timeout + self.policy.settle_time)
+            settled = now + timeout + self.policy.settle_time
+            if settled > self.settled_at:
+                self.settled_at = settled
         return Send(request, write, timeout)
 
     def _answered(self, now: float, response: HttpResponse) -> Step:
@@ -510,6 +514,10 @@ class Flow:
         outcome = adapter.outcome(change, response)
         if isinstance(outcome, Applied):
             self.maybe_applied = False
+            if self.seen is None:  # a blind write (the common fast path): nothing read
+                return self.finish(
+                    "applied", None, now, version=outcome.version, record_after=outcome.record
+                )
             return self.finish(
                 "applied",
                 None,
@@ -522,7 +530,7 @@ class Flow:
             if outcome.ambiguous:
                 self.maybe_applied = True
                 self.must_read = True
-                if not adapter.versioned:
+                if not self.versioned:
                     self.settling = True
             return self._retry_outcome(outcome, now)
         if isinstance(outcome, Conflict):
