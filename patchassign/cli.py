@@ -326,9 +326,15 @@ async def _execute(opts: Options) -> int:
     try:
         report = await run_plan(opts)
     except InvalidPlan as e:
-        _print_invalid(e.validation)
+        v = e.validation
+        _print_invalid(v)
+        if not v.valid:  # skipping would leave nothing: the file is not a plan as read
+            raise UsageError(
+                f"none of the {v.invalid:,} {v.unit}(s) of {opts.plan} is a valid change; "
+                "nothing was sent (is it a plan? see docs/plan-format.md)"
+            ) from None
         raise UsageError(
-            f"{e.validation.invalid:,} invalid line(s) in {opts.plan}; nothing was sent "
+            f"{v.invalid:,} invalid {v.unit}(s) in {opts.plan}; nothing was sent "
             "(fix them, or pass --skip-invalid)"
         ) from None
     except PreflightFailed as e:

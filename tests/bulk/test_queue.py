@@ -208,3 +208,15 @@ async def test_only_the_plans_systems_need_credentials(small: Setup) -> None:
     assert writes(small.sb) == before
     with sqlite3.connect(small.journal) as db:  # nothing kept: fixing the env just works
         assert db.execute("SELECT count(*) FROM items").fetchone()[0] == 0
+
+
+async def test_a_file_where_no_line_is_a_change_says_so_once(small: Setup) -> None:
+    """Every line bad: no advice to skip the invalid ones (that would leave nothing)."""
+    bad = small.dir / "notes.jsonl"
+    bad.write_text("".join(f'{{"note": {i}}}\n' for i in range(80)))
+    code, _, err = await patchassign(small, "run", bad, "-c", small.config)
+    assert code == 2
+    assert "none of the 80 line(s)" in err
+    assert "--skip-invalid" not in err
+    assert "... and 30 more" in err  # the first 50 are listed
+    assert writes(small.sb) == 0
