@@ -582,7 +582,7 @@ def _apply(args: argparse.Namespace) -> int:
 def _core_parsers(sub: Any) -> None:
     v = sub.add_parser(
         "validate",
-        help="check a plan (JSON Lines) or a JSON Patch document without sending anything",
+        help="check a plan (JSON Lines or CSV) or a JSON Patch document without sending anything",
     )
     v.add_argument("file", type=Path)
     v.add_argument("--config", "-c", type=Path, help="also check values against each system")
