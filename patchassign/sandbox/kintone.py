@@ -9,8 +9,8 @@ match) or ``X-Cybozu-Authorization: base64(login:password)``.
 
 More than 100 requests in progress at once get 429 (the real domain is then blocked until
 concurrency drops); every answer carries ``X-ConcurrencyLimit-Limit`` and
-``X-ConcurrencyLimit-Running``. The 429 code ``CB_CONCURRENCY`` is ours: Kintone's is
-not documented. Seed records: ``{"app", "id", "assignees": [codes], "status"?,
+``X-ConcurrencyLimit-Running``. The 429 carries Kintone's code for it, ``GAIA_TO04``,
+and no Retry-After. Seed records: ``{"app", "id", "assignees": [codes], "status"?,
 "revision"?, "fields"?: {code: {"type", "value"}}, "space"?, "single_assignee"?}``.
 """
 
@@ -89,7 +89,7 @@ class KintoneServer(FakeServer):
             404: "GAIA_RE01",
             405: "CB_NO01",
             409: "GAIA_CO02",
-            429: "CB_CONCURRENCY",
+            429: "GAIA_TO04",  # too many concurrent requests to the domain
             503: "CB_UN01",
         }.get(status, "CB_UN01")
         return self.json(

@@ -175,4 +175,5 @@ async def test_more_than_100_concurrent_requests_get_429(session: aiohttp.Client
         )
         busy = next(a for a in answers if a.status == 429)
         assert "Retry-After" not in busy.headers
+        assert busy.body["code"] == "GAIA_TO04"  # Kintone's own code for it
         assert int(busy.headers["X-ConcurrencyLimit-Running"]) > 100

@@ -141,7 +141,7 @@ def test_refused_before_sending(change: Any, field: str) -> None:
         (401, {"id": "x", "code": "CB_WA01", "message": "pw"}, Failed, None),
         (403, {"id": "x", "code": "GAIA_NO01", "message": "perm"}, Failed, None),
         (404, {"id": "x", "code": "GAIA_RE01", "message": "nf"}, Failed, None),
-        (429, {"id": "x", "code": "CB_CONCURRENCY", "message": "busy"}, Retry, None),
+        (429, {"id": "x", "code": "GAIA_TO04", "message": "busy"}, Retry, None),
         (503, {}, Retry, None),
     ],
 )
