@@ -100,10 +100,14 @@ def _refuse_csv(path: str | Path, first: bytes) -> None:
         return
     names = {c.strip().strip('"').lower() for c in text.decode("utf-8", "replace").split(",")}
     if {"system", "record"} <= names or len(names & set(_MEMBERS)) >= 2:
+        fix = (
+            "leave out --format jsonl (a .csv file is read as CSV)"
+            if str(path).lower().endswith(".csv")
+            else "name it .csv or pass --format csv"
+        )
         raise PlanError(
             f"{path} looks like CSV (its first line is a header: "
-            f"{text[:80].decode('utf-8', 'replace')}), not JSON Lines: name it .csv or pass "
-            "--format csv"
+            f"{text[:80].decode('utf-8', 'replace')}), not JSON Lines: {fix}"
         )
 
 

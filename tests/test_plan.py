@@ -250,8 +250,11 @@ def test_a_bad_csv_header_is_one_plan_error(tmp_path: Path, header: str, words: 
 
 
 def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) -> None:
-    with pytest.raises(PlanError, match="looks like CSV"):
+    with pytest.raises(PlanError, match=r"looks like CSV.*name it \.csv or pass --format csv"):
         csv_plan(tmp_path, "system,record,action,to\nkintone,1:1,assign,eve\n", "plan.jsonl")
+    (tmp_path / "plan.csv").write_text("system,record,action,to\nkintone,1:1,assign,eve\n")
+    with pytest.raises(PlanError, match="leave out --format jsonl"):
+        list(read_plan(tmp_path / "plan.csv", format="jsonl"))
     got = csv_plan(
         tmp_path,
         '\ufeff{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n',
