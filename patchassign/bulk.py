@@ -159,21 +159,22 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load(journal: Journal, opts: Options, err: TextIO) -> tuple[Validation, float | None]:
+def _load(journal: Journal, opts: Options) -> tuple[Validation, float | None]:
     """Load the plan into the journal, or check that the journal holds this plan."""
     cfg = opts.config
     v = Validation()
-    if journal.loaded and journal.runs() == 0 and journal.meta("plan_sha256") != _digest(opts.plan):
-        # Loaded by a run that never started (its preflight failed...), and the plan was
-        # edited since: nothing was sent from it, so load the plan as it is now.
-        journal.clear()
+    if journal.loaded:
+        v.digest = _digest(opts.plan)
+        if journal.runs() == 0 and journal.meta("plan_sha256") != v.digest:
+            # Loaded by a run that never started (its preflight failed...), and the plan
+            # was edited since: nothing was sent from it, so load it as it is now.
+            journal.clear()
     if journal.loaded:
         if not opts.resume and journal.runs() > 0:
             raise JournalError(
                 f"{journal.path} already holds this plan's items: add --resume to continue "
                 "it, or use a new --journal"
             )
-        v.digest = _digest(opts.plan)
         if journal.meta("plan_sha256") != v.digest:
             raise JournalError(
                 f"{journal.path} belongs to another plan ({journal.meta('plan')}, changed since "
@@ -252,7 +253,7 @@ async def run_plan(
 
 async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Report:
     cfg = opts.config
-    v, load_time = _load(journal, opts, err)
+    v, load_time = _load(journal, opts)
     # Loading holds the event loop; a SIGTERM or Ctrl-C that came meanwhile waits in the
     # loop's signal pipe. A (short) timer makes the loop poll it before this task resumes,
     # so the cancellation lands here, before anything is sent.

@@ -1331,14 +1331,7 @@ async def _results(
             if change.system != system:
                 await done.put(_misrouted(index, change, system))
                 continue
-            while len(buffer.items) >= buffer.cap:
-                fut = asyncio.get_running_loop().create_future()
-                blocked.append((buffer, fut))
-                try:
-                    await fut
-                finally:
-                    with contextlib.suppress(ValueError):
-                        blocked.remove((buffer, fut))
+            await room_in(buffer)
             buffer.put((index, change))
             n += 1
             if n & 255 == 0:
@@ -1351,6 +1344,11 @@ async def _results(
         if buffer is None:
             await done.put(d._no_adapter(index, change))
             return
+        await room_in(buffer)
+        buffer.put((index, change))
+
+    async def room_in(buffer: _Buffer) -> None:
+        """Wait while ``buffer`` is full (its workers' pops wake the reader)."""
         while len(buffer.items) >= buffer.cap:
             fut = asyncio.get_running_loop().create_future()
             blocked.append((buffer, fut))
@@ -1359,7 +1357,6 @@ async def _results(
             finally:
                 with contextlib.suppress(ValueError):
                     blocked.remove((buffer, fut))
-        buffer.put((index, change))
 
     async def work(buffer: _Buffer, track: _Track, pool: _Pool) -> None:
         res: Result | None = None

@@ -56,7 +56,6 @@ _STATUSES = (
     "planned",
 )
 _encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.decode
 
 
 @dataclass

@@ -125,7 +125,7 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
 _decode = msgspec.json.Decoder().decode
 
 
-def _raw(value: bytes | None) -> Any:
+def _value(value: bytes | None) -> Any:
     return None if value is None else _decode(value)
 
 
@@ -358,10 +358,9 @@ class Journal:
             self._db.execute(
                 "UPDATE items SET status = 'pending', doubt = 1 WHERE status = 'taken'"
             )
-            again = "'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
             self._db.execute(
                 "UPDATE items SET status = 'pending', doubt = max(doubt, unconfirmed) "  # noqa: S608 - constants
-                f"WHERE status IN ({again})"
+                f"WHERE status IN ({_again(retry_failed)})"
             )
             cur = self._db.execute("INSERT INTO runs (started) VALUES (?)", (time.time(),))
             self.run_id = int(cur.lastrowid or 0)
@@ -397,9 +396,9 @@ class Journal:
 
     def todo(self, *, retry_failed: bool = False) -> int:
         """Items a run would do now (see :meth:`start`)."""
-        again = "'pending', 'taken', 'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
         row = self._db.execute(
-            f"SELECT count(*) FROM items WHERE status IN ({again})"  # noqa: S608 - constants
+            "SELECT count(*) FROM items "  # noqa: S608 - constants
+            f"WHERE status IN ('pending', 'taken', {_again(retry_failed)})"
         ).fetchone()
         return int(row[0])
 
@@ -517,7 +516,7 @@ class Journal:
                 system=system,
                 record=record,
                 status=status,
-                change=_raw(change),
+                change=_value(change),
                 http_status=http_status,
                 version=version,
                 error=error,
@@ -526,10 +525,10 @@ class Journal:
                 unconfirmed=bool(unconfirmed),
                 started=started,
                 elapsed=None if elapsed is None else round(elapsed, 6),
-                before=_raw(before),
-                after=_raw(after),
-                current=_raw(current),
-                planned=_raw(planned),
+                before=_value(before),
+                after=_value(after),
+                current=_value(current),
+                planned=_value(planned),
                 run=run_,
             )
 
@@ -597,6 +596,11 @@ def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[
         parts.append("run = ?")
         args.append(run)
     return ("WHERE " + " AND ".join(parts) if parts else "WHERE 1"), tuple(args)
+
+
+def _again(retry_failed: bool) -> str:
+    """The finished statuses a new run does again (SQL list)."""
+    return "'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
 
 
 def _peek_version(conn: sqlite3.Connection) -> str | None:
