@@ -1331,7 +1331,8 @@ async def _results(
             if change.system != system:
                 await done.put(_misrouted(index, change, system))
                 continue
-            await room_in(buffer)
+            if len(buffer.items) >= buffer.cap:
+                await room_in(buffer)
             buffer.put((index, change))
             n += 1
             if n & 255 == 0:
