@@ -751,6 +751,8 @@ def _demo_config(sb: Any, path: Path) -> dict[str, str]:
         "# the write was sent). Real systems: leave both at their defaults.",
         "timeout = 5.0",
         "settle = 1.0",
+        "# The demo's faults hit one request in eight or so: room for a few more tries.",
+        "attempts = 10",
         "",
     ]
     path.write_text("\n".join(lines), encoding="utf-8")

@@ -252,8 +252,8 @@ async def test_configuration_errors_are_one_line(small: Setup) -> None:
 async def test_a_run_with_faults_applies_everything_once(tmp_path: Path) -> None:
     faults = Faults(throttle=0.05, retry_after=1, unavailable=0.05, drop=0.03, editor=0.1, seed=9)
     async for s in make(tmp_path, 200, faults):
-        code, _, err = await patchassign(s, "run", s.plan, "-c", s.config, "--progress", "log")
-        assert code == 0, err
+        code, out, err = await patchassign(s, "run", s.plan, "-c", s.config, "--progress", "log")
+        assert code == 0, out + err
         assert "progress:" in err
         stamp = next(line for line in err.splitlines() if "progress:" in line).split()[0]
         assert stamp[:2] == "20"
