@@ -11,22 +11,23 @@ back into its item's row (with the touched fields before and after); the report,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
 from .dispatch import Check, Dispatcher, Limits, Result
 from .errors import ConfigError, InvalidChange, PatchassignError
 from .hooks import LoggingHooks, RetryEvent
-from .journal import Item, Journal, JournalError
+from .journal import Item, JournalError, JournalLike, PgJournal, SharedLimits, open_journal
 from .plan import plan_format, read_plan
 from .report import Progress, Report
 
@@ -47,6 +48,12 @@ __all__ = [
 _encode = msgspec.json.Encoder().encode
 #: Items a lane takes from the journal at a time.
 TAKE = 128
+#: With a shared journal: less taken and held per worker, so that the work spreads over
+#: the workers and a lost worker's items (back only when its lease ends) are few.
+SHARED_TAKE = 32
+SHARED_AHEAD = 64
+#: Seconds between looks for items that may come back (a shared journal's lost workers).
+POLL = 0.5
 #: Changes a lane holds ahead of its workers (the dispatcher's buffer): small, because the
 #: journal is the queue; a killed run leaves at most this many (plus a batch) per system
 #: ``taken``, which the next run reads before writing.
@@ -57,10 +64,12 @@ AHEAD = 256
 class Options:
     """What ``patchassign run`` was asked to do."""
 
-    plan: Path
+    plan: Path | None
     config: Config
-    journal: Path | None = None
+    journal: Path | str | None = None  # a file, or a postgresql:// URL
     resume: bool = False
+    join: bool = False  # work on a plan a PostgreSQL journal holds already
+    lease: float = 15.0  # PostgreSQL: seconds a worker's items stay its own unrenewed
     dry_run: bool = False
     skip_invalid: bool = False
     retry_failed: bool = False
@@ -73,8 +82,12 @@ class Options:
     preflight: bool = True
     format: str | None = None  # jsonl | csv; default: from the file
 
-    def journal_path(self) -> Path:
-        return self.journal or self.plan.with_name(self.plan.name + ".journal")
+    def journal_path(self) -> Path | str:
+        if self.journal is not None:
+            return self.journal
+        if self.plan is None:
+            raise ConfigError("--join needs --journal (the shared journal to work on)")
+        return self.plan.with_name(self.plan.name + ".journal")
 
 
 @dataclass
@@ -94,8 +107,9 @@ class Validation:
 
 def _items(
     path: Path, config: Config | None, fmt: str | None, v: Validation, digest: object
-) -> Iterator[tuple[int, Change | None, str | None, str | None]]:
-    """Each plan line decoded and checked once: ``(line, change, error, system)``."""
+) -> Iterator[tuple[int, Change | None, str | None, str | None, str | None]]:
+    """Each plan line decoded and checked once: ``(line, change, error, system, key)``
+    (the record's canonical key, by its adapter)."""
     fmt = plan_format(path, fmt)
     v.unit = "row" if fmt == "csv" else "line"
     for line, item in read_plan(path, format=fmt, digest=digest):
@@ -107,12 +121,13 @@ def _items(
             v.by_system[item.system] += 1
             if item.system not in v.samples:
                 v.samples[item.system] = item
-            yield line, item, None, None
+            key = getattr(config.adapters.get(item.system), "key", None) if config else None
+            yield line, item, None, None, None if key is None else key(item)
         else:
             v.invalid += 1
             if len(v.errors) < 1000:
                 v.errors.append((line, error))
-            yield line, None, error, item.system
+            yield line, None, error, item.system, None
 
 
 def validate_plan(path: Path, config: Config | None, *, format: str | None = None) -> Validation:
@@ -159,25 +174,38 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _load(journal: Journal, opts: Options) -> tuple[Validation, float | None]:
+def _load(journal: JournalLike, opts: Options) -> tuple[Validation, float | None]:
     """Load the plan into the journal, or check that the journal holds this plan."""
+    if isinstance(journal, PgJournal):
+        # A second loader of the same plan waits for the first one's load, then joins.
+        with journal.exclusive("load"):
+            return _load_into(journal, opts)
+    return _load_into(journal, opts)
+
+
+def _load_into(journal: JournalLike, opts: Options) -> tuple[Validation, float | None]:
     cfg = opts.config
     v = Validation()
-    if journal.loaded:
+    if opts.plan is None:
+        if not journal.loaded:
+            raise JournalError(f"{journal.where} holds no plan yet: nothing to --join")
+        v.digest = journal.meta("plan_sha256") or ""
+    elif journal.loaded:
         v.digest = _digest(opts.plan)
-        if journal.runs() == 0 and journal.meta("plan_sha256") != v.digest:
+        stale = journal.runs() == 0 and not journal.shared  # workers may be about to join
+        if stale and journal.meta("plan_sha256") != v.digest:
             # Loaded by a run that never started (its preflight failed...), and the plan
             # was edited since: nothing was sent from it, so load it as it is now.
             journal.clear()
     if journal.loaded:
-        if not opts.resume and journal.runs() > 0:
+        if not (opts.resume or journal.shared) and journal.runs() > 0:
             raise JournalError(
-                f"{journal.path} already holds this plan's items: add --resume to continue "
+                f"{journal.where} already holds this plan's items: add --resume to continue "
                 "it, or use a new --journal"
             )
         if journal.meta("plan_sha256") != v.digest:
             raise JournalError(
-                f"{journal.path} belongs to another plan ({journal.meta('plan')}, changed since "
+                f"{journal.where} belongs to another plan ({journal.meta('plan')}, changed since "
                 "or different): use a new --journal (`patchassign leftovers` turns what is "
                 "left in it into a plan)"
             )
@@ -197,9 +225,11 @@ def _load(journal: Journal, opts: Options) -> tuple[Validation, float | None]:
         return v, None
     t0 = time.monotonic()
     digest = hashlib.sha256()
+    plan = opts.plan
+    assert plan is not None
 
-    def checked() -> Iterator[tuple[int, Change | None, str | None, str | None]]:
-        yield from _items(opts.plan, cfg, opts.format, v, digest)
+    def checked() -> Iterator[tuple[int, Change | None, str | None, str | None, str | None]]:
+        yield from _items(plan, cfg, opts.format, v, digest)
         # Past the last line, before the load commits: a plan that must not run is not
         # kept (the load rolls back), so fixing it and running again just works.
         if v.invalid and not opts.skip_invalid:
@@ -241,7 +271,7 @@ async def run_plan(
     scratch = tempfile.TemporaryDirectory(prefix="patchassign-dry-") if opts.dry_run else None
     jpath = Path(scratch.name) / "dry-run.journal" if scratch else opts.journal_path()
     try:
-        journal = Journal(jpath)
+        journal = open_journal(jpath, lease=opts.lease)
         try:
             return await _run(opts, journal, out, err)
         finally:
@@ -251,8 +281,13 @@ async def run_plan(
             scratch.cleanup()
 
 
-async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Report:
+async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) -> Report:
     cfg = opts.config
+    if opts.plan is None and not journal.loaded:
+        err.write(f"waiting for a plan to be loaded into {journal.where} (Ctrl-C to stop)\n")
+        err.flush()
+        while not journal.loaded:
+            await asyncio.sleep(1.0)
     v, load_time = _load(journal, opts)
     # Loading holds the event loop; a SIGTERM or Ctrl-C that came meanwhile waits in the
     # loop's signal pipe. A (short) timer makes the loop poll it before this task resumes,
@@ -283,6 +318,26 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
                 yield item.change
             after = batch[-1].line
 
+    async def shared_source(system: str) -> AsyncIterator[Change]:
+        # Workers share the journal: items come back to the pool when a worker is
+        # lost, so a lane ends only when none of its system's items is left anywhere.
+        assert isinstance(journal, PgJournal)
+        held = inflight[system]
+        index = 0
+        adapter = cfg.adapters[system]
+        while True:
+            batch = journal.take(system, 0, SHARED_TAKE)
+            if not batch:
+                if not journal.unfinished(system):
+                    return
+                await asyncio.sleep(POLL)
+                continue
+            await _hold(batch, adapter.versioned, cfg, system, err)
+            for item in batch:
+                held[index] = item
+                index += 1
+                yield item.change
+
     def read_first(system: str, index: int) -> bool:
         return inflight[system][index].doubt
 
@@ -310,13 +365,17 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
         retry=cfg.retry,
         verify_tls=cfg.verify_tls,
         dry_run=opts.dry_run,
-        buffer=AHEAD,
+        buffer=SHARED_AHEAD if journal.shared else AHEAD,
         hooks=[ScrubbedLog(cfg)] if opts.verbose else [],
     )
     started = False
     skipped = 0
     try:
-        async with dispatcher as d:
+        async with dispatcher as d, contextlib.AsyncExitStack() as stack:
+            if isinstance(journal, PgJournal):
+                # The systems' limits hold for all workers together, the checks included.
+                sharing = SharedLimits(journal.url, d, lease=journal.lease, beat=journal.lease / 5)
+                await stack.enter_async_context(sharing)
             if opts.preflight and journal.todo(retry_failed=opts.retry_failed):
                 samples = [v.samples[s] for s in sorted(v.samples)]
                 checks = await d.check(samples, systems=sorted(adapters))
@@ -328,7 +387,19 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
             journal.start(retry_failed=opts.retry_failed)
             started = True
             await _settle(journal, cfg, err)
+            if isinstance(journal, PgJournal):
+                stack.enter_context(_beating(journal, asyncio.current_task()))
             totals = journal.pending()
+            if isinstance(journal, PgJournal):
+                # Items taken by other workers may come back to the pool (a worker lost):
+                # a lane runs while its system has any left.
+                totals = journal.left()
+                # A worker does the systems it is configured for; others do the rest.
+                for system in sorted(set(totals) - set(adapters)):
+                    err.write(
+                        f"{system}: not in this worker's configuration; its "
+                        f"{totals.pop(system):,} pending item(s) are left to other workers\n"
+                    )
             inflight.update({s: {} for s in totals})
             skipped = v.valid - sum(totals.values()) if opts.resume else 0
             progress = Progress(
@@ -336,13 +407,17 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
             )
             progress.start()
             # Loaded items were checked by their adapters when the plan was loaded.
-            run = d.run({s: source(s) for s in totals}, read_first=read_first, checked=True)
+            make = shared_source if journal.shared else source
+            run = d.run({s: make(s) for s in totals}, read_first=read_first, checked=True)
             try:
                 async with run:
                     async for r in run:
                         record(r)
             except asyncio.CancelledError:
                 interrupted = True
+                lost = getattr(journal, "lost", None)
+                if lost is not None:
+                    raise lost from None
                 raise
             finally:
                 for r in run.stopped:
@@ -362,7 +437,7 @@ async def _run(opts: Options, journal: Journal, out: TextIO, err: TextIO) -> Rep
 def _report(
     opts: Options,
     v: Validation,
-    journal: Journal,
+    journal: JournalLike,
     run_counts: Counter[str],
     t0: float,
     interrupted: bool,
@@ -370,7 +445,7 @@ def _report(
     unconfirmed: int,
 ) -> Report:
     report = Report(
-        plan=str(opts.plan),
+        plan=str(opts.plan or journal.meta("plan")),
         valid=v.valid,
         invalid=v.invalid,
         counts=journal.counts(),
@@ -382,13 +457,13 @@ def _report(
         dry_run=opts.dry_run,
         skipped=max(skipped, 0),
         unconfirmed=unconfirmed,
-        journal=str(opts.journal_path()),
+        journal=str(getattr(journal, "where", opts.journal_path())),
     )
     if opts.results:
         try:
             export_results(journal, opts.results)
         except OSError as e:  # a full disk, a missing folder...
-            where = "" if opts.dry_run else f"; every outcome is in the journal {journal.path}"
+            where = "" if opts.dry_run else f"; every outcome is in the journal {journal.where}"
             report.results_error = (
                 f"the results could not be written to {opts.results} "
                 f"({e.strerror or e}){where}: free space and run again"
@@ -397,7 +472,7 @@ def _report(
     return report
 
 
-async def _settle(journal: Journal, cfg: Config, err: TextIO) -> None:
+async def _settle(journal: JournalLike, cfg: Config, err: TextIO) -> None:
     """Before reading the records a stopped run may have written to a system without a
     version token, give the writes it had in flight time to land (``retry.settle``):
     read too early, a late write would be missed and then overwritten (or done twice)."""
@@ -421,6 +496,49 @@ async def _settle(journal: Journal, cfg: Config, err: TextIO) -> None:
     await asyncio.sleep(wait)
 
 
+async def _hold(batch: list[Item], versioned: bool, cfg: Config, system: str, err: TextIO) -> None:
+    """Items a lost worker had taken, of a system without a version token: a write it
+    had in flight may land until its lease ended plus the request timeout and the
+    settle time; read those records only after that (see :func:`_settle`)."""
+    if versioned:
+        return
+    holds = [i.hold for i in batch if i.doubt and i.hold is not None]
+    if not holds:
+        return
+    wait = max(holds) + cfg.retry.timeout + cfg.retry.settle_time
+    if wait <= 0:
+        return
+    err.write(
+        f"{system}: waiting {wait:,.1f} s for writes a lost worker may have had in flight "
+        "to settle before reading those records\n"
+    )
+    err.flush()
+    await asyncio.sleep(wait)
+
+
+@contextlib.contextmanager
+def _beating(journal: PgJournal, task: asyncio.Task[Any] | None) -> Iterator[None]:
+    """Renew the worker's lease every third of it while the block runs; if the lease was
+    lost (the worker stalled and others took its items), stop the run (``task``)."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(journal.lease / 3)
+            try:
+                journal.beat()
+            except JournalError as e:
+                journal.lost = e
+                if task is not None:
+                    task.cancel()
+                return
+
+    beating = asyncio.create_task(beat(), name="patchassign-lease")
+    try:
+        yield
+    finally:
+        beating.cancel()
+
+
 def _show_planned(out: TextIO, line: int, r: Result) -> None:
     where = f"line {line} {r.system} {r.record}"
     if r.status == "planned" and r.planned is not None:
@@ -431,7 +549,7 @@ def _show_planned(out: TextIO, line: int, r: Result) -> None:
         out.write(f"{where}: {r.status}" + (f" ({r.error})" if r.error else "") + "\n")
 
 
-def export_results(journal: Journal, path: Path) -> int:
+def export_results(journal: JournalLike, path: Path) -> int:
     """Write one JSON line per plan line (the journal's rows), in plan order; returns the
     count."""
     n = 0

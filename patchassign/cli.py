@@ -36,10 +36,10 @@ from .config import Config, load_config
 from .diff import make_patch
 from .dispatch import Dispatcher, Limits
 from .errors import ConfigError, LimitExceeded, PatchError, PlanError
-from .journal import Journal
+from .journal import JournalError, JournalLike, is_url, open_journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
-from .report import LEFTOVER_STATUSES, write_leftovers, write_undo
+from .report import LEFTOVER_STATUSES, render_status, write_leftovers, write_undo
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -156,12 +156,17 @@ def _run_parsers(sub: Any) -> None:
         description="Load the whole plan into the journal (every line checked; nothing is "
         "sent if one is bad), then send its changes, each system at its own pace. Every "
         "outcome goes to the journal (SQLite) so that a run killed at any moment can be "
-        "finished with --resume without applying anything twice. The report goes to "
+        "finished with --resume without applying anything twice. With a PostgreSQL "
+        "journal (--journal postgresql://...), any number of workers share the plan "
+        "(start more with --join) and its systems' limits. The report goes to "
         "stdout; progress and logs to stderr. Exit status: 0 every change applied (or "
         "already in place), 1 not all, 2 bad input, 130 interrupted.",
     )
     run.add_argument(
-        "plan", type=Path, help="the plan: JSON Lines (one change per line) or CSV (a header row)"
+        "plan",
+        type=Path,
+        nargs="?",
+        help="the plan: JSON Lines (one change per line) or CSV (a header row); none with --join",
     )
     run.add_argument("--config", "-c", type=Path, required=True, help="systems TOML file")
     _run_options(run)
@@ -175,7 +180,7 @@ def _run_parsers(sub: Any) -> None:
         "failures, unsent, cancelled and never started. `patchassign run redo.jsonl` does "
         "exactly those.",
     )
-    left.add_argument("journal", type=Path, help="the run's journal")
+    left.add_argument("journal", help="the run's journal (a file or a postgresql:// URL)")
     left.add_argument(
         "--status",
         metavar="LIST",
@@ -193,9 +198,21 @@ def _run_parsers(sub: Any) -> None:
         "what someone changed since (those end as conflicts). Changes that cannot be "
         "undone (delegations; records not read before the write) are counted on stderr.",
     )
-    undo.add_argument("journal", type=Path, help="the run's journal")
+    undo.add_argument("journal", help="the run's journal (a file or a postgresql:// URL)")
     undo.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     undo.set_defaults(func=_undo)
+
+    status = sub.add_parser(
+        "status",
+        help="what a run's journal holds now: per system, pending, taken, done, workers, rate",
+        description="Show, per system, the items pending, taken (in progress), and done by "
+        "status, the live workers holding its items and the outcomes per second over the "
+        "last minute; then the runs or workers that worked on the plan. Works while a run "
+        "is going on (SQLite: read only; PostgreSQL: any worker's journal).",
+    )
+    status.add_argument("journal", help="the journal (a file or a postgresql:// URL)")
+    status.add_argument("--json", action="store_true", help="print it as JSON")
+    status.set_defaults(func=_status)
 
     check = sub.add_parser(
         "check",
@@ -211,7 +228,27 @@ def _run_parsers(sub: Any) -> None:
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--journal", type=Path, help="journal file (default: PLAN.journal)")
+    p.add_argument(
+        "--journal",
+        metavar="FILE|URL",
+        help="journal file (default: PLAN.journal), or a PostgreSQL database "
+        "(postgresql://user@host/db[?schema=NAME]) shared by workers",
+    )
+    p.add_argument(
+        "--join",
+        action="store_true",
+        help="work on the plan a PostgreSQL --journal holds (loaded by another worker; "
+        "waits for it to be loaded)",
+    )
+    p.add_argument(
+        "--lease",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="PostgreSQL journal: seconds a worker's items and limit shares stay its own "
+        "without a heartbeat; a lost worker's items go back to the others after this "
+        "(default 15)",
+    )
     p.add_argument(
         "--format",
         choices=["jsonl", "csv"],
@@ -283,18 +320,34 @@ def _limits(specs: list[str]) -> dict[str, Limits]:
     return out
 
 
-def _options(args: argparse.Namespace, config: Config, plan: Path) -> Options:
+def _options(args: argparse.Namespace, config: Config, plan: Path | None) -> Options:
     if args.concurrency is not None and not 1 <= args.concurrency <= 10_000:
         raise UsageError("--concurrency must be between 1 and 10000")
     if args.retry_failed and not args.resume:
         raise UsageError("--retry-failed goes with --resume")
     if args.progress_interval <= 0:
         raise UsageError("--progress-interval must be positive")
+    if not 0.5 <= args.lease <= 3600:
+        raise UsageError("--lease must be between 0.5 and 3600 seconds")
+    journal: Path | str | None = args.journal
+    if args.join:
+        if not is_url(args.journal):
+            raise UsageError("--join needs --journal postgresql://... (a journal workers share)")
+        if args.dry_run:
+            raise UsageError("--dry-run works on a plan, not with --join")
+    elif plan is None:
+        raise UsageError("give the plan to run (or --join a PostgreSQL --journal)")
+    if journal is not None and not is_url(journal):
+        journal = Path(journal)
+    if args.dry_run and is_url(journal):
+        journal = None  # a dry run keeps nothing: it works from a throwaway journal
     return Options(
         plan=plan,
         config=config,
-        journal=args.journal,
+        journal=journal,
         resume=args.resume,
+        join=args.join,
+        lease=args.lease,
         dry_run=args.dry_run,
         skip_invalid=args.skip_invalid,
         retry_failed=args.retry_failed,
@@ -379,7 +432,8 @@ def _run(args: argparse.Namespace) -> int:
     _logging(args.verbose)
     config = _load(args.config, lazy=True)
     opts = _options(args, config, args.plan)
-    _readable(args.plan)
+    if args.plan is not None:
+        _readable(args.plan)
     return _arun(_cancellable(_execute(opts)))
 
 
@@ -425,14 +479,30 @@ def _validated(path: Path, config: Config | None, fmt: str | None) -> Validation
         raise UsageError(str(e)) from None
 
 
-def _open_journal(path: Path) -> Journal:
-    if not path.is_file():
-        raise UsageError(f"no such journal: {path}")
-    journal = Journal(path)
+def _open_journal(where: str, *, read_only: bool = False) -> JournalLike:
+    if not is_url(where) and not Path(where).is_file():
+        raise UsageError(f"no such journal: {where}")
+    try:
+        journal = open_journal(where, read_only=read_only)
+    except JournalError as e:
+        raise UsageError(str(e)) from None
     if not journal.loaded:
         journal.close()
-        raise UsageError(f"{path} holds no plan (is it a journal?)")
+        raise UsageError(f"{journal.where} holds no plan (is it a journal?)")
     return journal
+
+
+def _status(args: argparse.Namespace) -> int:
+    journal = _open_journal(args.journal, read_only=True)
+    try:
+        status = journal.status()
+    finally:
+        journal.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(status).decode() + "\n")
+    else:
+        sys.stdout.write(render_status(status))
+    return EXIT_OK
 
 
 def _leftovers(args: argparse.Namespace) -> int:

@@ -291,7 +291,19 @@ class _Lane:
 
     @property
     def limit(self) -> int:
-        return max(1, int(self.window))
+        return max(1, int(self.window)) if self.max else 0
+
+    def resize(self, concurrency: int, rate: float | None, burst: int) -> None:
+        """New limits (a share of limits held with other processes): requests in flight
+        above a lower limit finish; nothing new starts until they are under it."""
+        self.max = concurrency
+        if self.window > concurrency or (self.calm and self.window < concurrency):
+            self.window = float(concurrency)
+        self.slow_start = self.slow_start and self.window < self.max
+        self.calm = self.window >= self.max and not self.pressure
+        self._interval = 1.0 / rate if rate else 0.0
+        self._tolerance = (burst - 1) * self._interval
+        self._wake()
 
     def try_acquire(self, now: float) -> bool:
         """Take a slot if one is free and nothing makes the request wait."""
@@ -403,7 +415,7 @@ class _Lane:
         if self.pressure < self.threshold or now < self._cut_until:
             return None
         pause = after if after is not None else 1.0
-        self.window = max(1.0, self.window / 2)
+        self.window = max(min(1.0, float(self.max)), self.window / 2)
         self.slow_start = False
         self.paused_until = max(self.paused_until, now + pause)
         self._cut_until = now + max(pause, 1.0)
@@ -712,6 +724,23 @@ class Dispatcher:
             for name, c in zip(names, results, strict=True)
         }
 
+    def resize(self, system: str, concurrency: int, rate: float | None, burst: int = 1) -> None:
+        """Set ``system``'s limits now, while running: ``concurrency`` requests in flight
+        (0: send nothing until raised again), ``rate`` per second (``None``: no limit),
+        ``burst``. Requests in flight above a lowered limit finish; nothing new starts
+        until they are under it. For limits shared with other processes
+        (:class:`patchassign.journal.SharedLimits`); a plain dispatcher's limits are
+        its ``limits`` argument."""
+        if concurrency < 0 or burst < 1 or (rate is not None and rate <= 0):
+            raise ConfigError(
+                f"limits of {system!r}: concurrency >= 0, burst >= 1, rate > 0 or None"
+            )
+        self._lanes[system].resize(concurrency, rate, burst)
+
+    def in_flight(self, system: str) -> int:
+        """Requests (or waits for a send slot) of ``system`` in flight now."""
+        return self._lanes[system].in_flight
+
     def slowdowns(self) -> dict[str, int]:
         """How many times each system was slowed down after many 429s."""
         return {name: lane.slowdowns for name, lane in self._lanes.items()}
@@ -773,6 +802,15 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         policy = self.retry
         for attempt in range(1, 4):
+            try:  # under the system's limits (shared ones too), like every request
+                await lane.acquire(loop, loop.time() + max(policy.timeout, 60.0))
+            except (_Expired, _Halted):
+                return Check(
+                    system=system,
+                    host=lane.host,
+                    reachable=False,
+                    error=f"{lane.where}: no room under its limits to send the check",
+                )
             t0 = loop.time()
             try:
                 response = await transport.send(request, timeout=policy.timeout)
@@ -785,6 +823,8 @@ class Dispatcher:
                     )
                 await asyncio.sleep(backoff_delay(attempt, None, policy, self._rng))
                 continue
+            finally:
+                lane.release()
             latency = loop.time() - t0
             verdict = judge(response)
             base = Check(system=system, host=lane.host, reachable=True, latency=latency)

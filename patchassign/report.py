@@ -26,7 +26,7 @@ import msgspec
 from ._json import json_equal
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import JournalLike, Status
 
 __all__ = [
     "LEFTOVER_STATUSES",
@@ -172,6 +172,49 @@ def table(counts: dict[tuple[str, str], int]) -> list[str]:
         ]
         out.append("  " + system.ljust(width) + "".join(f"{c:>11,}" for c in cells))
     return out
+
+
+def render_status(status: Status) -> str:
+    """``patchassign status``: per system, then per run or worker."""
+    lines = [f"journal {status.where}" + (f" (plan {status.plan})" if status.plan else "")]
+    done = sorted({k for s in status.systems for k in s.done}, key=_order)
+    head = ["system", "pending", "taken", *done, "workers", "per s"]
+    rows = [
+        [
+            s.system,
+            f"{s.pending:,}",
+            f"{s.taken:,}",
+            *(f"{s.done.get(k, 0):,}" for k in done),
+            str(s.workers),
+            f"{s.rate:,.1f}",
+        ]
+        for s in status.systems
+    ]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    lines.extend(
+        "  "
+        + r[0].ljust(widths[0])
+        + "".join(f"  {c:>{w}}" for c, w in zip(r[1:], widths[1:], strict=True))
+        for r in [head, *rows]
+    )
+    live = sum(w.live for w in status.workers)
+    lines.append(f"workers: {live} live, {len(status.workers)} in all")
+    now = time.time()
+    for w in status.workers:
+        if w.live:
+            state = f"live, {w.taken:,} taken"
+        elif w.finished is not None:
+            state = f"finished {clock(max(0.0, now - w.finished))} ago"
+        else:
+            state = "stopped (lost)" if w.alive is not None else "stopped"
+        lines.append(
+            f"  {w.run:>4}  {w.name}  started {clock(max(0.0, now - w.started))} ago, {state}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _order(status: str) -> int:
+    return _STATUSES.index(status) if status in _STATUSES else len(_STATUSES)
 
 
 def _ms(seconds: float) -> str:
@@ -353,7 +396,7 @@ def _isatty(stream: TextIO) -> bool:
 # -- leftovers and undo -----------------------------------------------------------------------
 
 
-def write_leftovers(journal: Journal, out: IO[bytes], statuses: Iterable[str]) -> int:
+def write_leftovers(journal: JournalLike, out: IO[bytes], statuses: Iterable[str]) -> int:
     """Write the plan lines of the items with one of ``statuses``, as a plan (JSON Lines,
     each change as the plan gave it, with its original id); returns how many."""
     n = 0
@@ -363,7 +406,7 @@ def write_leftovers(journal: Journal, out: IO[bytes], statuses: Iterable[str]) -
     return n
 
 
-def write_undo(journal: Journal, out: IO[bytes]) -> tuple[int, Counter[str]]:
+def write_undo(journal: JournalLike, out: IO[bytes]) -> tuple[int, Counter[str]]:
     """Write the inverse plan of what the journal's runs applied: each applied change back
     to the value it found, with ``expect`` (or ``test`` operations) set to the value it
     wrote, so that an undo never overwrites what someone changed since (those end as

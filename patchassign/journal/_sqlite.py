@@ -18,23 +18,29 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Self
 
-import msgspec
-
-from ..changes import Change
-from ..errors import ConfigError
+from ._base import (
+    _COLUMNS,
+    Item,
+    JournalError,
+    LoadItem,
+    Outcome,
+    Status,
+    SystemStatus,
+    WorkerStatus,
+    _again,
+    _decode_change,
+    _encode,
+    _outcome,
+    _row,
+)
 
 if TYPE_CHECKING:
+    from ..changes import Change
     from ..flow import Result
 
-__all__ = ["DONE", "Item", "Journal", "JournalError", "Outcome"]
-
-#: Outcomes a resume keeps (``failed`` too, unless asked to retry them).
-DONE = frozenset({"applied", "unchanged", "recovered", "conflict", "failed", "invalid"})
-#: Outcomes with nothing left to do.
-OK = frozenset({"applied", "unchanged", "recovered"})
+__all__ = ["Journal"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -70,67 +76,6 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 """
 _VERSION = "2"
-_encode = msgspec.json.Encoder().encode
-_decode_change = msgspec.json.Decoder(Change).decode
-_COLUMNS = (
-    "line, id, system, record, change, status, http_status, version, error, attempts, "
-    "writes, unconfirmed, started, elapsed, before, after, current, planned, run"
-)
-
-
-class JournalError(ConfigError):
-    """The journal cannot be used for this run (another plan's, in use, or not a journal)."""
-
-
-class Item(msgspec.Struct, frozen=True):
-    """A pending item taken from the journal: its plan line and change. ``doubt``: an
-    earlier run may have written it (killed, or stopped with the write unconfirmed):
-    the record is read before anything is sent."""
-
-    line: int
-    change: Change
-    doubt: bool = False
-
-
-class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One item's row in the journal, and its line in ``--results`` (runs and dry runs
-    alike): the plan line, the change as the plan gave it, and what became of it.
-
-    ``before`` / ``after``: the fields the change touches, as they were before the write
-    and as it left them (where the record was read); ``current``: for a conflict, as the
-    record holds them now. ``planned``: in a dry run, the write that would be sent.
-    """
-
-    line: int
-    id: str | None = None
-    system: str | None = None
-    record: str | int | None = None
-    status: str
-    change: Any = None
-    http_status: int | None = None
-    version: str | None = None
-    error: str | None = None
-    attempts: int = 0
-    writes: int = 0
-    unconfirmed: bool = False
-    started: float | None = None
-    elapsed: float | None = None
-    before: Any = None
-    after: Any = None
-    current: Any = None
-    planned: Any = None
-    run: int | None = None
-
-
-_decode = msgspec.json.Decoder().decode
-
-
-def _value(value: bytes | None) -> Any:
-    return None if value is None else _decode(value)
-
-
-def _json(value: Any) -> bytes | None:
-    return None if value is None else _encode(value)
 
 
 def _exclusive(path: Path) -> IO[bytes]:
@@ -223,14 +168,27 @@ class Journal:
         interval: Seconds after which buffered outcomes are written anyway.
     """
 
-    def __init__(self, path: str | Path, *, batch: int = 500, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        batch: int = 500,
+        interval: float = 1.0,
+        read_only: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.where = str(self.path)
+        self.shared = False
         self.batch = batch
         self.interval = interval
         self._buffer: list[tuple[Any, ...]] = []
         self._last = time.monotonic()
         self.run_id = 0
-        self._lock = _exclusive(self.path)
+        self._lock: IO[bytes] | None = None
+        if read_only:
+            self._open_read_only()
+            return
+        lock = _exclusive(self.path)
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -238,7 +196,7 @@ class Journal:
             version = _peek_version(conn)
             if version is not None and version != _VERSION:
                 conn.close()
-                self._lock.close()
+                lock.close()
                 raise JournalError(
                     f"{self.path}: a journal of format {version} (an earlier patchassign); "
                     f"this one reads format {_VERSION}: finish that run with the version that "
@@ -246,11 +204,33 @@ class Journal:
                 )
             conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as e:
-            self._lock.close()
+            lock.close()
             raise JournalError(f"{self.path}: not a usable journal ({e})") from None
+        self._lock = lock
         self._db = _Db(conn, self.path)
         if self.meta("version") is None:
             self.set_meta("version", _VERSION)
+
+    def _open_read_only(self) -> None:
+        """Open for reading only, beside a run that may be writing (``status``): no
+        lock taken, nothing created."""
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            version = _peek_version(conn)
+        except sqlite3.Error as e:
+            raise JournalError(f"{self.path}: not a usable journal ({e})") from None
+        if version != _VERSION:
+            conn.close()
+            raise JournalError(f"{self.path}: not a journal of this patchassign (format {version})")
+        self._db = _Db(conn, self.path)
+
+    def in_use(self) -> bool:
+        """Whether a run holds the journal now."""
+        try:
+            _exclusive(self.path).close()
+        except JournalError:
+            return True
+        return False
 
     def __repr__(self) -> str:
         return f"<Journal {self.path}>"
@@ -258,21 +238,18 @@ class Journal:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
         """Write what is buffered and close."""
         try:
-            self.flush()
+            if self._lock is not None:
+                self.flush()
             self._db.close()
         finally:
-            self._lock.close()
+            if self._lock is not None:
+                self._lock.close()
 
     # -- plan identity, loading, runs ----------------------------------------------------
 
@@ -294,7 +271,7 @@ class Journal:
 
     def load(
         self,
-        items: Iterable[tuple[int, Change | None, str | None, str | None]],
+        items: Iterable[LoadItem],
         *,
         plan: str,
         digest: Any,
@@ -303,8 +280,8 @@ class Journal:
         raises (the plan's reader refusing it, an interruption).
 
         Args:
-            items: ``(line, change, error, system)``: a change, or ``None`` and why the
-                line is invalid (and its system, when known).
+            items: ``(line, change, error, system, key)``: a change, or ``None`` and why
+                the line is invalid (and its system, when known).
             plan: The plan's path, for messages.
             digest: A ``hashlib`` object fed while ``items`` is read: its hex digest,
                 taken at the end, identifies the plan.
@@ -322,7 +299,7 @@ class Journal:
         rows: list[tuple[Any, ...]] = []
         with self._db:
             self._db.execute("BEGIN")
-            for line, change, error, system in items:
+            for line, change, error, system, _ in items:
                 if change is None:
                     rows.append((line, None, system, None, None, "invalid", error))
                 else:
@@ -450,25 +427,7 @@ class Journal:
     def record(self, line: int, result: Result, status: str | None = None) -> None:
         """Buffer one outcome (written by the next :meth:`flush`). ``status`` overrides
         the result's (``recovered``)."""
-        self._buffer.append(
-            (
-                status or result.status,
-                result.http_status,
-                result.version,
-                result.error,
-                result.attempts,
-                result.writes,
-                int(result.unconfirmed),
-                result.started,
-                result.elapsed,
-                _json(result.before),
-                _json(result.after),
-                _json(result.current),
-                _json(result.planned),
-                self.run_id,
-                line,
-            )
-        )
+        self._buffer.append((*_outcome(result, status), self.run_id, line))
         if len(self._buffer) >= self.batch or time.monotonic() - self._last >= self.interval:
             self.flush()
 
@@ -505,32 +464,7 @@ class Journal:
             args,
         )
         for row in cur:
-            (
-                line, id_, system, record, change, status, http_status, version, error,
-                attempts, writes, unconfirmed, started, elapsed, before, after, current,
-                planned, run_,
-            ) = row  # fmt: skip
-            yield Outcome(
-                line=line,
-                id=id_,
-                system=system,
-                record=record,
-                status=status,
-                change=_value(change),
-                http_status=http_status,
-                version=version,
-                error=error,
-                attempts=attempts,
-                writes=writes,
-                unconfirmed=bool(unconfirmed),
-                started=started,
-                elapsed=None if elapsed is None else round(elapsed, 6),
-                before=_value(before),
-                after=_value(after),
-                current=_value(current),
-                planned=_value(planned),
-                run=run_,
-            )
+            yield _row(row)
 
     def changes(self, statuses: Iterable[str]) -> Iterator[tuple[int, bytes]]:
         """``(line, change as JSON)`` of the items with one of ``statuses``, in plan order."""
@@ -584,6 +518,49 @@ class Journal:
         )
         return [(str(a), str(b), str(c), int(d)) for a, b, c, d in cur]
 
+    def status(self) -> Status:
+        """Per system: pending, taken, done by status, outcomes per second over the
+        last minute; and the runs."""
+        self.flush()
+        now = time.time()
+        systems: dict[str, SystemStatus] = {}
+        cur = self._db.execute(
+            "SELECT coalesce(system, '?'), status, count(*), "
+            "sum(started + elapsed > ?) FROM items GROUP BY 1, 2",
+            (now - 60.0,),
+        )
+        for system, status, n, recent in cur:
+            s = systems.setdefault(system, SystemStatus(system=system))
+            if status == "pending":
+                s.pending = n
+            elif status == "taken":
+                s.taken = n
+            else:
+                s.done[status] = n
+            s.rate += (recent or 0) / 60.0
+        busy = self._lock is None and self.in_use()
+        workers = [
+            WorkerStatus(
+                run=run,
+                name=f"run {run}",
+                started=started,
+                alive=alive,
+                finished=finished,
+                live=busy and finished is None and run == last,
+            )
+            for run, started, alive, finished, last in self._db.execute(
+                "SELECT run, started, alive, finished, max(run) OVER () FROM runs ORDER BY run"
+            )
+        ]
+        for s in systems.values():
+            s.workers = int(any(w.live for w in workers) and (s.pending + s.taken) > 0)
+        return Status(
+            where=self.where,
+            plan=self.meta("plan"),
+            systems=[systems[k] for k in sorted(systems)],
+            workers=workers,
+        )
+
 
 def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[Any, ...]]:
     parts: list[str] = []
@@ -596,11 +573,6 @@ def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[
         parts.append("run = ?")
         args.append(run)
     return ("WHERE " + " AND ".join(parts) if parts else "WHERE 1"), tuple(args)
-
-
-def _again(retry_failed: bool) -> str:
-    """The finished statuses a new run does again (SQL list)."""
-    return "'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")
 
 
 def _peek_version(conn: sqlite3.Connection) -> str | None:

@@ -38,9 +38,10 @@ class Stats:
         edits: record key -> number of changes made by the concurrent editor.
         late: writes held and applied late (the ``late`` fault).
         echoed: answers that echoed the request's credential (the ``echo`` fault).
+        peak: the most requests the server was handling at once.
     """
 
-    __slots__ = ("dropped", "echoed", "edits", "late", "requests", "writes")
+    __slots__ = ("dropped", "echoed", "edits", "late", "peak", "requests", "writes")
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -49,6 +50,7 @@ class Stats:
         self.edits: Counter[str] = Counter()
         self.late = 0
         self.echoed = 0
+        self.peak = 0
 
     def count(self, endpoint: str | None = None, status: int | None = None) -> int:
         """Requests answered, optionally only those of one endpoint and/or status."""
@@ -225,6 +227,8 @@ class FakeServer(abc.ABC):
         route = request.match_info.route
         endpoint = route.name or "unknown"
         self._inflight += 1
+        if self._inflight > self.stats.peak:
+            self.stats.peak = self._inflight
         try:
             resp = await self._handle(request, handler, endpoint)
             if resp is None:  # connection closed: the client never sees this answer

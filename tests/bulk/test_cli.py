@@ -217,7 +217,7 @@ def load(j: Journal, n: int) -> None:
 
     j.load(
         [
-            (i, Assign(system="kintone", record=f"1:{i}", to="eve", id=f"c{i}"), None, None)
+            (i, Assign(system="kintone", record=f"1:{i}", to="eve", id=f"c{i}"), None, None, None)
             for i in range(1, n + 1)
         ],
         plan="plan.jsonl",

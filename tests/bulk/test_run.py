@@ -473,7 +473,7 @@ def test_a_full_journal_is_a_journal_error_naming_the_file_and_what_to_do(
     path = tmp_path / "plan.journal"
     with Journal(path, batch=10_000) as j:
         items = [
-            (n, Assign(system="x", record=n, to="eve", id=f"line-{n}"), None, None)
+            (n, Assign(system="x", record=n, to="eve", id=f"line-{n}"), None, None, None)
             for n in range(1, 2001)
         ]
         j.load(items, plan="plan.jsonl", digest=hashlib.sha256())

@@ -1,0 +1,219 @@
+"""Many workers, one plan: ``patchassign run`` processes sharing a PostgreSQL journal.
+
+scale: throughput with 1, 2 and 4 workers, against rate-limited fakes (the limits are
+shared: the sum over workers must hold, and the work spreads) and against unlimited ones
+(how it scales on this machine). Everything runs here: the sandbox (one process), the
+workers, and a throwaway PostgreSQL server.
+
+chaos: 4 workers share a plan across the five systems with faults on, while a chaos loop
+kill -9s a random worker (10 times) and starts a new one. Checks: every change ends with
+one outcome, the servers' records equal the plan's, no change applied twice (the fakes'
+write counters), and the most requests in flight to each fake never exceeded its shared
+limit.
+
+Run: python -m benchmarks.workers scale [--records 1000] [--workers 1,2,4]
+     python -m benchmarks.workers chaos [--records 4000] [--workers 4] [--kills 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from benchmarks._harness import machine
+from patchassign.cli import _demo_config
+from patchassign.journal import PgJournal
+from patchassign.sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
+from patchassign.sandbox.postgres import PostgresServer
+
+
+def _limits(concurrency: int, rate: float | None) -> list[str]:
+    spec = f"{concurrency}" + (f":{rate:g}:{concurrency}" if rate else "")
+    return [a for s in SYSTEMS for a in ("--limit", f"{s}={spec}")]
+
+
+async def _worker(
+    d: Path, env: dict[str, str], url: str, extra: list[str], plan: Path | None
+) -> asyncio.subprocess.Process:
+    args = [str(plan)] if plan else ["--join"]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "patchassign", "run", *args, "-c", str(d / "systems.toml"),
+        "--journal", url, "--progress", "none", "--lease", "3", *extra,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _write_plan(path: Path, records: int) -> None:
+    with open(path, "wb") as f:
+        for change in demo_plan(records):
+            f.write(msgspec.json.encode(change) + b"\n")
+
+
+async def _one(
+    pg: PostgresServer, records: int, workers: int, limits: list[str], faults: Faults | None
+) -> dict[str, Any]:
+    url = pg.new_database()
+    with tempfile.TemporaryDirectory() as folder:
+        d = Path(folder)
+        async with Sandbox(demo=records, faults=faults) as sb:
+            env = _demo_config(sb, d / "systems.toml")
+            plan = d / "plan.jsonl"
+            _write_plan(plan, records)
+            # The first worker loads the plan (its load is part of the time), the
+            # others join it.
+            t0 = time.perf_counter()
+            procs = [await _worker(d, env, url, limits, plan)]
+            procs += [await _worker(d, env, url, limits, None) for _ in range(workers - 1)]
+            errors = []
+            for p in procs:
+                _, err = await p.communicate()
+                if p.returncode != 0:
+                    errors.append(err.decode()[-400:])
+            elapsed = time.perf_counter() - t0
+            with PgJournal(url) as j:
+                counts = Counter({s: n for (_, s), n in j.counts().items()})
+                split = Counter(r.run for r in j.rows())
+            requests = sum(s.stats.count() for s in sb)
+            return {
+                "elapsed": elapsed,
+                "changes": 5 * records,
+                "applied": counts["applied"] + counts["recovered"],
+                "requests": requests,
+                "peak": {type(s).__name__.removesuffix("Server").lower(): s.stats.peak for s in sb},
+                "split": sorted(split.values(), reverse=True),
+                "wrong": len(demo_mismatches(sb, records)),
+                "twice": sum(1 for s in sb for n in s.stats.writes.values() if n > 1),
+                "errors": errors,
+            }
+
+
+async def scale(records: int, counts: list[int]) -> None:
+    print(machine())
+    print(
+        f"\n### Workers sharing one plan: {5 * records:,} changes (5 systems x {records:,}), "
+        "sandbox with 5 ms latency\n"
+    )
+    print("| fakes | limit per system (all workers) | workers | changes/s | requests/s | "
+          "most in flight at a fake | items per worker |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---|")
+    faults = Faults(latency=0.005, seed=1)
+    with PostgresServer() as pg:
+        for label, conc, rate in (("rate-limited", 8, 100.0), ("unlimited", 32, None)):
+            limit = "8 in flight, 100 req/s" if rate else "32 in flight (no rate)"
+            for w in counts:
+                r = await _one(pg, records, w, _limits(conc, rate), faults)
+                bad = r["wrong"] or r["twice"] or r["errors"] or r["applied"] != r["changes"]
+                print(
+                    f"| {label} | {limit} | {w} | {r['changes'] / r['elapsed']:,.0f} | "
+                    f"{r['requests'] / r['elapsed']:,.0f} | {max(r['peak'].values())} | "
+                    f"{' / '.join(f'{n:,}' for n in r['split'])} |" + (" FAIL" if bad else ""),
+                    flush=True,
+                )
+                if bad:
+                    print(r["errors"][:2], r["wrong"], r["twice"], file=sys.stderr)
+
+
+async def chaos(records: int, workers: int, kills: int) -> None:
+    print(machine())
+    rng = random.Random(11)
+    faults = Faults(
+        latency=0.005,
+        jitter=0.01,
+        throttle=0.02,
+        retry_after=1,
+        unavailable=0.02,
+        drop=0.01,
+        late=0.005,
+        hold=2.0,
+        seed=9,
+    )
+    conc = 8
+    limits = _limits(conc, None)
+    with PostgresServer() as pg, tempfile.TemporaryDirectory() as folder:
+        url = pg.new_database()
+        d = Path(folder)
+        async with Sandbox(demo=records, faults=faults) as sb:
+            env = _demo_config(sb, d / "systems.toml")
+            plan = d / "plan.jsonl"
+            _write_plan(plan, records)
+            t0 = time.perf_counter()
+            procs = [await _worker(d, env, url, limits, plan)]
+            await asyncio.sleep(1.0)
+            procs += [await _worker(d, env, url, limits, None) for _ in range(workers - 1)]
+            killed = 0
+            while killed < kills:
+                await asyncio.sleep(rng.uniform(1.0, 3.0))
+                live = [p for p in procs if p.returncode is None]
+                if not live:
+                    break
+                victim = rng.choice(live)
+                victim.send_signal(signal.SIGKILL)
+                await victim.wait()
+                killed += 1
+                procs.append(await _worker(d, env, url, limits, None))
+            codes = []
+            for p in procs:
+                _, err = await p.communicate()
+                codes.append(p.returncode)
+                if p.returncode not in (0, -signal.SIGKILL):
+                    print(err.decode()[-600:], file=sys.stderr)
+            elapsed = time.perf_counter() - t0
+            with PgJournal(url) as j:
+                counts = j.counts()
+                outcomes = Counter(s for (_, s), n in counts.items() for _ in range(n))
+                rows = j.count()
+            wrong = demo_mismatches(sb, records)
+            twice = sum(1 for s in sb for n in s.stats.writes.values() if n > 1)
+            peaks = {type(s).__name__.removesuffix("Server").lower(): s.stats.peak for s in sb}
+            over = {k: v for k, v in peaks.items() if v > conc}
+            print(f"\n### Chaos: {workers} workers, {5 * records:,} changes, {killed} kill -9s\n")
+            print(f"outcomes: {dict(outcomes)} ({rows:,} items)")
+            print(f"worker exits: {Counter(codes)}")
+            print(
+                f"records not as planned: {len(wrong)}; changes applied twice: {twice}; "
+                f"most in flight per fake (limit {conc}): {peaks}; time {elapsed:,.1f} s"
+            )
+            print(
+                f"faults: {sum(s.stats.count(status=429) for s in sb):,} 429s, "
+                f"{sum(s.stats.count(status=503) for s in sb):,} 503s, "
+                f"{sum(sum(s.stats.dropped.values()) for s in sb):,} dropped connections, "
+                f"{sum(s.stats.late for s in sb):,} writes held 2 s"
+            )
+            done = sum(n for s, n in outcomes.items() if s in ("applied", "recovered"))
+            ok = done == 5 * records and not wrong and not twice and not over
+            ok = ok and killed == kills
+            print("PASS" if ok else "FAIL")
+            sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Workers sharing a PostgreSQL journal.")
+    sub = parser.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("scale")
+    s.add_argument("--records", type=int, default=1000, help="per system")
+    s.add_argument("--workers", default="1,2,4")
+    c = sub.add_parser("chaos")
+    c.add_argument("--records", type=int, default=4000, help="per system")
+    c.add_argument("--workers", type=int, default=4)
+    c.add_argument("--kills", type=int, default=10)
+    args = parser.parse_args()
+    if args.what == "scale":
+        asyncio.run(scale(args.records, [int(n) for n in args.workers.split(",")]))
+    else:
+        asyncio.run(chaos(args.records, args.workers, args.kills))
+
+
+if __name__ == "__main__":
+    main()

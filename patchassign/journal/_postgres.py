@@ -1,0 +1,694 @@
+"""The PostgreSQL journal: one plan shared by any number of workers on any number of
+machines (psycopg 3).
+
+Every worker is a row of ``workers`` with a lease that it renews while it works
+(:meth:`PgJournal.beat`). Workers take their system's pending items in batches with
+``SELECT ... FOR UPDATE SKIP LOCKED``, so no two take the same item, and mark them
+``taken`` by themselves. A worker whose lease ends (killed, its machine lost, cut off
+from the database) is marked lost by whoever notices first, and its taken items go back
+to ``pending``, in doubt: whoever takes them next reads the record before writing,
+exactly as a resume does. A lost worker's late outcomes are discarded (each outcome is
+written only while its item is still taken by the worker that writes it).
+
+Changes to one record keep their plan order across workers: an item is not taken while
+an earlier item of the same record is pending or taken by another worker.
+
+Times are the database's clock (``clock_timestamp()``), so the workers' clocks never
+have to agree. The tables live in their own schema (``patchassign`` by default,
+``?schema=NAME`` in the URL for another): one plan per schema.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ._base import (
+    _COLUMNS,
+    Item,
+    JournalError,
+    LoadItem,
+    Outcome,
+    Status,
+    SystemStatus,
+    WorkerStatus,
+    _again,
+    _decode_change,
+    _encode,
+    _outcome,
+    _row,
+)
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from ..changes import Change
+    from ..flow import Result
+
+__all__ = ["PgJournal", "is_url", "split_url"]
+
+_VERSION = "1"
+#: The database's clock, as Unix time.
+NOW = "extract(epoch FROM clock_timestamp())"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    line BIGINT PRIMARY KEY,
+    id TEXT,
+    system TEXT,
+    record JSONB,
+    key TEXT,
+    change BYTEA,
+    status TEXT NOT NULL,
+    doubt BOOLEAN NOT NULL DEFAULT false,
+    hold DOUBLE PRECISION,
+    http_status INTEGER,
+    version TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    writes INTEGER NOT NULL DEFAULT 0,
+    unconfirmed BOOLEAN NOT NULL DEFAULT false,
+    started DOUBLE PRECISION,
+    elapsed DOUBLE PRECISION,
+    before BYTEA,
+    after BYTEA,
+    current BYTEA,
+    planned BYTEA,
+    run INTEGER,
+    worker INTEGER
+);
+CREATE INDEX IF NOT EXISTS items_pending ON items (system, line) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS items_taken ON items (worker) WHERE status = 'taken';
+CREATE INDEX IF NOT EXISTS items_key ON items (system, key, line);
+CREATE TABLE IF NOT EXISTS workers (
+    run SERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    started DOUBLE PRECISION NOT NULL,
+    alive DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION NOT NULL,
+    finished DOUBLE PRECISION,
+    interrupted BOOLEAN NOT NULL DEFAULT false,
+    lost BOOLEAN NOT NULL DEFAULT false
+);
+CREATE TABLE IF NOT EXISTS limits (
+    system TEXT PRIMARY KEY,
+    concurrency INTEGER NOT NULL,
+    rate DOUBLE PRECISION,
+    burst INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limit_members (
+    member TEXT PRIMARY KEY,
+    systems TEXT[] NOT NULL,
+    expires DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS limit_slots (
+    system TEXT NOT NULL,
+    slot INTEGER NOT NULL,
+    holder TEXT,
+    expires DOUBLE PRECISION,
+    PRIMARY KEY (system, slot)
+);
+"""
+
+
+def is_url(where: object) -> bool:
+    """Whether ``--journal`` names a PostgreSQL database rather than a file."""
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+def split_url(url: str) -> tuple[str, str, str]:
+    """``(conninfo, schema, shown)``: the URL for libpq (without ``schema``), the schema,
+    and the URL as messages may show it (without its password)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = "patchassign"
+    rest = []
+    for k, v in query:
+        if k == "schema":
+            schema = v
+        else:
+            rest.append((k, v))
+    if not schema.isidentifier() or len(schema) > 63:
+        raise JournalError(f"schema must be a plain name (letters, digits, _), got {schema!r}")
+    conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    shown = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+    return conninfo, schema, shown
+
+
+def _key(schema: str, what: str) -> int:
+    """An advisory lock's key for ``what`` in ``schema`` (a stable 63-bit number)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"patchassign:{schema}:{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
+    """A connection to the journal's database with its schema created (and checked):
+    ``(connection, schema, shown URL)``."""
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:  # pragma: no cover - the extra is not installed
+        raise JournalError(
+            "a PostgreSQL journal needs psycopg: pip install 'patchassign[postgres]'"
+        ) from None
+    conninfo, schema, shown = split_url(url)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+    except psycopg.Error as e:
+        raise JournalError(f"{shown}: cannot connect ({_reason(e, url)})") from None
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(schema, "schema"),))
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            exists = conn.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                "AND table_name = 'meta'",
+                (schema,),
+            ).fetchone()
+            version = None
+            if exists:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+                version = None if row is None else str(row[0])
+            if version is not None and version != _VERSION:
+                raise JournalError(
+                    f"{shown}: a journal of format {version}; this patchassign reads format "
+                    f"{_VERSION}: use the version that started it, or another ?schema="
+                )
+            conn.execute(_SCHEMA)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('version', %s) ON CONFLICT DO NOTHING",
+                (_VERSION,),
+            )
+    except psycopg.Error as e:
+        conn.close()
+        raise JournalError(f"{shown}: cannot set up the journal ({_reason(e, url)})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn, schema, shown
+
+
+def _reason(e: BaseException, url: str) -> str:
+    """A database error's message, one line, with the URL's password masked."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    password = urlsplit(url).password
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+class PgJournal:
+    """A bulk run's journal in PostgreSQL, shared by workers. ``with PgJournal(url) as j:``.
+
+    Args:
+        url: ``postgresql://user@host:port/dbname`` (libpq's URL; ``?schema=NAME`` picks
+            the schema, ``patchassign`` by default).
+        batch: Outcomes buffered before a write.
+        interval: Seconds after which buffered outcomes are written anyway.
+        lease: Seconds a worker's items stay its own without a heartbeat; a worker
+            renews its lease every ``lease / 3`` seconds (:meth:`beat`).
+        name: This worker's name in ``status`` (default: host and process id).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch: int = 500,
+        interval: float = 1.0,
+        lease: float = 15.0,
+        name: str | None = None,
+    ) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self.url = url
+        self._conn, self.schema, self.where = connect(url)
+        self.batch = batch
+        self.interval = interval
+        self.lease = lease
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.run_id = 0
+        self._buffer: list[tuple[Any, ...]] = []
+        self._last = time.monotonic()
+        self._closed = False
+        #: Set when this worker's lease was found lost (it must stop).
+        self.lost: JournalError | None = None
+
+    def __repr__(self) -> str:
+        return f"<PgJournal {self.where}>"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write what is buffered and close."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._conn.close()
+
+    # -- database access -------------------------------------------------------------------
+
+    def _failed(self, e: Exception) -> JournalError:
+        return JournalError(
+            f"{self.where}: the journal cannot be used ({_reason(e, self.url)}); every outcome "
+            "written before this is kept in it: fix the database, then run again with --join"
+        )
+
+    def _execute(self, query: str, args: Any = None) -> psycopg.Cursor[Any]:
+        try:
+            return self._conn.execute(query, args)
+        except self._psycopg.Error as e:
+            raise self._failed(e) from None
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        try:
+            with self._conn.transaction():
+                yield
+        except self._psycopg.Error as e:
+            raise self._failed(e) from None
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str) -> Iterator[None]:
+        """Hold a lock named ``what`` (in this journal's schema) for the block: a second
+        loader of the plan waits here until the first one's load is committed."""
+        key = _key(self.schema, what)
+        self._execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(JournalError):
+                self._execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    # -- plan identity, loading, runs ----------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        row = self._execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._execute(
+            "INSERT INTO meta (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a plan is loaded."""
+        return self.meta("plan_sha256") is not None
+
+    def load(self, items: Iterable[LoadItem], *, plan: str, digest: Any) -> None:
+        """Load a plan's items in one transaction (``COPY``): all of them, or none if
+        anything raises. See :meth:`patchassign.journal.Journal.load`.
+
+        Raises:
+            JournalError: A plan is loaded already.
+        """
+        from psycopg.types.json import Jsonb
+
+        encode = _encode
+        with self._transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(self.schema, "load"),))
+            if self.loaded:
+                raise JournalError(f"{self.where} holds a plan already: use another ?schema=")
+            with self._conn.cursor().copy(
+                "COPY items (line, id, system, record, key, change, status, error) FROM STDIN"
+            ) as copy:
+                for line, change, error, system, key in items:
+                    if change is None:
+                        copy.write_row((line, None, system, None, None, None, "invalid", error))
+                    else:
+                        copy.write_row(
+                            (
+                                line,
+                                change.id,
+                                change.system,
+                                Jsonb(change.record),
+                                key if key is not None else str(change.record),
+                                encode(change),
+                                "pending",
+                                None,
+                            )
+                        )
+            self.set_meta("plan", plan)
+            self.set_meta("plan_sha256", digest.hexdigest())
+        self._execute("ANALYZE items")
+
+    def start(self, *, retry_failed: bool = False) -> None:
+        """Join the plan as a worker: register with a lease, take back the items of
+        workers whose lease ended, and make pending again what earlier workers left
+        ``cancelled`` or ``unsent`` (and ``failed`` with ``retry_failed``)."""
+        with self._transaction():
+            row = self._conn.execute(
+                f"INSERT INTO workers (name, started, alive, lease_until) "  # noqa: S608 - constants
+                f"VALUES (%s, {NOW}, {NOW}, {NOW} + %s) RETURNING run",
+                (self.name, self.lease),
+            ).fetchone()
+            assert row is not None
+            self.run_id = int(row[0])
+            self._conn.execute(
+                "UPDATE items SET status = 'pending', doubt = doubt OR unconfirmed, "  # noqa: S608
+                "hold = CASE WHEN unconfirmed THEN started + elapsed ELSE hold END "
+                f"WHERE status IN ({_again(retry_failed)})"
+            )
+        self.reclaim()
+
+    def reclaim(self) -> int:
+        """Mark workers whose lease ended as lost and put their taken items back, in
+        doubt; returns how many items came back."""
+        with self._transaction():
+            cur = self._conn.execute(
+                "WITH lost AS (UPDATE workers SET lost = true "  # noqa: S608 - constants
+                f"WHERE finished IS NULL AND NOT lost AND lease_until < {NOW} "
+                "RETURNING run, lease_until) "
+                "UPDATE items SET status = 'pending', doubt = true, worker = NULL, "
+                "hold = lost.lease_until FROM lost "
+                "WHERE items.worker = lost.run AND items.status = 'taken'"
+            )
+            return cur.rowcount
+
+    def beat(self) -> None:
+        """Renew this worker's lease, write buffered outcomes, and take back the items of
+        lost workers.
+
+        Raises:
+            JournalError: This worker's lease ended and others took its items back: it
+                must stop (whatever it writes now would be discarded).
+        """
+        row = self._execute(
+            f"UPDATE workers SET alive = {NOW}, lease_until = {NOW} + %s "  # noqa: S608
+            "WHERE run = %s AND NOT lost RETURNING run",
+            (self.lease, self.run_id),
+        ).fetchone()
+        if row is None:
+            raise JournalError(
+                f"{self.where}: this worker ({self.name}) did not renew its lease in time "
+                f"({self.lease:g} s) and its items went to other workers: it stops"
+            )
+        self.flush()
+        self.reclaim()
+
+    def finish(self, *, interrupted: bool) -> None:
+        """Leave the plan: write buffered outcomes and give back the items taken and
+        without an outcome, in doubt (as a killed run's, they are read before writing)."""
+        self.flush()
+        with self._transaction():
+            self._conn.execute(
+                f"UPDATE items SET status = 'pending', worker = NULL, doubt = true, hold = {NOW} "  # noqa: S608
+                "WHERE worker = %s AND status = 'taken'",
+                (self.run_id,),
+            )
+            self._conn.execute(
+                f"UPDATE workers SET finished = {NOW}, alive = {NOW}, interrupted = %s "  # noqa: S608
+                "WHERE run = %s",
+                (interrupted, self.run_id),
+            )
+
+    def last_alive(self) -> float | None:
+        """Unused with a shared journal: a lost worker's items carry their own hold."""
+        return None
+
+    def doubtful(self) -> dict[str, int]:
+        """Pending items per system that an earlier worker may have written."""
+        cur = self._execute(
+            "SELECT system, count(*) FROM items WHERE status = 'pending' AND doubt GROUP BY system"
+        )
+        return {str(s): int(n) for s, n in cur}
+
+    def runs(self) -> int:
+        """Workers that joined this plan."""
+        return int(self._execute("SELECT count(*) FROM workers").fetchone()[0])  # type: ignore[index]
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def todo(self, *, retry_failed: bool = False) -> int:
+        """Items a worker could do now or later (pending, taken, or to be done again)."""
+        row = self._execute(
+            "SELECT count(*) FROM items "  # noqa: S608 - constants
+            f"WHERE status IN ('pending', 'taken', {_again(retry_failed)})"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def unfinished(self, system: str) -> int:
+        """Items of ``system`` still pending or taken (by any worker)."""
+        row = self._execute(
+            "SELECT count(*) FROM items WHERE system = %s AND status IN ('pending', 'taken')",
+            (system,),
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def left(self) -> dict[str, int]:
+        """Items per system still pending or taken (by any worker): what the plan's
+        workers, this one among them, have left to do."""
+        cur = self._execute(
+            "SELECT system, count(*) FROM items WHERE status IN ('pending', 'taken') "
+            "GROUP BY system"
+        )
+        return {str(s): int(n) for s, n in cur}
+
+    def clear(self) -> None:
+        """Forget the loaded plan (only for a journal no worker has joined)."""
+        if self.runs():
+            raise JournalError(f"{self.where}: workers have joined this plan; not cleared")
+        with self._transaction():
+            self._conn.execute("DELETE FROM items")
+            self._conn.execute("DELETE FROM meta WHERE key IN ('plan', 'plan_sha256')")
+
+    def pending(self) -> dict[str, int]:
+        """Pending items per system."""
+        cur = self._execute(
+            "SELECT system, count(*) FROM items WHERE status = 'pending' GROUP BY system"
+        )
+        return {str(s): int(n) for s, n in cur}
+
+    def sample(self, system: str) -> Change | None:
+        """A change of ``system`` (for a preflight read)."""
+        row = self._execute(
+            "SELECT change FROM items WHERE system = %s AND change IS NOT NULL LIMIT 1",
+            (system,),
+        ).fetchone()
+        return None if row is None else _decode_change(row[0])
+
+    def take(self, system: str, after: int, limit: int) -> list[Item]:
+        """Up to ``limit`` pending items of ``system``, in plan order, marked taken by this
+        worker (``SKIP LOCKED``: items another worker is taking are passed over).
+
+        An item waits while an earlier item of the same record is pending or taken by
+        another worker, so changes to one record keep their order. ``after`` is
+        ignored: items can come back to the pool behind any position."""
+        cur = self._execute(
+            "WITH c AS (SELECT line FROM items i WHERE system = %(s)s AND status = 'pending' "  # noqa: S608
+            "AND NOT EXISTS (SELECT 1 FROM items e WHERE e.system = i.system "
+            "AND e.key = i.key AND e.line < i.line AND (e.status = 'pending' "
+            "OR (e.status = 'taken' AND e.worker <> %(w)s))) "
+            "ORDER BY line LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
+            "UPDATE items SET status = 'taken', worker = %(w)s, run = %(w)s FROM c "
+            "WHERE items.line = c.line "
+            f"RETURNING items.line, items.change, items.doubt, items.hold - {NOW}",
+            {"s": system, "w": self.run_id, "n": limit},
+        )
+        decode = _decode_change
+        rows = sorted(cur.fetchall())
+        return [
+            Item(line, decode(change), bool(doubt), None if hold is None else float(hold))
+            for line, change, doubt, hold in rows
+        ]
+
+    # -- outcomes -----------------------------------------------------------------------
+
+    def record(self, line: int, result: Result, status: str | None = None) -> None:
+        """Buffer one outcome (written by the next :meth:`flush`)."""
+        self._buffer.append((*_outcome(result, status), self.run_id, line, self.run_id))
+        if len(self._buffer) >= self.batch or time.monotonic() - self._last >= self.interval:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered outcomes in one transaction; an outcome of an item no longer
+        taken by this worker (its lease ended meanwhile) is discarded."""
+        self._last = time.monotonic()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        with self._transaction(), self._conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE items SET status = %s, http_status = %s, version = %s, error = %s, "
+                "attempts = attempts + %s, writes = writes + %s, unconfirmed = %s::int::bool, "
+                "started = %s, elapsed = %s, before = coalesce(%s, before), after = %s, "
+                "current = %s, planned = %s, run = %s, doubt = false, hold = NULL "
+                "WHERE line = %s AND worker = %s AND status = 'taken'",
+                rows,
+            )
+            self._conn.execute(
+                f"UPDATE workers SET alive = {NOW} WHERE run = %s",  # noqa: S608
+                (self.run_id,),
+            )
+
+    # -- reading ------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self._execute("SELECT count(*) FROM items").fetchone()[0])  # type: ignore[index]
+
+    def rows(
+        self, *, statuses: Iterable[str] | None = None, run: int | None = None
+    ) -> Iterator[Outcome]:
+        """Items in plan order (all, or those with one of ``statuses``, or of one run),
+        read in pages so that memory stays flat."""
+        self.flush()
+        where, args = _where(statuses, run)
+        after = 0
+        while True:
+            page = self._execute(
+                f"SELECT {_COLUMNS} FROM items {where} AND line > %s "  # noqa: S608
+                "ORDER BY line LIMIT 5000",
+                (*args, after),
+            ).fetchall()
+            for row in page:
+                yield _row(row)
+            if len(page) < 5000:
+                return
+            after = page[-1][0]
+
+    def changes(self, statuses: Iterable[str]) -> Iterator[tuple[int, bytes]]:
+        """``(line, change as JSON)`` of the items with one of ``statuses``, in plan order."""
+        self.flush()
+        where, args = _where(statuses, None)
+        after = 0
+        while True:
+            page = self._execute(
+                f"SELECT line, change FROM items {where} AND change IS NOT NULL "  # noqa: S608
+                "AND line > %s ORDER BY line LIMIT 5000",
+                (*args, after),
+            ).fetchall()
+            for line, change in page:
+                yield int(line), bytes(change)
+            if len(page) < 5000:
+                return
+            after = page[-1][0]
+
+    def counts(self, *, run: int | None = None) -> dict[tuple[str, str], int]:
+        """``(system, status)`` -> items."""
+        self.flush()
+        where, args = ("WHERE run = %s", (run,)) if run is not None else ("", ())
+        cur = self._execute(
+            f"SELECT coalesce(system, '?'), status, count(*) FROM items {where} "  # noqa: S608
+            "GROUP BY 1, 2",
+            args,
+        )
+        return {(str(s), str(st)): int(n) for s, st, n in cur}
+
+    def percentiles(self, qs: tuple[float, ...], *, run: int | None = None) -> list[float]:
+        """Latency percentiles (seconds) of the outcomes with a timing."""
+        self.flush()
+        where = "WHERE elapsed IS NOT NULL" + (" AND run = %s" if run is not None else "")
+        args: tuple[Any, ...] = (run,) if run is not None else ()
+        n = int(self._execute(f"SELECT count(*) FROM items {where}", args).fetchone()[0])  # type: ignore[index]  # noqa: S608
+        if n == 0:
+            return []
+        out = []
+        for q in qs:
+            k = min(n - 1, max(0, round(q * (n - 1))))
+            row = self._execute(
+                f"SELECT elapsed FROM items {where} ORDER BY elapsed LIMIT 1 OFFSET %s",  # noqa: S608
+                (*args, k),
+            ).fetchone()
+            assert row is not None
+            out.append(float(row[0]))
+        return out
+
+    def errors(self, *, run: int | None = None, limit: int = 10) -> list[tuple[str, str, str, int]]:
+        """The commonest errors: ``(system, status, error, count)``."""
+        self.flush()
+        where = "WHERE error IS NOT NULL" + (" AND run = %s" if run is not None else "")
+        args: tuple[Any, ...] = (run,) if run is not None else ()
+        cur = self._execute(
+            f"SELECT coalesce(system, '?'), status, error, count(*) FROM items {where} "  # noqa: S608
+            "GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT %s",
+            (*args, limit),
+        )
+        return [(str(a), str(b), str(c), int(d)) for a, b, c, d in cur]
+
+    def status(self) -> Status:
+        """Per system: pending, taken, done by status, live workers holding its items,
+        outcomes per second over the last minute; and every worker."""
+        self.flush()
+        systems: dict[str, SystemStatus] = {}
+        cur = self._execute(
+            "SELECT coalesce(system, '?'), status, count(*), "  # noqa: S608
+            f"count(*) FILTER (WHERE started + elapsed > {NOW} - 60) FROM items GROUP BY 1, 2"
+        )
+        for system, status, n, recent in cur:
+            s = systems.setdefault(system, SystemStatus(system=system))
+            if status == "pending":
+                s.pending = n
+            elif status == "taken":
+                s.taken = n
+            else:
+                s.done[status] = n
+            s.rate += recent / 60.0
+        for system, n in self._execute(
+            "SELECT system, count(DISTINCT worker) FROM items i JOIN workers w "  # noqa: S608
+            "ON w.run = i.worker WHERE i.status = 'taken' AND NOT w.lost "
+            f"AND w.lease_until >= {NOW} GROUP BY system"
+        ):
+            if system in systems:
+                systems[system].workers = int(n)
+        workers = []
+        for run, name, started, alive, finished, live, taken in self._execute(
+            f"SELECT run, name, started, alive, finished, "  # noqa: S608
+            f"finished IS NULL AND NOT lost AND lease_until >= {NOW}, "
+            "(SELECT count(*) FROM items WHERE worker = run AND status = 'taken') "
+            "FROM workers ORDER BY run"
+        ):
+            workers.append(
+                WorkerStatus(
+                    run=run,
+                    name=name,
+                    started=started,
+                    alive=alive,
+                    finished=finished,
+                    live=bool(live),
+                    taken=int(taken),
+                )
+            )
+        return Status(
+            where=self.where,
+            plan=self.meta("plan"),
+            systems=[systems[k] for k in sorted(systems)],
+            workers=workers,
+        )
+
+
+def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[Any, ...]]:
+    parts: list[str] = []
+    args: list[Any] = []
+    if statuses is not None:
+        parts.append("status = ANY(%s)")
+        args.append(sorted(set(statuses)))
+    if run is not None:
+        parts.append("run = %s")
+        args.append(run)
+    return ("WHERE " + " AND ".join(parts) if parts else "WHERE true"), tuple(args)

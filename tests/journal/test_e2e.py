@@ -1,0 +1,130 @@
+"""Workers as users run them: ``patchassign run`` processes sharing one plan in a real
+PostgreSQL, against the sandbox (in this process) with faults on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+
+from patchassign.journal import PgJournal
+from patchassign.sandbox import Faults, demo_mismatches
+from tests.bulk.test_run import Setup, make, patchassign, small
+
+__all__ = ["small"]  # the fixture
+
+LIMIT = 3  # per system, for all workers together
+LIMITS = [a for s in ("perscom", "maxsight", "kintone", "superoffice", "findable") for a in ("--limit", f"{s}={LIMIT}")]  # fmt: skip
+
+
+@pytest_asyncio.fixture
+async def slow(tmp_path: Path) -> AsyncIterator[Setup]:
+    # Each request takes 10-30 ms, so that requests overlap and the limits matter.
+    async for s in make(tmp_path, 150, Faults(latency=0.01, jitter=0.02, seed=7)):
+        yield s
+
+
+async def worker(setup: Setup, url: str, *extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "patchassign", "run", *extra, "-c", str(setup.config),
+        "--journal", url, "--progress", "none", "--lease", "2", *LIMITS,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **setup.env},
+    )  # fmt: skip
+
+
+async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode() + err.decode()
+
+
+def check_outcome(setup: Setup, url: str) -> Counter[int]:
+    """Every change applied once, the servers as the plan says, the limits held."""
+    with PgJournal(url) as j:
+        counts = j.counts()
+        rows = list(j.rows())
+    assert {status for (_, status) in counts} <= {"applied", "recovered"}, counts
+    assert len(rows) == 5 * setup.n
+    assert not demo_mismatches(setup.sb, setup.n)
+    assert max(n for s in setup.sb for n in s.stats.writes.values()) == 1  # nothing twice
+    for server in setup.sb:
+        assert server.stats.peak <= LIMIT, (type(server).__name__, server.stats.peak)
+    return Counter(r.run for r in rows if r.run is not None)
+
+
+async def test_three_workers_share_one_plan_and_its_limits(slow: Setup, pg_url: str) -> None:
+    first = await worker(slow, pg_url, str(slow.plan))
+    await asyncio.sleep(0.3)
+    others = [await worker(slow, pg_url, "--join") for _ in range(2)]
+    again = await worker(slow, pg_url, str(slow.plan))  # a second loader joins too
+    for proc in [first, *others, again]:
+        code, text = await finish(proc)
+        assert code == 0, text
+    by_worker = check_outcome(slow, pg_url)
+    assert len(by_worker) >= 2, by_worker  # the work was shared
+
+
+async def test_killed_workers_items_go_to_the_others(slow: Setup, pg_url: str) -> None:
+    rng = random.Random(3)
+    procs = [await worker(slow, pg_url, str(slow.plan))]
+    await asyncio.sleep(0.5)
+    procs += [await worker(slow, pg_url, "--join") for _ in range(2)]
+    kills = 0
+    while kills < 3:
+        await asyncio.sleep(rng.uniform(0.3, 1.0))
+        live = [p for p in procs if p.returncode is None]
+        if not live:
+            break
+        victim = rng.choice(live)
+        victim.send_signal(signal.SIGKILL)
+        await victim.wait()
+        kills += 1
+        procs.append(await worker(slow, pg_url, "--join"))
+    codes: list[Any] = []
+    for proc in procs:
+        code, text = await finish(proc)
+        codes.append(code)
+        assert code in (0, -signal.SIGKILL), text
+    assert kills == 3
+    assert codes.count(0) >= 1
+    check_outcome(slow, pg_url)
+
+
+async def test_report_status_leftovers_and_undo_on_postgresql(small: Setup, pg_url: str) -> None:
+    code, out, err = await patchassign(
+        small, "run", small.plan, "-c", small.config, "--journal", pg_url, "--progress", "none"
+    )
+    assert code == 0, out + err
+    assert "every change applied" in out
+    code, out, err = await patchassign(small, "status", pg_url, "--json")
+    assert code == 0, err
+    status = json.loads(out)
+    assert {s["system"]: s["done"] for s in status["systems"]} == {
+        s: {"applied": small.n}
+        for s in ("findable", "kintone", "maxsight", "perscom", "superoffice")
+    }
+    assert [w["live"] for w in status["workers"]] == [False]
+    code, out, err = await patchassign(small, "status", pg_url)
+    assert "workers: 0 live, 1 in all" in out
+    code, out, err = await patchassign(small, "leftovers", pg_url)
+    assert (code, out) == (0, "")
+    undo = small.dir / "undo.jsonl"
+    code, _, err = await patchassign(small, "undo", pg_url, "-o", undo)
+    assert code == 0, err
+    assert len(undo.read_text().splitlines()) == 4 * small.n  # delegations are not undone
+    # the undo plan runs on another schema of the same database, and puts records back
+    code, out, err = await patchassign(
+        small, "run", undo, "-c", small.config, "--journal", pg_url + "?schema=undo"
+    )
+    assert code == 0, out + err
+    assert len(demo_mismatches(small.sb, small.n)) >= 4 * small.n

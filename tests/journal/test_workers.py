@@ -1,0 +1,123 @@
+"""Workers sharing one plan in PostgreSQL: disjoint takes, leases, order per record."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from patchassign.changes import Assign
+from patchassign.dispatch import Result
+from patchassign.journal import JournalError, PgJournal
+
+
+def plan(url: str, records: list[str]) -> None:
+    with PgJournal(url) as j:
+        j.load(
+            [
+                (n, Assign(system="s", record=r, to="eve", id=f"c{n}"), None, None, r)
+                for n, r in enumerate(records, 1)
+            ],
+            plan="plan.jsonl",
+            digest=hashlib.sha256(),
+        )
+
+
+def done(line: int, **kw: Any) -> Result:
+    return Result(index=line, id=None, system="s", record=line, status="applied", **kw)
+
+
+def test_workers_take_disjoint_items(pg_url: str) -> None:
+    plan(pg_url, [str(n) for n in range(2000)])
+    taken: dict[int, list[int]] = {}
+    workers = [PgJournal(pg_url) for _ in range(4)]
+    for w in workers:
+        w.start()
+
+    def work(w: PgJournal) -> None:
+        mine = taken.setdefault(w.run_id, [])
+        while batch := w.take("s", 0, 37):
+            mine += [i.line for i in batch]
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    every = [line for lines in taken.values() for line in lines]
+    assert sorted(every) == list(range(1, 2001))  # each item once, none twice
+    assert sum(1 for lines in taken.values() if lines) >= 2  # the work was shared
+    for w in workers:
+        w.close()
+
+
+def test_a_lost_workers_items_come_back_in_doubt_and_its_late_outcomes_are_dropped(
+    pg_url: str,
+) -> None:
+    plan(pg_url, ["a", "b", "c"])
+    lost = PgJournal(pg_url, lease=0.3, batch=1000)
+    lost.start()
+    assert [i.line for i in lost.take("s", 0, 2)] == [1, 2]
+    lost.record(1, done(1))
+    lost.flush()  # line 1 done; line 2 in flight when it stalls
+    other = PgJournal(pg_url, lease=5)
+    other.start()
+    assert [i.line for i in other.take("s", 0, 10)] == [3]  # 2 is still the stalled one's
+    time.sleep(0.5)  # its lease ends
+    assert other.reclaim() == 1
+    (back,) = other.take("s", 0, 10)
+    assert back.line == 2
+    assert back.doubt
+    assert back.hold is not None
+    assert -5 < back.hold < 0
+    lost.record(2, done(2, error="late"))  # the stalled worker wakes up: too late
+    lost.flush()
+    with pytest.raises(JournalError, match="did not renew its lease"):
+        lost.beat()
+    other.record(2, done(2, error="mine"))
+    other.flush()
+    assert {r.line: r.error for r in other.rows()}[2] == "mine"
+    status = other.status()
+    assert [(w.run, w.live) for w in status.workers] == [(lost.run_id, False), (other.run_id, True)]
+    lost.close()
+    other.close()
+
+
+def test_changes_to_one_record_keep_their_order_across_workers(pg_url: str) -> None:
+    plan(pg_url, ["r1", "r1", "r2", "r1"])
+    a, b = PgJournal(pg_url), PgJournal(pg_url)
+    a.start()
+    b.start()
+    assert [i.line for i in a.take("s", 0, 1)] == [1]
+    # r1's later changes wait for line 1 (a's); r2 goes
+    assert [i.line for i in b.take("s", 0, 10)] == [3]
+    a.record(1, done(1))
+    a.flush()
+    assert [i.line for i in b.take("s", 0, 10)] == [2]  # not 4: 2 is b's own, in order
+    assert a.take("s", 0, 10) == []  # 4 waits for 2, which b holds
+    b.record(2, done(2))
+    b.flush()
+    assert [i.line for i in a.take("s", 0, 10)] == [4]
+    a.close()
+    b.close()
+
+
+def test_bad_urls_and_unreachable_servers_are_journal_errors() -> None:
+    with pytest.raises(JournalError, match="plain name"):
+        PgJournal("postgresql://u@127.0.0.1:1/db?schema=a;drop")
+    with pytest.raises(JournalError, match="cannot connect") as e:
+        PgJournal("postgresql://u:s3cret@127.0.0.1:1/db")
+    assert "s3cret" not in str(e.value)
+    assert "postgresql://u@127.0.0.1:1/db" in str(e.value)
+
+
+def test_a_schema_per_plan(pg_url: str) -> None:
+    plan(pg_url + "?schema=night_1", ["a"])
+    with PgJournal(pg_url + "?schema=night_2") as j:
+        assert not j.loaded
+    with PgJournal(pg_url + "?schema=night_1") as j:
+        assert j.loaded
+        assert j.count() == 1
