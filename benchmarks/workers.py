@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import os
 import random
+import resource
 import signal
 import sys
 import tempfile
@@ -33,7 +34,7 @@ import msgspec
 
 from benchmarks._harness import machine
 from patchassign.cli import _demo_config
-from patchassign.journal import PgJournal
+from patchassign.journal import PgJournal, open_journal
 from patchassign.sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
 from patchassign.sandbox.postgres import PostgresServer
 
@@ -62,11 +63,12 @@ def _write_plan(path: Path, records: int) -> None:
 
 
 async def _one(
-    pg: PostgresServer, records: int, workers: int, limits: list[str], faults: Faults | None
+    pg: PostgresServer | None, records: int, workers: int, limits: list[str], faults: Faults | None
 ) -> dict[str, Any]:
-    url = pg.new_database()
+    """One shared run (``pg``), or the baseline: one worker with a SQLite journal."""
     with tempfile.TemporaryDirectory() as folder:
         d = Path(folder)
+        url = pg.new_database() if pg else str(d / "plan.journal")
         async with Sandbox(demo=records, faults=faults) as sb:
             env = _demo_config(sb, d / "systems.toml")
             plan = d / "plan.jsonl"
@@ -74,6 +76,7 @@ async def _one(
             # The first worker loads the plan (its load is part of the time), the
             # others join it.
             t0 = time.perf_counter()
+            cpu0 = _cpu()
             procs = [await _worker(d, env, url, limits, plan)]
             procs += [await _worker(d, env, url, limits, None) for _ in range(workers - 1)]
             errors = []
@@ -82,8 +85,11 @@ async def _one(
                 if p.returncode != 0:
                     errors.append(err.decode()[-400:])
             elapsed = time.perf_counter() - t0
-            with PgJournal(url) as j:
-                counts = Counter({s: n for (_, s), n in j.counts().items()})
+            cpu = [b - a for a, b in zip(cpu0, _cpu(), strict=True)]
+            with open_journal(url) as j:
+                counts: Counter[str] = Counter()
+                for (_, status), n in j.counts().items():
+                    counts[status] += n
                 split = Counter(r.run for r in j.rows())
             requests = sum(s.stats.count() for s in sb)
             return {
@@ -96,29 +102,47 @@ async def _one(
                 "wrong": len(demo_mismatches(sb, records)),
                 "twice": sum(1 for s in sb for n in s.stats.writes.values() if n > 1),
                 "errors": errors,
+                "cpu": cpu,
             }
 
 
-async def scale(records: int, counts: list[int]) -> None:
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process (the sandbox) and of its ended children (the
+    workers)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
+async def scale(records: int, counts: list[int], only: str | None = None) -> None:
     print(machine())
     print(
         f"\n### Workers sharing one plan: {5 * records:,} changes (5 systems x {records:,}), "
         "sandbox with 5 ms latency\n"
     )
     print("| fakes | limit per system (all workers) | workers | changes/s | requests/s | "
-          "most in flight at a fake | items per worker |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---|")
+          "most in flight at a fake | items per worker | CPU s: sandbox / workers |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---|---|")
     faults = Faults(latency=0.005, seed=1)
+    modes = (
+        ("rate-limited", "8 in flight, 100 req/s", _limits(8, 100.0)),
+        # limits that never bind: each worker up to 64 requests in flight (--concurrency)
+        ("unlimited", "none that binds", [*_limits(512, None), "--concurrency", "64"]),
+    )
     with PostgresServer() as pg:
-        for label, conc, rate in (("rate-limited", 8, 100.0), ("unlimited", 32, None)):
-            limit = "8 in flight, 100 req/s" if rate else "32 in flight (no rate)"
-            for w in counts:
-                r = await _one(pg, records, w, _limits(conc, rate), faults)
+        for label, limit, limits in modes:
+            if only and label != only:
+                continue
+            for w in [0, *counts]:
+                r = await _one(pg if w else None, records, max(w, 1), limits, faults)
                 bad = r["wrong"] or r["twice"] or r["errors"] or r["applied"] != r["changes"]
+                journal = "SQLite" if not w else "PostgreSQL"
                 print(
-                    f"| {label} | {limit} | {w} | {r['changes'] / r['elapsed']:,.0f} | "
+                    f"| {label} | {limit} | {max(w, 1)} ({journal}) | "
+                    f"{r['changes'] / r['elapsed']:,.0f} | "
                     f"{r['requests'] / r['elapsed']:,.0f} | {max(r['peak'].values())} | "
-                    f"{' / '.join(f'{n:,}' for n in r['split'])} |" + (" FAIL" if bad else ""),
+                    f"{' / '.join(f'{n:,}' for n in r['split'])} | "
+                    f"{r['cpu'][0]:,.1f} / {r['cpu'][1]:,.1f} |" + (" FAIL" if bad else ""),
                     flush=True,
                 )
                 if bad:
@@ -139,8 +163,10 @@ async def chaos(records: int, workers: int, kills: int) -> None:
         hold=2.0,
         seed=9,
     )
+    # 8 in flight and 150 requests/s per system, for all workers together: the run
+    # lasts long enough (about a minute) for the kills to land mid-run.
     conc = 8
-    limits = _limits(conc, None)
+    limits = _limits(conc, 150.0)
     with PostgresServer() as pg, tempfile.TemporaryDirectory() as folder:
         url = pg.new_database()
         d = Path(folder)
@@ -204,13 +230,14 @@ def main() -> None:
     s = sub.add_parser("scale")
     s.add_argument("--records", type=int, default=1000, help="per system")
     s.add_argument("--workers", default="1,2,4")
+    s.add_argument("--only", choices=["rate-limited", "unlimited"])
     c = sub.add_parser("chaos")
     c.add_argument("--records", type=int, default=4000, help="per system")
     c.add_argument("--workers", type=int, default=4)
     c.add_argument("--kills", type=int, default=10)
     args = parser.parse_args()
     if args.what == "scale":
-        asyncio.run(scale(args.records, [int(n) for n in args.workers.split(",")]))
+        asyncio.run(scale(args.records, [int(n) for n in args.workers.split(",")], args.only))
     else:
         asyncio.run(chaos(args.records, args.workers, args.kills))
 

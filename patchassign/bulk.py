@@ -403,7 +403,12 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             inflight.update({s: {} for s in totals})
             skipped = v.valid - sum(totals.values()) if opts.resume else 0
             progress = Progress(
-                totals, err, opts.progress, opts.progress_interval, dispatcher.states
+                totals,
+                err,
+                opts.progress,
+                opts.progress_interval,
+                dispatcher.states,
+                left=journal.left if isinstance(journal, PgJournal) else None,
             )
             progress.start()
             # Loaded items were checked by their adapters when the plan was loaded.

@@ -321,26 +321,7 @@ def _limits(specs: list[str]) -> dict[str, Limits]:
 
 
 def _options(args: argparse.Namespace, config: Config, plan: Path | None) -> Options:
-    if args.concurrency is not None and not 1 <= args.concurrency <= 10_000:
-        raise UsageError("--concurrency must be between 1 and 10000")
-    if args.retry_failed and not args.resume:
-        raise UsageError("--retry-failed goes with --resume")
-    if args.progress_interval <= 0:
-        raise UsageError("--progress-interval must be positive")
-    if not 0.5 <= args.lease <= 3600:
-        raise UsageError("--lease must be between 0.5 and 3600 seconds")
-    journal: Path | str | None = args.journal
-    if args.join:
-        if not is_url(args.journal):
-            raise UsageError("--join needs --journal postgresql://... (a journal workers share)")
-        if args.dry_run:
-            raise UsageError("--dry-run works on a plan, not with --join")
-    elif plan is None:
-        raise UsageError("give the plan to run (or --join a PostgreSQL --journal)")
-    if journal is not None and not is_url(journal):
-        journal = Path(journal)
-    if args.dry_run and is_url(journal):
-        journal = None  # a dry run keeps nothing: it works from a throwaway journal
+    journal = _check_run_args(args, plan)
     return Options(
         plan=plan,
         config=config,
@@ -360,6 +341,31 @@ def _options(args: argparse.Namespace, config: Config, plan: Path | None) -> Opt
         preflight=not args.no_preflight,
         format=args.format,
     )
+
+
+def _check_run_args(args: argparse.Namespace, plan: Path | None) -> Path | str | None:
+    """The command line's own errors (before any file is read); the journal to use."""
+    if args.concurrency is not None and not 1 <= args.concurrency <= 10_000:
+        raise UsageError("--concurrency must be between 1 and 10000")
+    if args.retry_failed and not (args.resume or args.join):
+        raise UsageError("--retry-failed goes with --resume (or --join)")
+    if args.progress_interval <= 0:
+        raise UsageError("--progress-interval must be positive")
+    if not 0.5 <= args.lease <= 3600:
+        raise UsageError("--lease must be between 0.5 and 3600 seconds")
+    journal: Path | str | None = args.journal
+    if args.join:
+        if not is_url(args.journal):
+            raise UsageError("--join needs --journal postgresql://... (a journal workers share)")
+        if args.dry_run:
+            raise UsageError("--dry-run works on a plan, not with --join")
+    elif plan is None:
+        raise UsageError("give the plan to run (or --join a PostgreSQL --journal)")
+    if journal is not None and not is_url(journal):
+        journal = Path(journal)
+    if args.dry_run and is_url(journal):
+        journal = None  # a dry run keeps nothing: it works from a throwaway journal
+    return journal
 
 
 async def _cancellable(coro: Coroutine[Any, Any, int]) -> int:
@@ -430,6 +436,8 @@ def _logging(verbose: bool) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     _logging(args.verbose)
+    _check_run_args(args, args.plan)
+    _limits(args.limit)
     config = _load(args.config, lazy=True)
     opts = _options(args, config, args.plan)
     if args.plan is not None:

@@ -241,6 +241,9 @@ class Progress:
         interval: Seconds between log lines.
         states: Each system's state now (``running``, ``throttled``, ``paused``,
             ``stopped``), e.g. :meth:`Dispatcher.states`.
+        left: What is left per system over all workers (a shared journal's
+            ``left``): the counts follow the whole plan, not only this worker's part
+            (asked every couple of seconds).
 
     :meth:`update` only counts (it runs once per result); the display is redrawn by a
     timer started with :meth:`start`.
@@ -253,6 +256,7 @@ class Progress:
         mode: str = "auto",
         interval: float = 10.0,
         states: Callable[[], dict[str, str]] | None = None,
+        left: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         if mode == "auto":
             mode = "bar" if _isatty(stream) else "log"
@@ -269,6 +273,18 @@ class Progress:
         self._task: asyncio.Task[None] | None = None
         self._rich: Any = None
         self._ids: dict[str, Any] = {}
+        self.left = left
+        self._synced = 0.0
+
+    def _sync(self) -> None:
+        """With other workers: done per system is the plan's, from the journal."""
+        now = time.monotonic()
+        if self.left is None or now - self._synced < 2.0:
+            return
+        self._synced = now
+        left = self.left()
+        for system, total in self.totals.items():
+            self.done[system] = max(self.done[system], total - left.get(system, 0))
 
     def update(self, system: str, status: str) -> None:
         self.done[system] += 1
@@ -311,6 +327,7 @@ class Progress:
         return " | ".join(parts)
 
     def show(self) -> None:
+        self._sync()
         if self.mode == "bar" and self._rich is not None:
             self._rates()
             states = self.states() if self.states else {}

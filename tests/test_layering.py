@@ -73,3 +73,44 @@ def test_adapters_carry_their_systems_documented_limits() -> None:
     assert d.limits["perscom"].rate is not None
     assert abs(d.limits["perscom"].rate - 1000 / 60) < 1e-9  # 1,000 a minute
     assert d.limits["maxsight"] == Limits(concurrency=3)  # the caller's word wins
+
+
+def test_psycopg_is_needed_only_for_a_postgresql_journal() -> None:
+    """PostgreSQL is an extra: without psycopg, everything else (SQLite journals
+    included) works, and a postgresql:// journal is a clear error."""
+    code = (
+        "import sys, tempfile, pathlib\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'psycopg' or name.startswith('psycopg'):\n"
+        "            raise ImportError('no ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import patchassign, patchassign.cli, patchassign.bulk\n"
+        "from patchassign.journal import open_journal, JournalError\n"
+        "with open_journal(pathlib.Path(tempfile.mkdtemp()) / 'j') as j:\n"
+        "    assert not j.loaded\n"
+        "try:\n"
+        "    open_journal('postgresql://u@127.0.0.1:1/db')\n"
+        "except JournalError as e:\n"
+        "    assert \"pip install 'patchassign[postgres]'\" in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_only_the_journal_speaks_sql() -> None:
+    """DESIGN: the journal owns all SQL (the sandbox's throwaway server only creates
+    databases)."""
+    from pathlib import Path
+
+    import patchassign
+
+    root = Path(patchassign.__file__).parent
+    allowed = {root / "sandbox" / "postgres.py"}
+    for path in root.rglob("*.py"):
+        if "journal" in path.parts or path in allowed:
+            continue
+        text = path.read_text()
+        for module in ("sqlite3", "psycopg"):
+            assert f"import {module}" not in text, (path, module)

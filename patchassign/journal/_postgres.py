@@ -83,8 +83,8 @@ CREATE TABLE IF NOT EXISTS items (
     run INTEGER,
     worker INTEGER
 );
-CREATE INDEX IF NOT EXISTS items_pending ON items (system, line) WHERE status = 'pending';
-CREATE INDEX IF NOT EXISTS items_taken ON items (worker) WHERE status = 'taken';
+CREATE INDEX IF NOT EXISTS items_pending ON items (system, (line + 0))
+    WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_key ON items (system, key, line);
 CREATE TABLE IF NOT EXISTS workers (
     run SERIAL PRIMARY KEY,
@@ -234,11 +234,11 @@ class PgJournal:
         lease: float = 15.0,
         name: str | None = None,
     ) -> None:
+        self.url = url
+        self._conn, self.schema, self.where = connect(url)  # says if psycopg is missing
         import psycopg
 
         self._psycopg = psycopg
-        self.url = url
-        self._conn, self.schema, self.where = connect(url)
         self.batch = batch
         self.interval = interval
         self.lease = lease
@@ -381,13 +381,19 @@ class PgJournal:
         """Mark workers whose lease ended as lost and put their taken items back, in
         doubt; returns how many items came back."""
         with self._transaction():
-            cur = self._conn.execute(
-                "WITH lost AS (UPDATE workers SET lost = true "  # noqa: S608 - constants
+            lost = self._conn.execute(
+                "UPDATE workers SET lost = true "  # noqa: S608 - constants
                 f"WHERE finished IS NULL AND NOT lost AND lease_until < {NOW} "
-                "RETURNING run, lease_until) "
+                "RETURNING run, lease_until"
+            ).fetchall()
+            if not lost:  # the usual case: nothing to scan
+                return 0
+            cur = self._conn.execute(
                 "UPDATE items SET status = 'pending', doubt = true, worker = NULL, "
-                "hold = lost.lease_until FROM lost "
-                "WHERE items.worker = lost.run AND items.status = 'taken'"
+                "hold = lost.lease_until FROM unnest(%s::int[], %s::float8[]) "
+                "AS lost(run, lease_until) "
+                "WHERE items.worker = lost.run AND items.status = 'taken'",
+                [[r for r, _ in lost], [t for _, t in lost]],
             )
             return cur.rowcount
 
@@ -505,7 +511,10 @@ class PgJournal:
             "AND NOT EXISTS (SELECT 1 FROM items e WHERE e.system = i.system "
             "AND e.key = i.key AND e.line < i.line AND (e.status = 'pending' "
             "OR (e.status = 'taken' AND e.worker <> %(w)s))) "
-            "ORDER BY line LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
+            # line + 0: only the partial index of pending items gives this order, so
+            # the scan never walks the items already done, whatever the statistics say
+            # (with stale ones the planner took the primary key: a scan of every item).
+            "ORDER BY line + 0 LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
             "UPDATE items SET status = 'taken', worker = %(w)s, run = %(w)s FROM c "
             "WHERE items.line = c.line "
             f"RETURNING items.line, items.change, items.doubt, items.hold - {NOW}",
@@ -533,14 +542,31 @@ class PgJournal:
         if not self._buffer:
             return
         rows, self._buffer = self._buffer, []
-        with self._transaction(), self._conn.cursor() as cur:
-            cur.executemany(
-                "UPDATE items SET status = %s, http_status = %s, version = %s, error = %s, "
-                "attempts = attempts + %s, writes = writes + %s, unconfirmed = %s::int::bool, "
-                "started = %s, elapsed = %s, before = coalesce(%s, before), after = %s, "
-                "current = %s, planned = %s, run = %s, doubt = false, hold = NULL "
-                "WHERE line = %s AND worker = %s AND status = 'taken'",
-                rows,
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        columns[6] = [bool(u) for u in columns[6]]  # unconfirmed
+        with self._transaction():
+            # One statement for the whole batch (a row per outcome would be a round trip
+            # each: a millisecond per outcome).
+            self._conn.execute(
+                "UPDATE items SET status = v.status, http_status = v.http_status, "
+                "version = v.version, error = v.error, attempts = items.attempts + v.attempts, "
+                "writes = items.writes + v.writes, unconfirmed = v.unconfirmed, "
+                "started = v.started, elapsed = v.elapsed, "
+                "before = coalesce(v.before, items.before), after = v.after, "
+                "current = v.current, planned = v.planned, run = v.run, doubt = false, "
+                "hold = NULL FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], "
+                "%s::int[], %s::int[], %s::bool[], %s::float8[], %s::float8[], %s::bytea[], "
+                "%s::bytea[], %s::bytea[], %s::bytea[], %s::int[], %s::bigint[], %s::int[]) "
+                "AS v(status, http_status, version, error, attempts, writes, unconfirmed, "
+                "started, elapsed, before, after, current, planned, run, line, worker) "
+                "WHERE items.line = ANY(%s::bigint[]) AND items.line = v.line "
+                "AND items.worker = v.worker AND items.status = 'taken'",
+                # The lines again: the planner then looks them up by the primary key
+                # (statistics from the load say no item is taken: a nested loop over
+                # every item, seconds per batch, was its choice without them); never a
+                # prepared (generic) plan, which cannot see the arrays' sizes.
+                [*columns, columns[14]],
+                prepare=False,
             )
             self._conn.execute(
                 f"UPDATE workers SET alive = {NOW} WHERE run = %s",  # noqa: S608

@@ -401,3 +401,32 @@ def test_a_custom_adapter_from_the_configuration(
             parse_config({"systems": {"acme": t}}, env={"A": "x"})
     with pytest.raises(ConfigError, match="system = 'other'"):
         parse_config({"systems": {"other": table}}, env={"A": "x"})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--join"], "--join needs --journal postgresql://"),
+        (["run", "--join", "--journal", "x.journal"], "--join needs --journal postgresql://"),
+        (["run"], "give the plan to run"),
+        (["run", "p.jsonl", "--lease", "0.1"], "--lease must be between"),
+        (
+            ["run", "--join", "--journal", "postgresql://u@h/d", "--dry-run"],
+            "--dry-run works on a plan",
+        ),
+        (["status", "nope.journal"], "no such journal: nope.journal"),
+        (["status", "postgresql://u:pw@127.0.0.1:1/d"], "cannot connect"),
+        (["leftovers", "postgresql://u@127.0.0.1:1/d?schema=x-y"], "plain name"),
+    ],
+)
+def test_worker_and_status_usage_errors(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "systems.toml", None)
+    config.write_text("")
+    extra = ["-c", str(config)] if args[0] == "run" else []
+    assert main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert "pw@" not in err
