@@ -230,6 +230,7 @@ class _Lane:
         "adapter",
         "auth_streak",
         "calm",
+        "configured",
         "down",
         "host",
         "in_flight",
@@ -262,6 +263,8 @@ class _Lane:
         #: written two ways ("7:5" and 5) is still one record for the order of changes.
         self.key_of: Any = getattr(adapter, "key", None) or _record_text
         self.max = limits.concurrency
+        #: The lane's own limit (``max`` may be a share of it, see :meth:`resize`).
+        self.configured = limits.concurrency
         self.window = float(min(limits.concurrency, _FIRST_WINDOW))
         self.slow_start = self.window < self.max
         self.in_flight = 0
@@ -297,9 +300,11 @@ class _Lane:
         """New limits (a share of limits held with other processes): requests in flight
         above a lower limit finish; nothing new starts until they are under it."""
         self.max = concurrency
-        if self.window > concurrency or (self.calm and self.window < concurrency):
+        if self.window > concurrency:
             self.window = float(concurrency)
-        self.slow_start = self.slow_start and self.window < self.max
+        elif self.window < 1.0 < concurrency + 1:  # from nothing: start as a new lane
+            self.window = float(min(concurrency, _FIRST_WINDOW))
+        self.slow_start = self.window < concurrency and (self.slow_start or not self.pressure)
         self.calm = self.window >= self.max and not self.pressure
         self._interval = 1.0 / rate if rate else 0.0
         self._tolerance = (burst - 1) * self._interval
@@ -1458,7 +1463,8 @@ async def _results(
             )
             tracks[task] = track
 
-        pool = _Pool(min(buffer.lane.max, d.concurrency), spawn)
+        # Workers for the lane's own limit: a share of it (shared limits) may grow.
+        pool = _Pool(max(1, min(buffer.lane.configured, d.concurrency)), spawn)
         return pool
 
     if isinstance(changes, Mapping):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from patchassign import (
+    ConfigError,
     ConnectError,
     Dispatcher,
     Hooks,
@@ -524,3 +525,47 @@ async def test_stopped_twice_with_writes_in_flight_every_change_is_accounted_for
     assert all(r.status == "cancelled" for r in in_flight)
     assert all(r.unconfirmed for r in in_flight)  # written, not confirmed: resume reads them
     assert len(in_flight) == puts == 4  # the lane's first window
+
+
+async def test_resize_changes_a_lanes_limits_while_it_runs() -> None:
+    """The seam shared limits use: 0 sends nothing, a raised limit is used at once, a
+    lowered one lets what is in flight finish and starts nothing above it."""
+    gate = asyncio.Event()
+    seen: list[int] = []
+    route = Route(perscom=FakePerscom(), maxsight=FakeMaxsight())
+
+    async def handler(request: HttpRequest) -> HttpResponse:
+        seen.append(d.in_flight("maxsight"))
+        await gate.wait()
+        return await route(request)
+
+    d = Dispatcher(
+        [f.adapter() for f in route.fakes.values()],
+        transport=MockTransport(handler, record=False),
+        retry=FAST,
+        limits={"maxsight": Limits(concurrency=6)},
+    )
+    async with d:
+        d.resize("maxsight", 0, None)
+        run = d.run(to_maxsight(12))
+        results: list[Result] = []
+        reader = asyncio.ensure_future(_collect(run, results))
+        await asyncio.sleep(0.05)
+        assert seen == []  # nothing may go
+        assert d.in_flight("maxsight") == 0
+        d.resize("maxsight", 3, None)
+        await asyncio.sleep(0.05)
+        assert len(seen) == 3  # three at once, no more
+        assert max(seen) <= 3
+        d.resize("maxsight", 1, 50.0)  # lower while three are in flight
+        gate.set()
+        await asyncio.wait_for(reader, 5)
+        await run.aclose()
+    assert [r.status for r in results] == ["applied"] * 12
+    assert max(seen[3:]) <= 1  # after the three, one at a time
+    with pytest.raises(ConfigError):
+        d.resize("maxsight", -1, None)
+
+
+async def _collect(run: Any, out: list[Result]) -> None:
+    out.extend([r async for r in run])
