@@ -143,6 +143,27 @@ _COLUMNS = (
 )
 
 
+def _per_system(systems: dict[str, SystemStatus], rows: Any, now: float) -> None:
+    """Fill ``systems`` from ``(system, status, count, recent, earliest)`` rows: counts
+    by status, and outcomes per second over the last minute (or since the first of
+    them, for a run younger than that)."""
+    recent: dict[str, int] = {}
+    since: dict[str, float] = {}
+    for system, status, n, new, first in rows:
+        s = systems.setdefault(system, SystemStatus(system=system))
+        if status == "pending":
+            s.pending = n
+        elif status == "taken":
+            s.taken = n
+        else:
+            s.done[status] = n
+        if new:
+            recent[system] = recent.get(system, 0) + int(new)
+            since[system] = min(since.get(system, now), float(first))
+    for system, n in recent.items():
+        systems[system].rate = n / min(60.0, max(1.0, now - since[system]))
+
+
 def _again(retry_failed: bool) -> str:
     """The finished statuses a new run does again (SQL list)."""
     return "'cancelled', 'unsent'" + (", 'failed'" if retry_failed else "")

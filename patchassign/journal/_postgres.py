@@ -41,6 +41,7 @@ from ._base import (
     _decode_change,
     _encode,
     _outcome,
+    _per_system,
     _row,
 )
 
@@ -662,19 +663,14 @@ class PgJournal:
         outcomes per second over the last minute; and every worker."""
         self.flush()
         systems: dict[str, SystemStatus] = {}
+        now = float(self._execute(f"SELECT {NOW}").fetchone()[0])  # type: ignore[index]
         cur = self._execute(
-            "SELECT coalesce(system, '?'), status, count(*), "  # noqa: S608
-            f"count(*) FILTER (WHERE started + elapsed > {NOW} - 60) FROM items GROUP BY 1, 2"
+            "SELECT coalesce(system, '?'), status, count(*), "
+            "count(*) FILTER (WHERE started + elapsed > %(t)s), "
+            "min(started) FILTER (WHERE started + elapsed > %(t)s) FROM items GROUP BY 1, 2",
+            {"t": now - 60.0},
         )
-        for system, status, n, recent in cur:
-            s = systems.setdefault(system, SystemStatus(system=system))
-            if status == "pending":
-                s.pending = n
-            elif status == "taken":
-                s.taken = n
-            else:
-                s.done[status] = n
-            s.rate += recent / 60.0
+        _per_system(systems, cur, now)
         for system, n in self._execute(
             "SELECT system, count(DISTINCT worker) FROM items i JOIN workers w "  # noqa: S608
             "ON w.run = i.worker WHERE i.status = 'taken' AND NOT w.lost "
@@ -684,10 +680,10 @@ class PgJournal:
                 systems[system].workers = int(n)
         workers = []
         for run, name, started, alive, finished, live, taken in self._execute(
-            f"SELECT run, name, started, alive, finished, "  # noqa: S608
-            f"finished IS NULL AND NOT lost AND lease_until >= {NOW}, "
-            "(SELECT count(*) FROM items WHERE worker = run AND status = 'taken') "
-            "FROM workers ORDER BY run"
+            f"SELECT w.run, w.name, w.started, w.alive, w.finished, "  # noqa: S608
+            f"w.finished IS NULL AND NOT w.lost AND w.lease_until >= {NOW}, "
+            "(SELECT count(*) FROM items i WHERE i.worker = w.run AND i.status = 'taken') "
+            "FROM workers w ORDER BY w.run"
         ):
             workers.append(
                 WorkerStatus(

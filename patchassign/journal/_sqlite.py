@@ -33,6 +33,7 @@ from ._base import (
     _decode_change,
     _encode,
     _outcome,
+    _per_system,
     _row,
 )
 
@@ -525,19 +526,11 @@ class Journal:
         now = time.time()
         systems: dict[str, SystemStatus] = {}
         cur = self._db.execute(
-            "SELECT coalesce(system, '?'), status, count(*), "
-            "sum(started + elapsed > ?) FROM items GROUP BY 1, 2",
+            "SELECT coalesce(system, '?'), status, count(*), sum(started + elapsed > ?1), "
+            "min(CASE WHEN started + elapsed > ?1 THEN started END) FROM items GROUP BY 1, 2",
             (now - 60.0,),
         )
-        for system, status, n, recent in cur:
-            s = systems.setdefault(system, SystemStatus(system=system))
-            if status == "pending":
-                s.pending = n
-            elif status == "taken":
-                s.taken = n
-            else:
-                s.done[status] = n
-            s.rate += (recent or 0) / 60.0
+        _per_system(systems, cur, now)
         busy = self._lock is None and self.in_use()
         workers = [
             WorkerStatus(
