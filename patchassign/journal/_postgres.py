@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_pending ON items (system, (line + 0))
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS items_key ON items (system, key, line);
+CREATE INDEX IF NOT EXISTS items_taken ON items (system, (line + 0)) WHERE status = 'taken';
+CREATE TABLE IF NOT EXISTS tally (
+    system TEXT PRIMARY KEY,
+    total BIGINT NOT NULL,
+    done BIGINT NOT NULL DEFAULT 0
+);
 CREATE TABLE IF NOT EXISTS workers (
     run SERIAL PRIMARY KEY,
     name TEXT NOT NULL,
@@ -355,6 +361,10 @@ class PgJournal:
                                 None,
                             )
                         )
+            self._conn.execute(
+                "INSERT INTO tally (system, total) SELECT system, count(*) FROM items "
+                "WHERE status = 'pending' GROUP BY system"
+            )
             self.set_meta("plan", plan)
             self.set_meta("plan_sha256", digest.hexdigest())
         self._execute("ANALYZE items")
@@ -372,9 +382,13 @@ class PgJournal:
             assert row is not None
             self.run_id = int(row[0])
             self._conn.execute(
-                "UPDATE items SET status = 'pending', doubt = doubt OR unconfirmed, "  # noqa: S608
+                "WITH again AS (UPDATE items SET status = 'pending', "  # noqa: S608
+                "doubt = doubt OR unconfirmed, "
                 "hold = CASE WHEN unconfirmed THEN started + elapsed ELSE hold END "
-                f"WHERE status IN ({_again(retry_failed)})"
+                f"WHERE status IN ({_again(retry_failed)}) RETURNING system) "
+                "UPDATE tally SET done = tally.done - n FROM "
+                "(SELECT system, count(*) AS n FROM again GROUP BY system) c "
+                "WHERE tally.system = c.system"
             )
         self.reclaim()
 
@@ -460,21 +474,20 @@ class PgJournal:
         ).fetchone()
         return int(row[0]) if row else 0
 
-    def unfinished(self, system: str) -> int:
-        """Items of ``system`` still pending or taken (by any worker)."""
+    def unfinished(self, system: str) -> bool:
+        """Whether any item of ``system`` is still pending or taken (by any worker)."""
         row = self._execute(
-            "SELECT count(*) FROM items WHERE system = %s AND status IN ('pending', 'taken')",
-            (system,),
+            "SELECT EXISTS (SELECT 1 FROM items WHERE system = %(s)s AND status = 'pending') "
+            "OR EXISTS (SELECT 1 FROM items WHERE system = %(s)s AND status = 'taken')",
+            {"s": system},
         ).fetchone()
-        return int(row[0]) if row else 0
+        return bool(row and row[0])
 
     def left(self) -> dict[str, int]:
-        """Items per system still pending or taken (by any worker): what the plan's
-        workers, this one among them, have left to do."""
-        cur = self._execute(
-            "SELECT system, count(*) FROM items WHERE status IN ('pending', 'taken') "
-            "GROUP BY system"
-        )
+        """Items per system without an outcome yet (pending, or taken by any worker):
+        what the plan's workers, this one among them, have left to do. Kept as a tally
+        by each batch of outcomes, so asking costs nothing at any plan size."""
+        cur = self._execute("SELECT system, total - done FROM tally WHERE total > done")
         return {str(s): int(n) for s, n in cur}
 
     def clear(self) -> None:
@@ -483,6 +496,7 @@ class PgJournal:
             raise JournalError(f"{self.where}: workers have joined this plan; not cleared")
         with self._transaction():
             self._conn.execute("DELETE FROM items")
+            self._conn.execute("DELETE FROM tally")
             self._conn.execute("DELETE FROM meta WHERE key IN ('plan', 'plan_sha256')")
 
     def pending(self) -> dict[str, int]:
@@ -549,7 +563,7 @@ class PgJournal:
             # One statement for the whole batch (a row per outcome would be a round trip
             # each: a millisecond per outcome).
             self._conn.execute(
-                "UPDATE items SET status = v.status, http_status = v.http_status, "
+                "WITH u AS (UPDATE items SET status = v.status, http_status = v.http_status, "
                 "version = v.version, error = v.error, attempts = items.attempts + v.attempts, "
                 "writes = items.writes + v.writes, unconfirmed = v.unconfirmed, "
                 "started = v.started, elapsed = v.elapsed, "
@@ -561,7 +575,11 @@ class PgJournal:
                 "AS v(status, http_status, version, error, attempts, writes, unconfirmed, "
                 "started, elapsed, before, after, current, planned, run, line, worker) "
                 "WHERE items.line = ANY(%s::bigint[]) AND items.line = v.line "
-                "AND items.worker = v.worker AND items.status = 'taken'",
+                "AND items.worker = v.worker AND items.status = 'taken' "
+                "RETURNING items.system) "
+                "UPDATE tally SET done = tally.done + n FROM "
+                "(SELECT system, count(*) AS n FROM u GROUP BY system) c "
+                "WHERE tally.system = c.system",
                 # The lines again: the planner then looks them up by the primary key
                 # (statistics from the load say no item is taken: a nested loop over
                 # every item, seconds per batch, was its choice without them); never a

@@ -121,3 +121,30 @@ def test_a_schema_per_plan(pg_url: str) -> None:
     with PgJournal(pg_url + "?schema=night_1") as j:
         assert j.loaded
         assert j.count() == 1
+
+
+def test_what_is_left_is_a_tally_kept_by_the_outcomes(pg_url: str) -> None:
+    plan(pg_url, ["a", "b", "c", "d"])
+    a = PgJournal(pg_url, lease=0.3)
+    a.start()
+    assert a.left() == {"s": 4}
+    assert a.unfinished("s")
+    a.take("s", 0, 3)
+    a.record(1, done(1))
+    a.record(2, Result(index=2, id=None, system="s", record="b", status="cancelled"))
+    a.flush()
+    assert a.left() == {"s": 2}  # 3 (taken) and 4 (pending)
+    time.sleep(0.5)  # a is lost; its late outcome for 3 does not count
+    b = PgJournal(pg_url)
+    b.start()  # 2 (cancelled) is to do again, 3 comes back
+    assert b.left() == {"s": 3}
+    a.record(3, done(3))
+    a.flush()
+    assert b.left() == {"s": 3}
+    for item in b.take("s", 0, 10):
+        b.record(item.line, done(item.line))
+    b.flush()
+    assert b.left() == {}
+    assert not b.unfinished("s")
+    a.close()
+    b.close()
