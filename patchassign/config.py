@@ -80,6 +80,7 @@ class SuperOfficeConfig(_System, kw_only=True, forbid_unknown_fields=True):
     password_env: _Env | None = None
     ticket_env: _Env | None = None
     app_token_env: _Env | None = None
+    if_unmodified_since: bool = False
 
 
 class FindableConfig(_System, kw_only=True, forbid_unknown_fields=True):
@@ -339,6 +340,7 @@ def _adapter(
             password=_secret(env, conf.password_env, "password_env"),
             ticket=_secret(env, conf.ticket_env, "ticket_env"),
             app_token=_secret(env, conf.app_token_env, "app_token_env"),
+            if_unmodified_since=conf.if_unmodified_since,
         )
     assert isinstance(conf, FindableConfig)
     token = _secret(env, conf.token_env, "token_env")

@@ -3,8 +3,13 @@
 ``PATCH`` takes a JSON Patch array (``add``, ``replace``, ``remove``, ``test`` only) or a
 JSON Merge Patch object, which is converted to JSON Patch against the stored record, as the
 server says it does. Paths are case-insensitive with the leading slash optional. A failed
-``test`` is 409; ``If-Unmodified-Since`` older than the record's ``Updated`` (compared in
-UTC at whole seconds: an HTTP-date has no fractions) is 412. The patch is applied with
+``test`` is 409 (documented); ``If-Unmodified-Since`` older than the record's ``Updated``
+is 412 (documented), compared at ``precision``: ``"full"`` (the default: ``Updated`` has
+seven fractional digits and an HTTP-date none, so a record updated at 10:00:00.5 has
+changed since ``10:00:00``) or ``"second"`` (``Updated`` floored to whole seconds); the
+vendor does not say which. ``remove`` resets a property to its default (0, "", null): the
+entity has a fixed set of properties (our assumption; the vendor documents ``remove``
+without saying). The patch is applied with
 patchassign's own core. ``Updated`` has seven fractional digits and the server's UTC offset,
 like the real one. Errors are ``{"Error": true, "ErrorType", "ErrorMessage",
 "ErrorSource"}``. Auth: ``Bearer <token>``, ``Basic base64(user:<token>)`` or ``SOTicket
@@ -86,9 +91,18 @@ class SuperOfficeServer(FakeServer):
     write_endpoints: ClassVar[frozenset[str]] = frozenset({"update"})
     editor_field: ClassVar[str] = "Phone"
 
-    def __init__(self, *, utc_offset: timedelta = timedelta(hours=1), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        utc_offset: timedelta = timedelta(hours=1),
+        precision: str = "full",
+        **kwargs: Any,
+    ) -> None:
+        if precision not in ("full", "second"):
+            raise ValueError(f"precision is 'full' or 'second', got {precision!r}")
         super().__init__(**kwargs)
         self.utc_offset = utc_offset
+        self.precision = precision
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/api/v1/ProjectMember/{id}", self._read, name="read")
@@ -209,7 +223,9 @@ class SuperOfficeServer(FakeServer):
             if limit is not None:
                 if limit.tzinfo is None:
                     limit = limit.replace(tzinfo=UTC)
-                updated = parse_updated(rec["Updated"]).replace(microsecond=0)
+                updated = parse_updated(rec["Updated"])
+                if self.precision == "second":
+                    updated = updated.replace(microsecond=0)
                 if updated > limit:
                     return self.error(
                         412,
@@ -221,6 +237,10 @@ class SuperOfficeServer(FakeServer):
             if e.reason == "test-failed":
                 return self.error(409, f"Update blocked by a failed test: {e}", kind="Conflict")
             return self.error(400, f"Patch does not apply: {e}", kind="InvalidPatch")
+        if isinstance(new, dict):
+            for field in _STR_FIELDS | _OTHER:  # removed: back to the default value
+                if field in rec and field not in new:
+                    new[field] = "" if field in _STR_FIELDS else None
         problem = self._check(rec, new)
         if problem is not None:
             return self.error(400, problem, kind="InvalidPatch")
@@ -248,5 +268,5 @@ class SuperOfficeServer(FakeServer):
                 return f"{field} must be a string, got {value!r}"
         missing = sorted(_INT_FIELDS - new.keys())
         if missing:
-            return f"{missing[0]} cannot be removed"
+            return f"{missing[0]} cannot be removed (an int32 with no empty value)"
         return None

@@ -2,10 +2,15 @@
 
 The adapter reads the record, computes the JSON Patch that turns it into what the change
 wants (a merge patch or desired fields are converted with the core, so the server gets
-``add``/``replace``/``remove``/``test`` only), and sends it with ``If-Unmodified-Since`` set
-from the record's ``Updated``. That header has one-second resolution: two changes within
-one second are not told apart, so ``guard=True`` also pins every old value with a ``test``
-operation (a failed test is 409, re-read and re-diffed).
+``add``/``replace``/``remove``/``test`` only), and guards it with what SuperOffice
+documents exactly: a first ``test`` operation on the ``Updated`` value it read (a failed
+test is 409: the record changed since, it is re-read and re-diffed). ``guard=True`` also
+pins every old value the change touches.
+
+``If-Unmodified-Since`` (412) is sent only when asked (``if_unmodified_since=True``): how
+precisely the server compares an HTTP-date (whole seconds) with ``Updated`` (seven
+fractional digits) is not documented, and at full precision every write would be refused
+with a 412 that no re-read can cure.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class SuperOfficeAdapter(BaseAdapter):
         token: A Bearer access token (Online).
         user, password: Basic authentication (on-site).
         ticket, app_token: ``SOTicket`` with ``SO-AppToken`` (server to server).
+        if_unmodified_since: Also send ``If-Unmodified-Since`` from ``Updated`` (whole
+            seconds; only for a server known to compare at that precision).
     """
 
     system: ClassVar[str] = "superoffice"
@@ -84,8 +91,10 @@ class SuperOfficeAdapter(BaseAdapter):
         password: str | Secret | None = None,
         ticket: str | Secret | None = None,
         app_token: str | Secret | None = None,
+        if_unmodified_since: bool = False,
     ) -> None:
         super().__init__(base_url, {"Accept": "application/json"})
+        self.if_unmodified_since = if_unmodified_since
         if token is not None:
             self._auth = {"Authorization": secret(f"Bearer {secret(token).reveal()}")}
         elif user is not None and password is not None:
@@ -213,8 +222,11 @@ class SuperOfficeAdapter(BaseAdapter):
             # Send the caller's own operations (their tests included), behind our guards.
             own = JsonPatch(change.patch, case_insensitive=True)
             ops = JsonPatch([op for op in ops if isinstance(op, Test)]) + own if guard else own
-        headers = {}
         if current.version is not None:
+            # The record as read, exactly: any write since changed Updated (409).
+            ops = JsonPatch([Test(path="/Updated", value=current.version)]) + ops
+        headers = {}
+        if current.version is not None and self.if_unmodified_since:
             try:
                 headers["If-Unmodified-Since"] = if_unmodified_since(current.version)
             except ValueError:

@@ -115,6 +115,7 @@ async def test_if_unmodified_since_compares_whole_seconds_in_utc(
     sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
     s = sandbox.superoffice
+    s.precision = "second"
     updated = parse_updated(s.records["1"]["Updated"])
     same_second = format_datetime(updated.replace(microsecond=0), usegmt=True)
     a = await patch(
@@ -191,3 +192,86 @@ def test_updated_format_round_trips() -> None:
     assert parse_updated(text) == t
     assert parse_updated("2005-05-26T02:30:53.0692723+02:00") == t.replace(microsecond=69272)
     assert parse_updated("2005-05-26T00:30:53Z") == t.replace(microsecond=0)
+
+
+async def test_at_full_precision_an_http_date_is_always_older_than_updated(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """Issue 17: the fake floored ``Updated`` to whole seconds exactly as the adapter
+    did, so they agreed with each other and not (necessarily) with the vendor. At full
+    precision a record updated at hh:mm:ss.5 has changed since hh:mm:ss: 412."""
+    s = sandbox.superoffice
+    assert s.precision == "full"
+    s.records["1"]["Updated"] = "2026-11-23T10:00:00.5000000+01:00"
+    a = await patch(
+        sandbox,
+        session,
+        {"Comment": "1"},
+        headers={"If-Unmodified-Since": "Mon, 23 Nov 2026 09:00:00 GMT"},
+    )
+    assert a.status == 412
+    # what the adapter sends instead: a test of Updated as read
+    ops = [
+        {"op": "test", "path": "/Updated", "value": "2026-11-23T10:00:00.5000000+01:00"},
+        {"op": "replace", "path": "/Comment", "value": "2"},
+    ]
+    assert (await patch(sandbox, session, ops)).status == 200
+    stale = await patch(sandbox, session, ops)  # Updated changed with that write
+    assert stale.status == 409
+    assert s.records["1"]["Comment"] == "2"
+
+
+async def test_remove_resets_a_property_to_its_default(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    """The entity has a fixed set of properties: ``remove`` empties one, it does not
+    take it out of the record (the fake used to delete it)."""
+    s = sandbox.superoffice
+    s.records["1"]["Comment"] = "x"
+    a = await patch(sandbox, session, [{"op": "remove", "path": "/Comment"}])
+    assert a.status == 200
+    assert s.records["1"]["Comment"] == ""
+    assert a.body["Comment"] == ""
+    b = await patch(sandbox, session, [{"op": "remove", "path": "/PersonId"}])
+    assert b.status == 400
+    assert "cannot be removed" in b.body["ErrorMessage"]
+
+
+@pytest.mark.parametrize("precision", ["full", "second"])
+async def test_the_adapter_passes_at_either_precision_with_concurrent_editors(
+    precision: str,
+) -> None:
+    from patchassign import Dispatcher, RetryPolicy
+    from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+
+    n = 40
+    faults = {"superoffice": Faults(editor=0.3, seed=4)}
+    async with Sandbox(demo=n, systems=["superoffice"], faults=faults) as sb:
+        sb.superoffice.precision = precision
+        policy = RetryPolicy(base=0.01, cap=0.05, attempts=10)
+        async with Dispatcher(sb.adapters(), retry=policy) as d:
+            results = await d.send_all(demo_plan(n, ["superoffice"]))
+        assert {r.status for r in results} == {"applied"}, [r.error for r in results]
+        assert not demo_mismatches(sb, n, ["superoffice"])
+        assert max(sb.superoffice.stats.writes.values()) == 1
+        assert sb.superoffice.stats.count(status=409) > 0  # the editors were caught
+
+
+async def test_if_unmodified_since_at_full_precision_cannot_succeed() -> None:
+    """Why the header is off by default: against a server comparing at full precision
+    every write is refused, and no re-read helps (the same Updated comes back)."""
+    from patchassign import Dispatcher, RetryPolicy
+    from patchassign.sandbox import Sandbox, demo_plan
+    from patchassign.systems import SuperOfficeAdapter
+
+    async with Sandbox(demo=5, systems=["superoffice"]) as sb:
+        sb.superoffice.records["1"]["Updated"] = "2026-11-23T10:00:00.5000000+01:00"
+        adapter = SuperOfficeAdapter(
+            sb.superoffice.url, token=sb.superoffice.token, if_unmodified_since=True
+        )
+        policy = RetryPolicy(base=0.01, cap=0.05, attempts=4)
+        async with Dispatcher([adapter], retry=policy) as d:
+            (result,) = await d.send_all(list(demo_plan(1, ["superoffice"])))
+        assert result.status != "applied"
+        assert sb.superoffice.stats.count(status=412) >= 1
+        assert sb.superoffice.stats.writes["1"] == 0

@@ -48,18 +48,26 @@ def ops(req: Any) -> Any:
     return json.loads(req.body)
 
 
-def test_assign_is_a_json_patch_with_if_unmodified_since() -> None:
-    req = adapter().prepare(
-        Assign(system="superoffice", record=7, to="105"), Current(REC, REC["Updated"])
-    )
+UPDATED = {"op": "test", "path": "/Updated", "value": REC["Updated"]}
+
+
+def test_assign_is_a_json_patch_guarded_by_a_test_of_updated() -> None:
+    change = Assign(system="superoffice", record=7, to="105")
+    req = adapter().prepare(change, Current(REC, REC["Updated"]))
     assert isinstance(req, HttpRequest)
     assert (req.method, req.url) == (
         "PATCH",
         "https://online.superoffice.com/Cust1/api/v1/ProjectMember/7",
     )
     assert req.headers["Authorization"] == "Bearer tok"
-    assert req.headers["If-Unmodified-Since"] == "Mon, 23 Nov 2026 04:06:41 GMT"
-    assert ops(req) == [{"op": "replace", "path": "/PersonId", "value": 105}]
+    # what SuperOffice documents exactly: a failed test is 409
+    assert ops(req) == [UPDATED, {"op": "replace", "path": "/PersonId", "value": 105}]
+    assert "If-Unmodified-Since" not in req.headers  # its precision is not documented
+    asked = adapter(token="tok", if_unmodified_since=True).prepare(
+        change, Current(REC, REC["Updated"])
+    )
+    assert isinstance(asked, HttpRequest)
+    assert asked.headers["If-Unmodified-Since"] == "Mon, 23 Nov 2026 04:06:41 GMT"
 
 
 def test_merge_set_and_patch_become_guarded_json_patches() -> None:
@@ -77,6 +85,7 @@ def test_merge_set_and_patch_become_guarded_json_patches() -> None:
         )
     )
     assert merged == [
+        UPDATED,
         {"op": "test", "path": "/Comment", "value": ""},
         {"op": "replace", "path": "/Comment", "value": "x"},
         {"op": "test", "path": "/ContactDepartment", "value": "A"},
@@ -85,7 +94,7 @@ def test_merge_set_and_patch_become_guarded_json_patches() -> None:
     assert all(o["op"] in ("add", "replace", "remove", "test") for o in merged)
     assert ops(
         a.prepare(SetFields(system="superoffice", record=7, state={"personid": 9}), cur)
-    ) == [{"op": "replace", "path": "/PersonId", "value": 9}]
+    ) == [UPDATED, {"op": "replace", "path": "/PersonId", "value": 9}]
     assert isinstance(
         a.prepare(SetFields(system="superoffice", record=7, state={"PersonId": 100}), cur),
         Unchanged,
@@ -95,7 +104,7 @@ def test_merge_set_and_patch_become_guarded_json_patches() -> None:
         {"op": "replace", "path": "comment", "value": "y"},
     ]
     sent = ops(a.prepare(Patch(system="superoffice", record=7, patch=own, guard=True), cur))
-    assert sent == [{"op": "test", "path": "/Comment", "value": ""}, *own]
+    assert sent == [UPDATED, {"op": "test", "path": "/Comment", "value": ""}, *own]
     failing = a.prepare(
         Patch(
             system="superoffice", record=7, patch=[{"op": "test", "path": "/PersonId", "value": 1}]
@@ -200,7 +209,7 @@ async def test_end_to_end_every_change_kind_and_recovery(
     assert isinstance(out, Applied)
     assert s.records["4"]["Mrmrs"] == "Dr"
 
-    # a concurrent edit inside the same second passes If-Unmodified-Since; the guard catches it
+    # a concurrent edit that leaves Updated as it was is caught by the guard's tests
     def sneak(n: int) -> None:
         if n == 0:
             s.records["5"] = {**s.records["5"], "Comment": "someone else"}
@@ -215,7 +224,7 @@ async def test_end_to_end_every_change_kind_and_recovery(
     assert len(writes) == 2
     assert s.stats.count("update", 409) == 1
     assert s.records["5"]["Comment"] == "mine"
-    # an edit that moves Updated: 412, re-read, resend
+    # an edit that moves Updated: the test of Updated fails (409), re-read, resend
     out, writes = await drive(
         a,
         Assign(system="superoffice", record=6, to="107"),
@@ -223,7 +232,7 @@ async def test_end_to_end_every_change_kind_and_recovery(
         between=lambda n: _age(s, "6") if n == 0 else None,
     )
     assert isinstance(out, Applied)
-    assert s.stats.count("update", 412) == 1
+    assert s.stats.count("update", 409) == 2
     assert s.records["6"]["PersonId"] == 107
     assert s.stats.writes["6"] == 1
 
@@ -236,3 +245,16 @@ def _age(server: Any, key: str) -> None:
         "Phone": "changed",
         "Updated": "2099-01-01T00:00:00.0000000+01:00",
     }
+
+
+def test_if_unmodified_since_is_asked_for_in_the_configuration() -> None:
+    from patchassign.config import parse_config
+
+    def built(extra: dict[str, Any]) -> Any:
+        data = {
+            "systems": {"superoffice": {"url": "https://so.example", "token_env": "T", **extra}}
+        }
+        return parse_config(data, env={"T": "x"}).adapters["superoffice"]
+
+    assert built({}).if_unmodified_since is False
+    assert built({"if_unmodified_since": True}).if_unmodified_since is True
