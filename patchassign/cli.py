@@ -716,15 +716,20 @@ def _demo_parser(sub: Any) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from .sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+    from .sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
 
     if not 1 <= args.records <= 200_000:
         raise UsageError("--records must be between 1 and 200000")
-    faults = None
+    faults: dict[str, Faults] | None = None
     if not args.no_faults:
-        faults = Faults(
+        every = Faults(
             throttle=0.03, retry_after=1, unavailable=0.03, drop=0.01, editor=0.05, seed=args.seed
         )
+        faults = dict.fromkeys(SYSTEMS, every)
+        # A lost delegate whose original a concurrent editor touched before the re-read
+        # cannot be proven unsent: it ends "unknown, not resent" for a person, by design
+        # (docs/systems/findable.md). The demo shows the other faults on Findable.
+        faults["findable"] = msgspec.structs.replace(every, editor=0.0)
     with contextlib.ExitStack() as stack:
         if args.keep:
             folder = args.keep

@@ -29,7 +29,11 @@ Rules it keeps:
   failure and a change makes at most ``attempts`` failed requests (a 429 is the system
   pacing us: it grows the backoff but spends no attempt);
 * after any ambiguous failure (no answer to a write, a 5xx that may have applied) the
-  record is read before anything is resent;
+  record is read before anything is resent; a write that is not idempotent
+  (``adapter.idempotent``) is resent only when that read proves the record untouched
+  since the read the write was prepared from (the same version token), and otherwise
+  ends ``failed``, unconfirmed, "unknown, not resent" (at most once, never a blind
+  resend);
 * the deadline is hard: a wait that would end after it ends the change now, as
   ``unsent`` when no write can have taken effect (a resume sends it), else ``failed``
   with ``unconfirmed`` set.
@@ -453,6 +457,10 @@ class Flow:
                 )
             if not self.maybe_applied:
                 self.wrote_from = self.seen
+            elif not _idempotent(self.adapter, self.change):
+                doubt = self._unproven(current)
+                if doubt is not None:
+                    return self.finish("failed", doubt, now, **self._fields("conflict"))
             return self._send(step, True, now)
         if isinstance(step, Unchanged):
             status: Status = "applied" if self.maybe_applied else "unchanged"
@@ -460,6 +468,26 @@ class Flow:
         if isinstance(step, Conflict):
             return self.finish("conflict", step.reason, now, **self._fields("conflict"))
         return self.finish("failed", step.reason, now)
+
+    def _unproven(self, current: Current | None) -> str | None:
+        """Why a write that is not idempotent may not be sent again after one of ours went
+        unconfirmed, or ``None`` when it may: the record is provably untouched since the
+        read that write was prepared from (the same version token; any write changes it).
+        The read-back found the change not in place; without that proof our first write
+        may still have landed somewhere the record does not show (a second successor, a
+        second record), so the change ends unknown, not resent, for a person to check."""
+        before = self.wrote_from.version if self.wrote_from is not None else None
+        after = current.version if current is not None else None
+        if before is not None and after == before:
+            return None
+        if before is None:
+            why = "the system gives no version token to prove the record untouched"
+        else:
+            why = f"the record changed since our read (version {before} then, {after} now)"
+        return (
+            "unknown, not resent: a write of ours went unconfirmed and the record does not "
+            f"show the change; {why}: check the record by hand"
+        )
 
     def _fields(self, status: str) -> dict[str, Any]:
         """``before``/``after``/``current`` for a result, from the record as last read."""
@@ -596,6 +624,15 @@ class Flow:
     def _expired(self, now: float, reason: str | None = None) -> Done:
         why = reason or self.last
         return self.finish("unsent", f"deadline of {self.policy.deadline:g}s reached: {why}", now)
+
+
+def _idempotent(adapter: Adapter, change: Change) -> bool:
+    """Whether sending ``change``'s write twice leaves what sending it once does: the
+    adapter's per-change answer (``idempotent_for``) where it has one, else its flag."""
+    per_change = getattr(adapter, "idempotent_for", None)
+    if per_change is not None:
+        return bool(per_change(change))
+    return bool(adapter.idempotent)
 
 
 def _planned(req: HttpRequest) -> dict[str, Any]:

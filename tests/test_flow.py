@@ -15,9 +15,9 @@ from patchassign import (
     RetryPolicy,
     SetupError,
 )
-from patchassign.changes import Assign
+from patchassign.changes import Assign, Delegate
 from patchassign.flow import Done, Flow, Send, Wait
-from patchassign.systems import MaxsightAdapter
+from patchassign.systems import FindableAdapter, MaxsightAdapter
 
 ADAPTER = MaxsightAdapter("https://m.example", "key", assigned_by="admin")
 CHANGE = Assign(system="maxsight", record="t1", to="eve", id="c1")
@@ -273,3 +273,89 @@ def test_a_write_without_a_version_token_settles_past_its_timeout_before_a_read(
     wait = m.on_error(ConnectionLost("dropped"), 0.2)
     assert isinstance(wait, Wait)
     assert wait.seconds < 0.2
+
+
+# -- a write that is not idempotent (Findable's delegate) -------------------------------
+
+FINDABLE = FindableAdapter("https://f.example", "token")
+DELEGATE = Delegate(system="findable", record="a1", to="eve@example.com", id="d1")
+
+
+def assignment(etag: str | None, **kw: Any) -> HttpResponse:
+    record = {"id": "a1", "status": "pending", "assigneeEmail": "ada@example.com", **kw}
+    if etag is not None:
+        record["_etag"] = etag
+    return HttpResponse.from_json(200, record)
+
+
+def delegate_lost(first: HttpResponse) -> tuple[Flow, float]:
+    """A delegate prepared from ``first`` whose answer was lost; the flow about to re-read."""
+    f = Flow(FINDABLE, DELEGATE, policy=POLICY, rng=random.Random(1), now=0.0, wall=1.0)
+    assert isinstance(f.start(0.0), Send)
+    step = f.on_response(first, 0.1)
+    assert isinstance(step, Send)
+    assert step.write
+    step = f.on_error(ConnectionLost("reset", host="f:443"), 0.2)
+    assert isinstance(step, Wait)
+    now = 0.2 + step.seconds
+    step = f.on_timer(now)
+    assert isinstance(step, Send)
+    assert not step.write
+    return f, now
+
+
+def test_a_lost_delegate_is_resent_when_the_original_is_provably_untouched() -> None:
+    f, now = delegate_lost(assignment('"e1"'))
+    step = f.on_response(assignment('"e1"'), now)  # the same _etag: our delegate never landed
+    assert isinstance(step, Send)
+    assert step.write
+    done = f.on_response(HttpResponse.from_json(201, {"id": "a1~d1", "_etag": '"s1"'}), now)
+    assert isinstance(done, Done)
+    assert done.result.status == "applied"
+    assert done.result.writes == 2
+
+
+def test_a_lost_delegate_found_in_place_is_applied_and_not_resent() -> None:
+    f, now = delegate_lost(assignment('"e1"'))
+    seen = assignment('"e2"', status="delegated", delegatedTo="EVE@example.com")
+    done = f.on_response(seen, now)
+    assert isinstance(done, Done)
+    assert done.result.status == "applied"
+    assert done.result.writes == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "again", "why"),
+    [
+        # the original was written (our delegate, or someone else) but does not show it
+        ('"e1"', '"e2"', 'version "e1" then, "e2" now'),
+        # no version token: nothing can prove the delegate did not land
+        (None, None, "no version token"),
+    ],
+)
+def test_a_lost_delegate_without_proof_ends_unknown_and_is_never_resent(
+    first: str | None, again: str | None, why: str
+) -> None:
+    f, now = delegate_lost(assignment(first))
+    done = f.on_response(assignment(again, remindersSent=1), now)
+    assert isinstance(done, Done)
+    r = done.result
+    assert (r.status, r.writes, r.unconfirmed) == ("failed", 1, True)
+    assert r.error is not None
+    assert r.error.startswith("unknown, not resent")
+    assert why in r.error
+    assert r.current == {"to": "ada@example.com"}  # what was seen, for a person to check
+
+
+def test_an_idempotent_write_is_resent_after_a_changed_version() -> None:
+    """The rule is the adapter's flag: Maxsight's write may go again (If-Match guards it)."""
+    f = flow()
+    f.start(0.0)
+    f.on_response(task("ada", "v1"), 0.0)
+    step = f.on_error(ConnectionLost("reset", host="m:443"), 0.1)
+    assert isinstance(step, Wait)
+    assert isinstance(f.on_timer(1.0), Send)
+    step = f.on_response(task("ada", "v2"), 1.0)  # someone else edited; ours did not land
+    assert isinstance(step, Send)
+    assert step.write
+    assert step.request.headers["If-Match"] == "v2"

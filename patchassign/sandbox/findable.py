@@ -2,10 +2,13 @@
 
 ``POST /assignments/{id}/delegate`` with ``{"toUpn", "reason"?}`` and a Bearer token
 answers 201 with the **successor** assignment (new id, ``pending``, ``delegatedFrom``,
-``delegationChain`` extended with the delegating assignee); the original becomes
-``delegated`` with ``delegatedTo`` set to the UPN. 409 when the original is no longer open
-(not ``pending``/``in_progress``) or ``allowDelegation`` is false. Not idempotent: a
-resend after a lost answer is refused with 409 because the original is already delegated.
+``delegationChain`` extended with the delegating assignee). What becomes of the original
+is not documented by the vendor: with ``records_delegation=True`` (the default) it becomes
+``delegated`` with ``delegatedTo`` set to the UPN, and a resend is refused with 409; with
+``records_delegation=False`` its fields stay as they were and only what Cosmos DB changes
+on any write changes (``_etag``, ``_ts``, ``updatedAt``), so a blind resend creates a
+second successor. 409 when the original is no longer open (not
+``pending``/``in_progress``) or ``allowDelegation`` is false. Not idempotent.
 ``GET /assignments/{id}`` reads one. Error bodies are ``{"error": {"code", "message"}}``
 (our choice; the vendor page shows none).
 """
@@ -60,9 +63,10 @@ class FindableServer(FakeServer):
     write_endpoints: ClassVar[frozenset[str]] = frozenset({"delegate"})
     editor_field: ClassVar[str] = "remindersSent"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, records_delegation: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._ids = itertools.count(1)
+        self.records_delegation = records_delegation
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/assignments/{id}/delegate", self._delegate, name="delegate")
@@ -183,11 +187,14 @@ class FindableServer(FakeServer):
             "_etag": f'"{secrets.token_hex(8)}"',
         }
         successor.pop("delegatedTo", None)
+        recorded = (
+            {"status": "delegated", "delegatedTo": to, "delegationReason": reason}
+            if self.records_delegation
+            else {}
+        )
         self.records[key] = {
             **rec,
-            "status": "delegated",
-            "delegatedTo": to,
-            "delegationReason": reason,
+            **recorded,
             "updatedAt": now,
             "_ts": ts,
             "_etag": f'"{secrets.token_hex(8)}"',

@@ -8,10 +8,14 @@ responses into outcomes. The dispatcher drives it::
     step = adapter.prepare(change, current)     # HttpRequest | Unchanged | Conflict | Failed
     outcome = adapter.outcome(change, send(step))   # Applied | Retry | Conflict | Failed
 
-On ``Conflict(recoverable=True)`` it reads again and prepares again (re-diff); after an
+On ``Conflict(recoverable=True)`` it reads again and prepares again (re-diff). After an
 ambiguous failure (timeout, dropped connection, a 5xx that may have applied) it reads
-before any resend when ``adapter.idempotent`` is false, and ``prepare`` then sees that the
-change is already in place.
+before any resend, and ``prepare`` then sees whether the change is already in place. A
+write that is not idempotent (``idempotent``, or ``idempotent_for(change)`` where it
+differs by change) is sent again only when that read proves the record untouched since the
+write was prepared (the same version token in :class:`Current`); otherwise the change ends
+unknown, not resent. ``versioned`` says whether a late write could still land unseen: the
+dispatcher lets it settle before reading back, and a resume holds such items.
 """
 
 from __future__ import annotations
@@ -293,7 +297,8 @@ class Adapter(Protocol):
 
     @property
     def idempotent(self) -> bool:
-        """Resending a write after an ambiguous failure cannot apply it twice."""
+        """Resending a write after an ambiguous failure cannot apply it twice. When false,
+        a write is resent only on proof that the first did not land (see the module)."""
 
     @property
     def versioned(self) -> bool:
@@ -344,6 +349,11 @@ class BaseAdapter(abc.ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base}>"
+
+    def idempotent_for(self, change: Change) -> bool:
+        """Whether ``change``'s write may be sent twice safely: :attr:`idempotent`, unless
+        a system has writes of both kinds (PERSCOM: an update is, a new record is not)."""
+        return self.idempotent
 
     @abc.abstractmethod
     def check(self, change: Change) -> None: ...

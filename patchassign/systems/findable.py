@@ -3,8 +3,10 @@
 **Not idempotent**: each accepted delegate creates a successor assignment. The adapter reads
 the assignment before sending; if it is already ``delegated`` to the same UPN, the change
 is in place (``Unchanged``; the dispatcher reports it applied when it had sent it before).
-After any ambiguous failure the dispatcher reads again before a resend, so a delegate is
-never done twice.
+What a delegate does to the original is not documented (only the successor is), so after
+an ambiguous failure a delegate is resent only when the re-read shows the original's
+``_etag`` (which Cosmos DB changes on any write) as it was when the delegate was prepared;
+otherwise the change ends "unknown, not resent" with what was seen. At most once.
 """
 
 from __future__ import annotations

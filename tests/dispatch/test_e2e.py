@@ -44,9 +44,20 @@ async def test_ten_thousand_changes_with_faults_end_applied_or_in_genuine_confli
 
         assert len(results) == 5 * N
         assert len({r.index for r in results}) == 5 * N
+        # A Findable delegate dropped before it landed, on an original that a concurrent
+        # editor touched between our read and the re-read, cannot be proven unsent (its
+        # _etag changed): "unknown, not resent" (at most once), never a blind resend.
+        unknown = [r for r in results if r.status == "failed"]
+        assert len(unknown) <= 5
+        for r in unknown:
+            assert r.system == "findable"
+            assert r.unconfirmed
+            assert (r.error or "").startswith("unknown, not resent"), r.error
+            assert sb.findable.stats.edits[str(r.record)] > 0
         by = Counter((r.system, r.status) for r in results)
         for system in SYSTEMS:
-            assert by[system, "applied"] == N - len(moved), (system, by)
+            left = len(unknown) if system == "findable" else 0
+            assert by[system, "applied"] == N - len(moved) - left, (system, by)
             assert by[system, "conflict"] == len(moved), (system, by)
         conflicts = {(r.system, r.record) for r in results if r.status == "conflict"}
         want = set()
@@ -75,9 +86,13 @@ async def test_ten_thousand_changes_with_faults_end_applied_or_in_genuine_confli
         for server in sb:
             writes = server.stats.writes
             assert max(writes.values()) == 1, server
-            assert sum(writes.values()) == N - len(moved), server
+            landed = sum(bool(writes[str(r.record)]) for r in unknown)
+            left = len(unknown) - landed if server.system == "findable" else 0
+            assert sum(writes.values()) == N - len(moved) - left, server
         wrong = demo_mismatches(sb, N, skip=set(moved))
-        assert wrong == []
+        assert len(wrong) == len(unknown) - sum(
+            bool(sb.findable.stats.writes[str(r.record)]) for r in unknown
+        ), wrong
         # the moved records are as the other party left them
         assert all(sb.kintone.records[f"1:{i}"]["assignees"] == ["zed"] for i in moved)
         assert all(sb.findable.records[f"asg-{i:06d}"]["status"] != "delegated" for i in moved)

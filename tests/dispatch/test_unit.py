@@ -190,8 +190,8 @@ async def test_a_retry_after_beyond_the_deadline_ends_the_change_unsent_now(
 
 
 async def test_a_dropped_connection_is_read_back_before_a_resend(mocked: aioresponses) -> None:
-    open_ = {"id": "a1", "status": "pending", "assigneeEmail": "ada@example.com"}
-    mocked.get(ASG, status=200, payload=open_, repeat=True)  # it did not land
+    open_ = {"id": "a1", "status": "pending", "assigneeEmail": "ada@example.com", "_etag": '"1"'}
+    mocked.get(ASG, status=200, payload=open_, repeat=True)  # the same _etag: it did not land
     mocked.post(f"{ASG}/delegate", exception=aiohttp.ServerDisconnectedError())
     mocked.post(f"{ASG}/delegate", status=201, payload={"id": "a1~d1", "_etag": '"e"'})
     async with dispatcher(FindableAdapter(BASE, "t")) as d:

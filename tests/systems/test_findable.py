@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from patchassign.changes import Delegate
+from patchassign.dispatch import Dispatcher, RetryPolicy
 from patchassign.errors import InvalidChange
-from patchassign.sandbox import Sandbox
+from patchassign.sandbox import Sandbox, demo_plan
 from patchassign.systems import (
     Applied,
     Conflict,
@@ -127,3 +129,35 @@ async def test_end_to_end_a_lost_answer_is_not_delegated_twice(
         assert writes == []
         assert f.stats.writes["x1"] == 1
         assert sum(1 for r in f.records.values() if r.get("delegatedFrom") == "x1") == 1
+
+
+@pytest.mark.parametrize("records_delegation", [True, False])
+async def test_dropped_delegates_are_never_sent_twice_whatever_the_original_shows(
+    records_delegation: bool,
+) -> None:
+    """Whether the real service marks the original is not documented: with either fake,
+    a dropped delegate is resent only when the original's _etag proves it untouched."""
+    n = 200
+    faults = {"drop": 0.25, "writes_only": True, "seed": 3}
+    async with Sandbox(demo=n, systems=["findable"], faults=faults) as sb:
+        f = sb.findable
+        f.records_delegation = records_delegation
+        policy = RetryPolicy(base=0.01, cap=0.05, timeout=2.0, attempts=10, settle=0.05)
+        async with Dispatcher(sb.adapters(), retry=policy) as d:
+            results = await d.send_all(demo_plan(n, ["findable"]))
+        successors = Counter(r["delegatedFrom"] for r in f.records.values() if "delegatedFrom" in r)
+        assert max(successors.values()) == 1  # never a second successor
+        assert max(f.stats.writes.values()) == 1
+        unknown = [r for r in results if r.status != "applied"]
+        assert f.stats.dropped["after"] > 5
+        if records_delegation:
+            assert unknown == []  # the re-read shows "delegated to": applied
+        else:
+            # the original was written but does not say by what: for a person to check
+            assert len(unknown) == f.stats.dropped["after"]
+            for r in unknown:
+                assert (r.status, r.unconfirmed) == ("failed", True)
+                assert r.error is not None
+                assert r.error.startswith("unknown, not resent")
+                assert successors[r.record] == 1  # it did land
+        assert len(successors) == n
