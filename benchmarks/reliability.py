@@ -83,7 +83,11 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
                 await server.come_back()
                 await asyncio.sleep(2)
 
-        tokens = [info["token"] for info in sb.describe().values()]
+        tokens = [
+            t
+            for info in sb.describe().values()
+            for t in [info["token"], *info.get("app_tokens", {}).values()]
+        ]
         leaked = 0
         t = time.perf_counter()
         async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, seed=1) as d:
@@ -205,7 +209,11 @@ async def kills(records: int, count: int) -> None:
             with sqlite3.connect(plan.with_name(plan.name + ".journal")) as db:
                 final = dict(db.execute("SELECT status, count(*) FROM items GROUP BY 1"))
                 dump = "\n".join(db.iterdump())
-            tokens = [info["token"] for info in sb.describe().values()]
+            tokens = [
+                t
+                for info in sb.describe().values()
+                for t in [info["token"], *info.get("app_tokens", {}).values()]
+            ]
             leaked = sum(token in dump for token in tokens)
             # Every record started with team A: nothing may be reported `unchanged`; the
             # changes a killed run applied without journaling them are `recovered`.

@@ -150,7 +150,8 @@ def measure(system: str, total: int, concurrency: int) -> tuple[float, float, Co
     proc.start()
     try:
         info: dict[str, Any] = parent.recv()
-        make = _requests(system, info["url"], info["token"], records)
+        token = info["app_tokens"]["1"] if system == "kintone" else info["token"]
+        make = _requests(system, info["url"], token, records)
 
         def cpu() -> float:
             parent.send("cpu")

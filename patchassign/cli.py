@@ -127,6 +127,8 @@ async def _sandbox(args: argparse.Namespace) -> int:
             print("patchassign sandbox: serving on 127.0.0.1 (Ctrl-C to stop)")
             for name, info in described.items():
                 print(f"  {name:<{width}}  {info['url']}  token {info['token']}")
+                for app, token in info.get("app_tokens", {}).items():
+                    print(f"  {'':<{width}}  app {app}: API token {token}")
             sys.stdout.flush()
         await stop.wait()
     print("sandbox stopped", file=sys.stderr)
@@ -809,15 +811,23 @@ def _demo_config(sb: Any, path: Path) -> dict[str, str]:
     keys = {
         "perscom": "token_env",
         "maxsight": "api_key_env",
-        "kintone": "api_token_env",
         "superoffice": "token_env",
         "findable": "token_env",
     }
     lines = ["# patchassign demo: the sandbox's servers; tokens come from the environment", ""]
     for name, info in sb.describe().items():
-        var = f"DEMO_{name.upper()}_TOKEN"
-        env[var] = info["token"]
-        lines += [f"[systems.{name}]", f'url = "{info["url"]}"', f'{keys[name]} = "{var}"']
+        lines += [f"[systems.{name}]", f'url = "{info["url"]}"']
+        if name == "kintone":  # a Kintone API token belongs to one app
+            tables = []
+            for app, token in info["app_tokens"].items():
+                var = f"DEMO_KINTONE_APP{app}_TOKEN"
+                env[var] = token
+                tables.append(f'{app} = "{var}"')
+            lines.append(f"app_tokens_env = {{ {', '.join(tables)} }}")
+        else:
+            var = f"DEMO_{name.upper()}_TOKEN"
+            env[var] = info["token"]
+            lines.append(f'{keys[name]} = "{var}"')
         if name == "maxsight":
             lines.append('assigned_by = "admin"')
         if name == "perscom":

@@ -12,7 +12,7 @@ values when the file is loaded. See ``docs/configuration.md``::
 
     [systems.kintone]
     url = "https://acme.kintone.com"
-    api_token_env = "KINTONE_TOKEN"      # several tokens: comma-separated in the variable
+    app_tokens_env = { 7 = "KINTONE_APP7_TOKEN" }   # a Kintone API token belongs to one app
     app = 7
     concurrency = 50                     # per-system limits: concurrency, rate, burst
 """
@@ -67,6 +67,9 @@ class MaxsightConfig(_System, kw_only=True, forbid_unknown_fields=True):
 
 
 class KintoneConfig(_System, kw_only=True, forbid_unknown_fields=True):
+    app_tokens_env: dict[Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,17}$")], _Env] = (
+        msgspec.field(default_factory=dict)
+    )
     api_token_env: _Env | None = None
     login: str | None = None
     password_env: _Env | None = None
@@ -241,8 +244,13 @@ def parse_config(
 
 def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret]:
     out = []
-    for field, var in table.items():
-        if field.endswith("_env") and isinstance(var, str) and env.get(var):
+    for field, given in table.items():
+        if not field.endswith("_env"):
+            continue
+        names = given.values() if isinstance(given, Mapping) else [given]  # app_tokens_env
+        for var in names:
+            if not (isinstance(var, str) and env.get(var)):
+                continue
             value = env[var]
             out.append(Secret(value))
             parts = [p.strip() for p in value.split(",")]
@@ -324,8 +332,14 @@ def _adapter(
         joined = _secret(env, conf.api_token_env, "api_token_env")
         if joined is not None:
             tokens = [Secret(t.strip()) for t in joined.reveal().split(",") if t.strip()]
+        per_app: dict[int, str | Secret | list[str | Secret]] = {}
+        for app_id, var in conf.app_tokens_env.items():
+            value = _secret(env, var, f"app_tokens_env.{app_id}")
+            assert value is not None
+            per_app[int(app_id)] = value
         return KintoneAdapter(
             conf.url,
+            app_tokens=per_app or None,
             api_token=tokens,
             login=conf.login,
             password=_secret(env, conf.password_env, "password_env"),

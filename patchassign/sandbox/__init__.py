@@ -187,8 +187,13 @@ class Sandbox:
         for name, server in self.servers.items():
             if not server.url:
                 raise RuntimeError("the sandbox is not started")
-            if name == "kintone":
-                made[name] = KintoneAdapter(server.url, api_token=server.token)
+            if isinstance(server, KintoneServer):
+                made[name] = KintoneAdapter(
+                    server.url,
+                    app_tokens={app: server.token_for(app) for app in server.apps} or None,
+                    login=server.login,
+                    password=server.token,
+                )
             elif name == "maxsight":
                 made[name] = MaxsightAdapter(server.url, server.token, assigned_by="admin")
             elif name == "perscom":
@@ -199,9 +204,15 @@ class Sandbox:
                 made[name] = FindableAdapter(server.url, server.token)
         return made
 
-    def describe(self) -> dict[str, dict[str, str]]:
-        """System -> ``{"url", "token"}`` (the sandbox's own throwaway credentials)."""
-        return {n: {"url": s.url, "token": s.token} for n, s in self.servers.items()}
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """System -> ``{"url", "token"}`` (the sandbox's own throwaway credentials); for
+        Kintone also ``"app_tokens"``: app id (text) -> that app's API token."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, server in self.servers.items():
+            out[name] = {"url": server.url, "token": server.token}
+            if isinstance(server, KintoneServer):
+                out[name]["app_tokens"] = {str(a): server.token_for(a) for a in server.apps}
+        return out
 
 
 def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:

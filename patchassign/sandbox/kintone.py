@@ -4,8 +4,12 @@
 assignees, revision?}``; ``GET /k/v1/record.json?app=&id=`` reads the record with its
 ``$revision`` (a string). A ``revision`` that is not the latest is 409 ``GAIA_CO02``;
 ``-1`` or no revision skips the check. At most 100 assignees. Errors are ``{"id", "code",
-"message"[, "errors"]}``. Auth: ``X-Cybozu-API-Token`` (a comma-separated list; one must
-match) or ``X-Cybozu-Authorization: base64(login:password)``.
+"message"[, "errors"]}``. Auth: ``X-Cybozu-API-Token`` (a comma-separated list of at most
+9) or ``X-Cybozu-Authorization: base64(login:password)``. An API token belongs to one app
+(:meth:`KintoneServer.token_for`, :meth:`KintoneServer.add_token`): a request for an app
+none of whose tokens it carries is 400 ``GAIA_IA02``; a token without the permissions
+the endpoint needs (view records to read; view records and manage the app to update
+assignees, as the vendor's page says) is 403 ``GAIA_NO01``; no known token at all is 401.
 
 More than 100 requests in progress at once get 429 (the real domain is then blocked until
 concurrency drops); every answer carries ``X-ConcurrencyLimit-Limit`` and
@@ -30,6 +34,8 @@ __all__ = ["KintoneServer"]
 
 MAX_ASSIGNEES = 100
 MAX_CONCURRENT = 100
+#: Updating assignees needs "permission to manage the App and view records" (vendor page).
+_MANAGE = frozenset({"view", "manage"})
 
 
 def _number(value: Any) -> int | None:
@@ -55,6 +61,9 @@ class KintoneServer(FakeServer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.users: set[str] = set()  # when not empty, assignees must be among them
+        #: API token -> (its app, its permissions: "view", "manage").
+        self.app_tokens: dict[str, tuple[int, frozenset[str]]] = {}
+        self._own: dict[int, str] = {}  # app -> the sandbox's full-permission token
         self._spaces: dict[int, int | None] = {}  # app -> guest space
         self._single: set[int] = set()  # apps whose records take one assignee
 
@@ -66,11 +75,29 @@ class KintoneServer(FakeServer):
         router.add_get("/k/v1/record.json", self._read, name="read")
         router.add_get("/k/guest/{space}/v1/record.json", self._read, name="read_guest")
 
+    def token_for(self, app: int) -> str:
+        """The sandbox's API token of ``app``, with every permission (made on first use)."""
+        if app not in self._own:
+            self._own[app] = self.add_token(app)
+        return self._own[app]
+
+    def add_token(self, app: int, permissions: Iterable[str] = ("view", "manage")) -> str:
+        """A new API token of ``app`` with ``permissions`` (``"view"``, ``"manage"``)."""
+        token = secrets.token_urlsafe(24)
+        self.app_tokens[token] = (app, frozenset(permissions))
+        return token
+
+    @property
+    def apps(self) -> list[int]:
+        """The apps seeded so far."""
+        return sorted(self._spaces)
+
     def credential(self, request: web.Request) -> str | None:
         tokens = request.headers.get("X-Cybozu-API-Token")
         if tokens is not None:
             listed = [t.strip() for t in tokens.split(",")]
-            return self.token if len(listed) <= 9 and self.token in listed else None
+            known = len(listed) <= 9 and any(t in self.app_tokens for t in listed)
+            return tokens if known else None
         password = request.headers.get("X-Cybozu-Authorization")
         if password is not None:
             try:
@@ -113,6 +140,7 @@ class KintoneServer(FakeServer):
             if type(app) is not int or type(rid) is not int:
                 raise ValueError(f"Kintone app and record ids are integers, got {app!r}, {rid!r}")
             self._spaces[app] = r.get("space")
+            self.token_for(app)
             if r.get("single_assignee"):
                 self._single.add(app)
             self.records[f"{app}:{rid}"] = {
@@ -153,7 +181,29 @@ class KintoneServer(FakeServer):
 
     # ---- endpoints ------------------------------------------------------------------
 
-    def _locate(self, request: web.Request, app: Any, rid: Any) -> str | web.Response:
+    def _permit(self, request: web.Request, app: int, need: frozenset[str]) -> web.Response | None:
+        """``None`` when the request's credential may do ``need`` in ``app``."""
+        header = request.headers.get("X-Cybozu-API-Token")
+        if header is None:
+            return None  # password authentication: the sandbox's admin may do anything
+        granted: set[str] = set()
+        matched = False
+        for token in header.split(","):
+            owner = self.app_tokens.get(token.strip())
+            if owner is not None and owner[0] == app:
+                matched = True
+                granted |= owner[1]
+        if not matched:
+            return self.error(400, "The API token does not match the app.", code="GAIA_IA02")
+        if not need <= granted:
+            return self.error(
+                403, "Using this API token, you cannot run the specified API.", code="GAIA_NO01"
+            )
+        return None
+
+    def _locate(
+        self, request: web.Request, app: Any, rid: Any, need: frozenset[str] = frozenset({"view"})
+    ) -> str | web.Response:
         errors = {}
         app_n, rid_n = _number(app), _number(rid)
         if app is None:
@@ -179,6 +229,9 @@ class KintoneServer(FakeServer):
                 f"The app (ID: {app_n}) not found. The app may have been deleted.",
                 code="GAIA_AP01",
             )
+        refused = self._permit(request, app_n, need)
+        if refused is not None:
+            return refused
         key = f"{app_n}:{rid_n}"
         if key not in self.records:
             return self.error(
@@ -201,7 +254,7 @@ class KintoneServer(FakeServer):
             return self.error(400, str(e), code="CB_IJ01")
         if not isinstance(body, dict):
             return self.error(400, "The request body must be a JSON object.", code="CB_IJ01")
-        found = self._locate(request, body.get("app"), body.get("id"))
+        found = self._locate(request, body.get("app"), body.get("id"), _MANAGE)
         if isinstance(found, web.Response):
             return found
         key = found

@@ -11,8 +11,11 @@ well under that.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlencode
+
+import msgspec
 
 from ..changes import Assign, Change, Unassign
 from ..errors import ConfigError
@@ -43,6 +46,18 @@ _AUTH = frozenset({"GAIA_IA02", "CB_WA01", "CB_AU01", "GAIA_NO01", "CB_NO02"})
 _NOT_FOUND = frozenset({"GAIA_RE01", "GAIA_AP01"})
 #: Too many concurrent requests for the domain (the 429 carries no Retry-After).
 _THROTTLED = frozenset({"GAIA_TO04"})
+_encode = msgspec.json.Encoder().encode
+
+
+def _tokens(given: str | Secret | list[str | Secret], what: str) -> list[Secret]:
+    listed = given if isinstance(given, list) else [given]
+    out: list[Secret] = []
+    for t in listed:
+        text = t.reveal() if isinstance(t, Secret) else t
+        out += [Secret(part.strip()) for part in text.split(",") if part.strip()]
+    if not 1 <= len(out) <= 9:
+        raise ConfigError(f"kintone: {what}: between 1 and 9 API tokens")
+    return out
 
 
 class KintoneAdapter(BaseAdapter):
@@ -50,8 +65,14 @@ class KintoneAdapter(BaseAdapter):
 
     Args:
         base_url: The domain root.
-        api_token: One API token, or several (sent comma-separated, at most 9).
-        login: With ``password``: password authentication instead of a token.
+        app_tokens: App id -> that app's API token (or several of it): a Kintone API
+            token belongs to one app, and a request carries the tokens of the apps it
+            touches (comma-separated, at most 9).
+        api_token: One token, or several (comma-separated, at most 9), sent as they are
+            for every app that ``app_tokens`` does not name (one app, or a combined
+            header of several apps' tokens).
+        login: With ``password``: password authentication instead of tokens (for the
+            apps no token is given for).
         password: The login's password.
         app: Default app id for records given as a bare record id.
         space: Guest space id: requests go to ``/k/guest/{space}/v1/...``.
@@ -68,6 +89,7 @@ class KintoneAdapter(BaseAdapter):
         self,
         base_url: str,
         *,
+        app_tokens: Mapping[int, str | Secret | list[str | Secret]] | None = None,
         api_token: str | Secret | list[str | Secret] | None = None,
         login: str | None = None,
         password: str | Secret | None = None,
@@ -75,29 +97,64 @@ class KintoneAdapter(BaseAdapter):
         space: int | None = None,
     ) -> None:
         super().__init__(base_url, {"Accept": "application/json"})
-        if api_token is not None:
-            tokens = [
-                secret(t) for t in (api_token if isinstance(api_token, list) else [api_token])
-            ]
-            if not 1 <= len(tokens) <= 9:
-                raise ConfigError("kintone: between 1 and 9 API tokens")
-            self._auth = ("X-Cybozu-API-Token", Secret(",".join(t.reveal() for t in tokens)))
-        elif login is not None and password is not None:
+        self._tokens: dict[int, list[Secret]] = {}
+        for app_id, given in (app_tokens or {}).items():
+            if type(app_id) is not int or app_id <= 0:
+                raise ConfigError(f"kintone: app_tokens: app ids are integers, got {app_id!r}")
+            self._tokens[app_id] = _tokens(given, f"app {app_id}")
+        self._shared = _tokens(api_token, "api_token") if api_token is not None else None
+        self._password: Secret | None = None
+        if login is not None and password is not None:
             raw = f"{login}:{secret(password).reveal()}".encode()
-            self._auth = ("X-Cybozu-Authorization", Secret(base64.b64encode(raw).decode()))
-        else:
-            raise ConfigError("kintone: give api_token, or login and password")
+            self._password = Secret(base64.b64encode(raw).decode())
+        if not (self._tokens or self._shared or self._password):
+            raise ConfigError("kintone: give app_tokens, api_token, or login and password")
         self.app = app
         self._prefix = f"/k/guest/{segment(space)}/v1" if space is not None else "/k/v1"
 
     def auth_headers(self) -> dict[str, str]:
-        return {self._auth[0]: self._auth[1].reveal()}
+        """Every credential this adapter may send (a request carries only its apps')."""
+        out: dict[str, str] = {}
+        tokens = [t for ts in self._tokens.values() for t in ts] + (self._shared or [])
+        if tokens:
+            out["X-Cybozu-API-Token"] = ",".join(dict.fromkeys(t.reveal() for t in tokens))
+        if self._password is not None:
+            out["X-Cybozu-Authorization"] = self._password.reveal()
+        return out
+
+    def app_auth(self, *apps: int) -> dict[str, str] | None:
+        """The auth header of a request that touches ``apps``: their tokens, combined
+        (comma-separated, at most 9), else password authentication; ``None``: this
+        adapter holds no credential for one of them."""
+        tokens: list[Secret] = []
+        for app in dict.fromkeys(apps):
+            own = self._tokens.get(app, self._shared)
+            if own is None:
+                if self._password is None:
+                    return None
+                return {"X-Cybozu-Authorization": self._password.reveal()}
+            tokens += own
+        joined = list(dict.fromkeys(t.reveal() for t in tokens))
+        if len(joined) > 9:
+            return None
+        return {"X-Cybozu-API-Token": ",".join(joined)}
+
+    def _request(self, method: str, path: str, app: int, body: Any = None) -> HttpRequest:
+        auth = self.app_auth(app)
+        if auth is None:
+            raise self.invalid(f"no API token for kintone app {app} (add it to app_tokens)")
+        headers = {**self._static, **auth}
+        if body is None:
+            return HttpRequest(method, self.base + path, headers)
+        headers["Content-Type"] = "application/json"
+        return HttpRequest(method, self.base + path, headers, _encode(body))
 
     def probe(self) -> HttpRequest:
-        """Read record 1 of the configured app (or app 1): a 404 (``GAIA_RE01``) still
-        proves the token is accepted."""
-        query = urlencode({"app": self.app or 1, "id": 1})
-        return self.get(f"{self._prefix}/record.json?{query}")
+        """Read record 1 of an app the adapter has a token for (the configured app, else
+        the first): a 404 (``GAIA_RE01``) still proves the token is accepted."""
+        app = self.app or next(iter(self._tokens), 1)
+        query = urlencode({"app": app, "id": 1})
+        return self._request("GET", f"{self._prefix}/record.json?{query}", app)
 
     def probed(self, response: HttpResponse) -> Current | Retry | Failed:
         if response.status < 300:
@@ -136,7 +193,13 @@ class KintoneAdapter(BaseAdapter):
 
     def check(self, change: Change) -> None:
         self.check_action(change)
-        self._ids(change)
+        app, _ = self._ids(change)
+        if self.app_auth(app) is None:
+            raise self.invalid(
+                f"no API token for kintone app {app}: add it to app_tokens "
+                "(a Kintone API token belongs to one app)",
+                "record",
+            )
         if isinstance(change, Assign):
             to = assignees(change.to) or []
             if len(to) > MAX_ASSIGNEES:
@@ -158,7 +221,8 @@ class KintoneAdapter(BaseAdapter):
 
     def read(self, change: Change) -> HttpRequest:
         app, rid = self._ids(change)
-        return self.get(f"{self._prefix}/record.json?{urlencode({'app': app, 'id': rid})}")
+        query = urlencode({"app": app, "id": rid})
+        return self._request("GET", f"{self._prefix}/record.json?{query}", app)
 
     def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
         if response.status == 200:
@@ -207,7 +271,7 @@ class KintoneAdapter(BaseAdapter):
         body: dict[str, Any] = {"app": app, "id": rid, "assignees": target}
         if current.version is not None:
             body["revision"] = current.version
-        return self.json_request("PUT", f"{self._prefix}/record/assignees.json", body)
+        return self._request("PUT", f"{self._prefix}/record/assignees.json", app, body)
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
         if response.status < 300:

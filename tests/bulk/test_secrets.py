@@ -15,6 +15,7 @@ from aiohttp import web
 
 from patchassign.bulk import Options, PreflightFailed, run_plan
 from patchassign.config import parse_config
+from patchassign.errors import ConfigError
 from patchassign.sandbox import Faults
 
 from .test_run import make, patchassign
@@ -187,3 +188,30 @@ def test_a_url_with_credentials_is_not_printed_in_an_error() -> None:
             )
         assert "s3cret-pw" not in str(e.value)
         assert "must not embed credentials" in str(e.value)
+
+
+def test_kintone_tokens_per_app_from_the_configuration() -> None:
+    config = parse_config(
+        {
+            "systems": {
+                "kintone": {
+                    "url": "https://k.example",
+                    "app_tokens_env": {"1": "K1", "7": "K7"},
+                }
+            }
+        },
+        env={"K1": "tok-app-one", "K7": "tok-app-7a,tok-app-7b"},
+    )
+    adapter = config.adapters["kintone"]
+    from patchassign.changes import Assign
+
+    read = adapter.read(Assign(system="kintone", record="7:3", to="eve"))
+    assert read.headers["X-Cybozu-API-Token"] == "tok-app-7a,tok-app-7b"
+    assert config.scrub("x tok-app-one y tok-app-7b") == "x ******** y ********"
+    assert "tok-app" not in repr(config) + repr(config.adapters)
+    for bad, message in (
+        ({"app_tokens_env": {"seven": "K1"}}, "app_tokens_env"),
+        ({"app_tokens_env": {"2": "UNSET"}}, "UNSET is not set"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"systems": {"kintone": {"url": "https://k.example", **bad}}}, env={})

@@ -260,6 +260,7 @@ async def test_a_server_echoing_credentials_leaks_them_nowhere() -> None:
 
     async with Sandbox(demo=n, faults={"echo": 0.1, "seed": 2}) as sb:
         tokens = {name: info["token"] for name, info in sb.describe().items()}
+        tokens |= {f"kintone-{a}": t for a, t in sb.describe()["kintone"]["app_tokens"].items()}
         async with Dispatcher(sb.adapters(), retry=POLICY, limits=LIMITS, hooks=[Record()]) as d:
             results = [r async for r in d.run(demo_plan(n))]
         assert sum(s.stats.echoed for s in sb) > 50

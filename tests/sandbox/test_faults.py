@@ -76,7 +76,7 @@ async def test_dropped_connections_before_or_after_applying() -> None:
                     "PUT",
                     f"{k.url}/k/v1/record/assignees.json",
                     json={"app": 1, "id": i, "assignees": ["eve"]},
-                    headers={"X-Cybozu-API-Token": k.token},
+                    headers={"X-Cybozu-API-Token": k.token_for(1)},
                 )
         before, after = k.stats.dropped["before"], k.stats.dropped["after"]
         assert before + after == 40
@@ -146,7 +146,7 @@ async def test_concurrent_editor_makes_a_fresh_version_stale(
                 session,
                 "GET",
                 f"{k.url}/k/v1/record.json?app=1&id=1",
-                headers={"X-Cybozu-API-Token": k.token},
+                headers={"X-Cybozu-API-Token": k.token_for(1)},
             )
         ).body
         put = await call(
@@ -159,7 +159,7 @@ async def test_concurrent_editor_makes_a_fresh_version_stale(
                 "assignees": ["eve"],
                 "revision": rec["record"]["$revision"]["value"],
             },
-            headers={"X-Cybozu-API-Token": k.token},
+            headers={"X-Cybozu-API-Token": k.token_for(1)},
         )
         assert (put.status, put.body["code"]) == (409, "GAIA_CO02")
 

@@ -15,7 +15,9 @@ from .conftest import call
 
 
 def token(sb: Sandbox) -> dict[str, str]:
-    return {"X-Cybozu-API-Token": sb.kintone.token}
+    """Every seeded app's token, combined (a request for any of them passes)."""
+    k = sb.kintone
+    return {"X-Cybozu-API-Token": ",".join(k.token_for(a) for a in k.apps)}
 
 
 async def put(
@@ -113,7 +115,7 @@ async def test_errors_carry_kintone_codes(
 async def test_auth_variants(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
     k = sandbox.kintone
     body = {"app": 1, "id": 1, "assignees": ["eve"]}
-    listed = {"X-Cybozu-API-Token": f"other,{k.token}"}
+    listed = {"X-Cybozu-API-Token": f"other,{k.token_for(1)}"}
     assert (await put(sandbox, session, body, headers=listed)).status == 200
     password = base64.b64encode(f"{KintoneServer.login}:{k.token}".encode()).decode()
     assert (
@@ -177,3 +179,42 @@ async def test_more_than_100_concurrent_requests_get_429(session: aiohttp.Client
         assert "Retry-After" not in busy.headers
         assert busy.body["code"] == "GAIA_TO04"  # Kintone's own code for it
         assert int(busy.headers["X-ConcurrencyLimit-Running"]) > 100
+
+
+async def test_an_api_token_belongs_to_one_app(session: aiohttp.ClientSession) -> None:
+    records: dict[str, list[dict[str, Any]]] = {
+        "kintone": [{"app": 1, "id": 1, "assignees": ["ada"]}, {"app": 2, "id": 1}]
+    }
+    async with Sandbox(records=records, systems=["kintone"]) as sb:
+        k = sb.kintone
+        body = {"app": 1, "id": 1, "assignees": ["eve"]}
+        other = {"X-Cybozu-API-Token": k.token_for(2)}
+        a = await put(sb, session, body, headers=other)
+        assert (a.status, a.body["code"]) == (400, "GAIA_IA02")
+        read = await call(session, "GET", f"{k.url}/k/v1/record.json?app=1&id=1", headers=other)
+        assert (read.status, read.body["code"]) == (400, "GAIA_IA02")
+        # several apps' tokens in one header: the app's own is found among them
+        both = {"X-Cybozu-API-Token": f"{k.token_for(2)},{k.token_for(1)}"}
+        assert (await put(sb, session, body, headers=both)).status == 200
+        assert k.stats.writes["1:1"] == 1
+
+
+async def test_updating_assignees_needs_the_app_management_permission(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Sandbox(records={"kintone": [{"app": 1, "id": 1}]}, systems=["kintone"]) as sb:
+        k = sb.kintone
+        viewer = {"X-Cybozu-API-Token": k.add_token(1, ["view"])}
+        read = await call(session, "GET", f"{k.url}/k/v1/record.json?app=1&id=1", headers=viewer)
+        assert read.status == 200
+        body = {"app": 1, "id": 1, "assignees": ["eve"]}
+        a = await put(sb, session, body, headers=viewer)
+        assert (a.status, a.body["code"]) == (403, "GAIA_NO01")
+        manager = {"X-Cybozu-API-Token": k.add_token(1, ["manage"])}  # cannot view records
+        a = await put(sb, session, body, headers=manager)
+        assert (a.status, a.body["code"]) == (403, "GAIA_NO01")
+        both = {
+            "X-Cybozu-API-Token": f"{viewer['X-Cybozu-API-Token']},{manager['X-Cybozu-API-Token']}"
+        }
+        assert (await put(sb, session, body, headers=both)).status == 200
+        assert k.stats.writes["1:1"] == 1

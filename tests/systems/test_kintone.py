@@ -10,6 +10,7 @@ import pytest
 
 from patchassign.changes import Assign, Unassign
 from patchassign.errors import ConfigError, InvalidChange
+from patchassign.sandbox import Sandbox
 from patchassign.systems import (
     Applied,
     Conflict,
@@ -26,8 +27,6 @@ from .helpers import drive
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from patchassign.sandbox import Sandbox
 
 
 def record(codes: list[str], revision: str = "7") -> dict[str, Any]:
@@ -96,6 +95,33 @@ def test_auth_options() -> None:
         KintoneAdapter("https://a.kintone.com")
     with pytest.raises(ConfigError):
         KintoneAdapter("https://a.kintone.com", api_token=[f"t{i}" for i in range(10)])
+
+
+def test_each_request_carries_the_token_of_its_own_app() -> None:
+    a = KintoneAdapter("https://a.kintone.com", app_tokens={1: "tok-one", 7: ["tok-7a", "tok-7b"]})
+    one = Assign(system="kintone", record="1:5", to="eve")
+    seven = Assign(system="kintone", record="7:5", to="eve")
+    assert a.read(one).headers["X-Cybozu-API-Token"] == "tok-one"
+    write = a.prepare(seven, Current(record(["ada"]), "3"))
+    assert isinstance(write, HttpRequest)
+    assert write.headers["X-Cybozu-API-Token"] == "tok-7a,tok-7b"
+    assert write.headers["Content-Type"] == "application/json"
+    # a request that spans apps (a bulk request) carries their tokens combined
+    assert a.app_auth(1, 7) == {"X-Cybozu-API-Token": "tok-one,tok-7a,tok-7b"}
+    # every credential, for masking what a server echoes
+    assert a.auth_headers() == {"X-Cybozu-API-Token": "tok-one,tok-7a,tok-7b"}
+    # an app without a token is refused before anything is sent, saying which
+    with pytest.raises(InvalidChange, match="no API token for kintone app 9"):
+        a.check(Assign(system="kintone", record="9:5", to="eve"))
+    # ...unless a token for every other app (or a password) is given
+    shared = KintoneAdapter("https://a.kintone.com", app_tokens={1: "tok-one"}, api_token="t-all")
+    assert shared.read(Assign(system="kintone", record="9:5", to="eve")).headers == {
+        "Accept": "application/json",
+        "X-Cybozu-API-Token": "t-all",
+    }
+    assert a.probe().url.endswith("app=1&id=1")
+    with pytest.raises(ConfigError, match="app ids are integers"):
+        KintoneAdapter("https://a.kintone.com", app_tokens={"1": "t"})  # type: ignore[dict-item]
 
 
 @pytest.mark.parametrize(
@@ -167,7 +193,7 @@ async def test_end_to_end_assign_unassign_and_stale_revision(
     sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
     k = sandbox.kintone
-    a = adapter(k.url, k.token)
+    a = KintoneAdapter(k.url, app_tokens={1: k.token_for(1)})
     out, _ = await drive(a, Assign(system="kintone", record="1:1", to=["eve", "fay"]), session)
     assert isinstance(out, Applied)
     assert k.records["1:1"]["assignees"] == ["eve", "fay"]
@@ -189,3 +215,28 @@ async def test_end_to_end_assign_unassign_and_stale_revision(
     nf, _ = await drive(a, Unassign(system="kintone", record="1:999"), session)
     assert isinstance(nf, Failed)
     assert "GAIA_RE01" in nf.reason
+
+
+async def test_a_token_of_another_app_is_refused_as_kintone_does(
+    session: aiohttp.ClientSession,
+) -> None:
+    records: dict[str, list[dict[str, Any]]] = {
+        "kintone": [{"app": 1, "id": 1, "assignees": ["ada"]}, {"app": 2, "id": 1}]
+    }
+    async with Sandbox(records=records, systems=["kintone"]) as sb:
+        k = sb.kintone
+        swapped = KintoneAdapter(k.url, app_tokens={1: k.token_for(2), 2: k.token_for(1)})
+        out, writes = await drive(
+            swapped, Assign(system="kintone", record="1:1", to="eve"), session
+        )
+        assert isinstance(out, Failed)
+        assert out.auth
+        assert out.reason.startswith("GAIA_IA02")
+        assert writes == []
+        viewer = KintoneAdapter(k.url, app_tokens={1: k.add_token(1, ["view"])})
+        out, writes = await drive(viewer, Assign(system="kintone", record="1:1", to="eve"), session)
+        assert isinstance(out, Failed)
+        assert out.auth
+        assert out.reason.startswith("GAIA_NO01")
+        assert len(writes) == 1
+        assert k.stats.writes["1:1"] == 0
