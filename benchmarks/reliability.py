@@ -40,6 +40,7 @@ from patchassign.sandbox import (
     Sandbox,
     demo_mismatches,
     demo_plan,
+    exact_faults,
     move_elsewhere,
     moved_elsewhere,
 )
@@ -65,7 +66,7 @@ LIMITS = {"perscom": Limits(concurrency=16)}  # the fake has no per-minute limit
 
 
 async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any]:
-    async with Sandbox(demo=n, faults=faults) as sb:
+    async with Sandbox(demo=n, faults=None if faults is None else exact_faults(faults)) as sb:
         moved = {i for i in range(1, n + 1) if moved_elsewhere(i)}
         for i in moved:
             move_elsewhere(sb, i)

@@ -5,7 +5,7 @@ A change names its target system and record and says what to do::
     {"system": "kintone", "record": "1:7", "action": "assign", "to": "eve", "expect": "ada"}
 
 Actions: ``assign`` (to a user or team; reassigns), ``unassign``, ``delegate`` (with a
-reason), and general field updates as a ``merge`` patch, a JSON ``patch``, or a desired
+reason), ``move`` (a person, by a new assignment record), and general field updates as a ``merge`` patch, a JSON ``patch``, or a desired
 ``set`` of field values diffed against the current record. Which system supports which
 action is checked by its adapter (``patchassign.systems``). Decoding is one msgspec pass:
 a bad line fails early with the member at fault.
@@ -28,6 +28,7 @@ __all__ = [
     "Change",
     "Delegate",
     "Merge",
+    "MovePerson",
     "Patch",
     "SetFields",
     "Unassign",
@@ -100,6 +101,17 @@ class Delegate(_Change, tag="delegate", frozen=True):
     expect: _Text | None = None
 
 
+class MovePerson(_Change, tag="move", frozen=True):
+    """Move a person (the record is their user id) by creating a new assignment record
+    (PERSCOM): ``to`` holds its fields (``unit_id``, ``position_id``, ``status_id``,
+    ``specialty_id``, and ``text``, ``document_id``, ``author_id``...). Not idempotent:
+    sent at most once. ``expect``: the placement the person should hold now.
+    """
+
+    to: dict[str, Any]
+    expect: dict[str, Any] | None = None
+
+
 class Merge(_Change, tag="merge", frozen=True):
     """Update fields with an RFC 7396 merge patch. ``guard`` pins old values (SuperOffice)."""
 
@@ -127,7 +139,7 @@ class SetFields(_Change, tag="set", frozen=True):
     guard: bool = False
 
 
-Change = Assign | Unassign | Delegate | Merge | Patch | SetFields
+Change = Assign | Unassign | Delegate | MovePerson | Merge | Patch | SetFields
 
 _decoder = msgspec.json.Decoder(Change)
 _MEMBERS = tuple(
@@ -136,7 +148,7 @@ _MEMBERS = tuple(
         {"action"}
         | {
             f
-            for kind in (Assign, Unassign, Delegate, Merge, Patch, SetFields)
+            for kind in (Assign, Unassign, Delegate, MovePerson, Merge, Patch, SetFields)
             for f in kind.__struct_fields__
         }
     )

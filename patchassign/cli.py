@@ -718,7 +718,7 @@ def _demo_parser(sub: Any) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from .sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
+    from .sandbox import Faults, Sandbox, demo_mismatches, demo_plan, exact_faults
 
     if not 1 <= args.records <= 200_000:
         raise UsageError("--records must be between 1 and 200000")
@@ -727,11 +727,9 @@ async def _demo(args: argparse.Namespace) -> int:
         every = Faults(
             throttle=0.03, retry_after=1, unavailable=0.03, drop=0.01, editor=0.05, seed=args.seed
         )
-        faults = dict.fromkeys(SYSTEMS, every)
-        # A lost delegate whose original a concurrent editor touched before the re-read
-        # cannot be proven unsent: it ends "unknown, not resent" for a person, by design
-        # (docs/systems/findable.md). The demo shows the other faults on Findable.
-        faults["findable"] = msgspec.structs.replace(every, editor=0.0)
+        # No concurrent editor on Findable: a lost delegate whose original an editor
+        # touched cannot be proven unsent and ends "unknown, not resent", by design.
+        faults = exact_faults(every)
     with contextlib.ExitStack() as stack:
         if args.keep:
             folder = args.keep

@@ -451,6 +451,21 @@ def inverse(change: dict[str, Any], before: Any, after: Any) -> dict[str, Any] |
     action = change.get("action")
     if action == "delegate":
         return "a delegation cannot be undone (it created a successor assignment)"
+    if action == "move":
+        was = before.get("to") if isinstance(before, dict) else None
+        now = after.get("to") if isinstance(after, dict) else None
+        if not isinstance(was, dict) or not isinstance(now, dict):
+            return "the user's earlier placement is not known"
+        if any(v is None for v in was.values()):
+            return "the user had no earlier placement to move back to"
+        return {
+            "system": change["system"],
+            "record": change["record"],
+            "id": f"undo-{change.get('id')}",
+            "action": "move",
+            "to": was,
+            "expect": now,
+        }
     if before is None and action in ("assign", "unassign") and change.get("expect") is not None:
         # A write guarded by `expect` was sent only while the record held that: it is
         # what the record held before (a `recovered` change, whose read was not kept).

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from ..systems import (
     BaseAdapter,
     FindableAdapter,
@@ -55,6 +57,7 @@ __all__ = [
     "demo_mismatches",
     "demo_plan",
     "demo_records",
+    "exact_faults",
     "move_elsewhere",
     "moved_elsewhere",
 ]
@@ -213,6 +216,20 @@ class Sandbox:
             if isinstance(server, KintoneServer):
                 out[name]["app_tokens"] = {str(a): server.token_for(a) for a in server.apps}
         return out
+
+
+def exact_faults(faults: Faults) -> dict[str, Faults]:
+    """``faults`` for every system, except that Findable gets no concurrent editor.
+
+    A Findable delegate lost before it landed, on an original that an editor touched
+    before the re-read, cannot be proven unsent (its ``_etag`` changed): it ends
+    "unknown, not resent" for a person, by design. Runs that must end exactly as planned
+    (the demo, the end-to-end tests, the chaos benchmark) use this; the other faults
+    still hit Findable.
+    """
+    out = dict.fromkeys(SYSTEMS, faults)
+    out["findable"] = msgspec.structs.replace(faults, editor=0.0)
+    return out
 
 
 def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:

@@ -1,15 +1,25 @@
-"""Fake PERSCOM assignment-records API (``/{v1|v2}/assignment-records/{id}``).
+"""Fake PERSCOM assignment-records API (``/{v1|v2}/assignment-records/{id}``) and users.
 
 Follows the vendor page and OpenAPI description (``vendor-specs/``): Bearer auth, partial
 update with field validation (422 with ``error.errors``), ``{"data": ...}`` answers, the
 all-or-nothing batch update, and **no concurrency control**: the last write wins, as on the
 real service. Seed records use the read shape (``id`` required; missing fields are null).
+
+As in PERSCOM's own code, only **creating** an assignment record (``POST``) moves its user:
+a primary record's unit, position, specialty and status (those not null) are copied onto
+the user (``GET /{v}/users/{id}``). An update changes the record and nothing else. Ids
+are checked like the server's ``exists:`` rules: users ``1..999`` and statuses, units,
+positions, specialties and documents ``1..99`` exist (``users=``, ``refs=``); others are
+422 "The selected ... is invalid.", as is ``author_id: null`` (not nullable in the
+source). Unknown ``include`` values are ignored (Laravel Orion filters them), an empty
+body is an empty update, and with ``tenant=`` set a request must carry ``X-Perscom-Id``
+with it (401 otherwise).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from typing import Any, ClassVar
 
 from aiohttp import web
@@ -31,23 +41,6 @@ _FIELDS = (*_INT_FIELDS, "type", "text")
 _TYPES = ("primary", "secondary")
 _TEXT_MAX = 65_535
 _VERSIONS = frozenset({"v1", "v2"})
-_INCLUDES = frozenset(
-    [
-        "attachments",
-        "author",
-        "author.*",
-        "comments",
-        "comments.*",
-        "document",
-        "position",
-        "specialty",
-        "status",
-        "unit",
-        "unit.*",
-        "user",
-        "user.*",
-    ]
-)
 _ERROR_TYPES = {
     400: "BadRequestHttpException",
     401: "AuthenticationException",
@@ -64,18 +57,40 @@ def _label(field: str) -> str:
     return field.replace("_", " ")
 
 
-def validate(body: Any) -> tuple[dict[str, Any], dict[str, list[str]]]:
-    """The accepted fields of an update body and the errors per field (Laravel style)."""
+_REFS = {
+    "user_id": "users",
+    "author_id": "users",
+    "status_id": "statuses",
+    "unit_id": "units",
+    "position_id": "positions",
+    "specialty_id": "specialties",
+    "document_id": "documents",
+}
+#: What creating a primary assignment record copies onto its user.
+PLACEMENT = ("status_id", "unit_id", "position_id", "specialty_id")
+_NOT_NULL = frozenset({"user_id", "author_id"})
+
+
+def validate(
+    body: Any, exists: Mapping[str, Container[int]] | None = None
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """The accepted fields of an update body and the errors per field (Laravel style).
+
+    ``exists``: table -> the ids in it (the server's ``exists:`` rules); ``None``: no check.
+    """
     if not isinstance(body, dict):
         return {}, {"body": ["The request body must be a JSON object."]}
     changes: dict[str, Any] = {}
     errors: dict[str, list[str]] = {}
     for field, value in body.items():
         if field in _INT_FIELDS:
-            if value is None and field != "user_id":
+            if value is None and field not in _NOT_NULL:
                 changes[field] = None
             elif type(value) is int:
-                changes[field] = value
+                if exists is not None and value not in exists[_REFS[field]]:
+                    errors[field] = [f"The selected {_label(field)} is invalid."]
+                else:
+                    changes[field] = value
             else:
                 errors[field] = [f"The {_label(field)} field must be an integer."]
         elif field == "type":
@@ -100,19 +115,67 @@ class PerscomServer(FakeServer):
     """PERSCOM: partial updates, last write wins, 422 validation errors."""
 
     system: ClassVar[str] = "perscom"
-    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update", "batch"})
+    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update", "batch", "create"})
     editor_field: ClassVar[str] = "text"
+
+    def __init__(
+        self,
+        *,
+        users: Iterable[int] = range(1, 1000),
+        refs: Iterable[int] = range(1, 100),
+        tenant: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        known = frozenset(refs)
+        self.exists: dict[str, set[int]] = {
+            "users": set(users),
+            **{t: set(known) for t in ("statuses", "units", "positions", "specialties")},
+            "documents": set(known),
+        }
+        #: User id -> the user's placement (what creating a primary record copies).
+        self.users: dict[int, dict[str, Any]] = {}
+        self.tenant = tenant
+        self._next = 1
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_patch("/{version}/assignment-records/batch", self._batch, name="batch")
         router.add_get("/{version}/assignment-records/{record}", self._read, name="read")
         router.add_patch("/{version}/assignment-records/{record}", self._update, name="update")
         router.add_get("/{version}/assignment-records", self._list, name="list")
+        router.add_post("/{version}/assignment-records", self._create, name="create")
+        router.add_get("/{version}/users/{user}", self._user, name="user")
 
     def credential(self, request: web.Request) -> str | None:
         auth = request.headers.get("Authorization", "")
         scheme, _, token = auth.partition(" ")
+        if self.tenant is not None and request.headers.get("X-Perscom-Id") != self.tenant:
+            return None  # the key carries no tenant claim: the header must name it
         return token if scheme.lower() == "bearer" and token == self.token else None
+
+    def user(self, uid: int) -> dict[str, Any]:
+        """User ``uid`` as ``GET /users/{id}`` shows it (made on first use)."""
+        if uid not in self.users:
+            self.users[uid] = {
+                "id": uid,
+                "name": f"User {uid}",
+                **dict.fromkeys(PLACEMENT),
+                "updated_at": rfc3339(self.clock.now(), digits=0),
+            }
+        return self.users[uid]
+
+    def _place(self, record: Mapping[str, Any]) -> None:
+        """What creating ``record`` does to its user (PERSCOM's created() observer)."""
+        if record.get("type", "primary") != "primary":
+            return
+        copied = {k: record[k] for k in PLACEMENT if record.get(k) is not None}
+        user = self.user(record["user_id"])
+        if copied:
+            self.users[user["id"]] = {
+                **user,
+                **copied,
+                "updated_at": rfc3339(self.clock.now(), digits=0),
+            }
 
     def unauthorized(self) -> web.Response:
         return self.error(
@@ -151,6 +214,12 @@ class PerscomServer(FakeServer):
             rec["created_at"] = r.get("created_at", now)
             rec["updated_at"] = r.get("updated_at", now)
             self.records[str(rid)] = rec
+            self._next = max(self._next, rid + 1)
+            for field, table in _REFS.items():
+                if type(rec.get(field)) is int:
+                    self.exists[table].add(rec[field])
+            if type(rec.get("user_id")) is int:
+                self._place(rec)  # seeded records were created once
 
     def edit(self, key: str) -> None:
         rec = self.records[key]
@@ -166,9 +235,7 @@ class PerscomServer(FakeServer):
     def _check_path(self, request: web.Request) -> web.Response | None:
         if request.match_info["version"] not in _VERSIONS:
             return self.error(404, "The requested resource could not be found.")
-        include = request.query.get("include")
-        if include is not None and not set(include.split(",")) <= _INCLUDES:
-            return self.error(400, f"Requested include(s) `{include}` are not allowed.")
+        # Unknown `include` values are filtered out, not refused (Laravel Orion).
         return None
 
     def _find(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
@@ -214,15 +281,55 @@ class PerscomServer(FakeServer):
             return found
         key, rec = found
         try:
-            body = await self.body(request)
+            body = await self._body(request)
         except BadBody as e:
             return self.error(400, str(e))
-        changes, errors = validate(body)
+        changes, errors = validate(body, self.exists)
         if errors:
             return self._invalid(errors)
+        # An update changes the record (and fires webhooks): it moves nobody.
         self.records[key] = rec = self._apply(rec, changes)
         self.stats.writes[key] += 1
         return self.json({"data": rec})
+
+    async def _body(self, request: web.Request) -> Any:
+        """The JSON body; an empty one is an empty update (no field is required)."""
+        if not await request.read():
+            return {}
+        return await self.body(request)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        bad = self._check_path(request)
+        if bad is not None:
+            return bad
+        try:
+            body = await self._body(request)
+        except BadBody as e:
+            return self.error(400, str(e))
+        changes, errors = validate(body, self.exists)
+        if "user_id" not in changes and "user_id" not in errors:
+            errors["user_id"] = ["The user id field is required."]
+        if errors:
+            return self._invalid(errors)
+        rid = self._next
+        self._next += 1
+        now = rfc3339(self.clock.now(), digits=0)
+        rec: dict[str, Any] = {"id": rid, **dict.fromkeys(_FIELDS), "type": "primary"}
+        rec.update(changes)
+        rec.update(label=f"Assignment record #{rid}", created_at=now, updated_at=now)
+        self.records[str(rid)] = rec
+        self._place(rec)
+        self.stats.writes[f"users/{rec['user_id']}"] += 1
+        return self.json({"data": rec}, 201)
+
+    async def _user(self, request: web.Request) -> web.Response:
+        if request.match_info["version"] not in _VERSIONS:
+            return self.error(404, "The requested resource could not be found.")
+        text = request.match_info["user"]
+        uid = int(text) if text.isascii() and text.isdigit() else None
+        if uid is None or uid not in self.exists["users"]:
+            return self.error(404, "The requested resource could not be found.")
+        return self.json({"data": self.user(uid)})
 
     def _apply(self, rec: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
         if all(rec.get(k) == v and type(rec.get(k)) is type(v) for k, v in changes.items()):
@@ -245,7 +352,7 @@ class PerscomServer(FakeServer):
         for rid, fields in resources.items():
             if rid not in self.records:
                 return self.error(404, f"Assignment record {rid} could not be found.")
-            changes, errs = validate(fields)
+            changes, errs = validate(fields, self.exists)
             errors.update({f"resources.{rid}.{k}": v for k, v in errs.items()})
             planned.append((rid, changes))
         if errors:  # all or nothing

@@ -396,7 +396,7 @@ class BaseAdapter(abc.ABC):
         return HttpRequest("GET", self.base + path, self.headers({"Accept": "application/json"}))
 
     def check_action(self, change: Change) -> None:
-        action = type(change).__name__.lower().replace("setfields", "set")
+        action = str(type(change).__struct_config__.tag)
         if change.system != self.system:
             raise InvalidChange(
                 f"this change is for {change.system}, not {self.system}",

@@ -1,10 +1,19 @@
-"""PERSCOM assignment records: ``PATCH /{version}/assignment-records/{id}``.
+"""PERSCOM assignment records: ``PATCH /{version}/assignment-records/{id}``, and moves.
+
+``assign``, ``merge``, ``set`` and ``patch`` **update an assignment record**: they change
+the record (its ``user_id``, unit, position...) and fire PERSCOM's webhooks, and they move
+nobody. In PERSCOM's own code only *creating* an assignment record copies its unit,
+position, specialty and status onto the user. ``move`` does that: it creates a new
+assignment record for a user (``POST /{version}/assignment-records``), after reading the
+user (``GET /{version}/users/{id}``); it is not idempotent, so after an ambiguous failure
+it is resent only when the user is provably untouched (the same ``updated_at``).
 
 No version token: PERSCOM applies the last write. When a change needs the current record
 (``expect``, ``set``, ``patch``) the adapter reads it first and diffs, which narrows but does
 not close the race with other writers; plain ``assign`` and ``merge`` are blind partial
-updates (idempotent). Validation mirrors the vendor's schema: integer ids (not booleans),
-``type`` primary/secondary, ``text`` at most 65,535 characters.
+updates (idempotent). Validation mirrors the vendor's schema and source: integer ids (not
+booleans), ``author_id`` not null, ``type`` primary/secondary, ``text`` at most 65,535
+characters.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from .._json import json_equal
-from ..changes import Assign, Change, Merge, Patch, SetFields
+from ..changes import Assign, Change, Merge, MovePerson, Patch, SetFields
 from ..errors import InvalidPatch, PatchConflict
 from ..patch import apply_patch
 from ._base import (
@@ -42,6 +51,9 @@ _INT_FIELDS = frozenset(
 )
 _FIELDS = _INT_FIELDS | {"type", "text"}
 _TEXT_MAX = 65_535
+_NOT_NULL = frozenset({"user_id", "author_id"})
+#: What creating a primary assignment record copies onto its user.
+PLACEMENT = ("status_id", "unit_id", "position_id", "specialty_id")
 
 
 class PerscomAdapter(BaseAdapter):
@@ -58,7 +70,7 @@ class PerscomAdapter(BaseAdapter):
     system: ClassVar[str] = "perscom"
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = False
-    actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "set", "patch"})
+    actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "set", "patch", "move"})
     #: 1,000 requests a minute per user.
     limits: ClassVar[Limits] = Limits(concurrency=16, rate=1000 / 60, burst=20)
 
@@ -89,7 +101,13 @@ class PerscomAdapter(BaseAdapter):
         return f"/{self.version}/assignment-records/{2**31 - 1}"
 
     def _path(self, change: Change) -> str:
+        if isinstance(change, MovePerson):
+            return f"/{self.version}/users/{segment(self._id(change))}"
         return f"/{self.version}/assignment-records/{segment(self._id(change))}"
+
+    def idempotent_for(self, change: Change) -> bool:
+        """A move creates a record: not idempotent. Updates are."""
+        return not isinstance(change, MovePerson)
 
     def key(self, change: Change) -> str:
         return str(self._id(change))
@@ -115,6 +133,22 @@ class PerscomAdapter(BaseAdapter):
                 raise self.invalid("PERSCOM assigns records to users, not teams", "to_type")
         elif isinstance(change, Merge | SetFields):
             self._fields(change.merge if isinstance(change, Merge) else change.state)
+        elif isinstance(change, MovePerson):
+            self._fields(change.to)
+            if "user_id" in change.to:
+                raise self.invalid("a move's user is its record, not to.user_id", "to")
+            if change.to.get("type", "primary") != "primary":
+                raise self.invalid("only a primary assignment record moves its user", "to")
+            if not any(change.to.get(k) is not None for k in PLACEMENT):
+                raise self.invalid(f"a move names at least one of {', '.join(PLACEMENT)}", "to")
+            if change.expect is not None:
+                odd = sorted(set(change.expect) - set(PLACEMENT))
+                if odd:
+                    raise self.invalid(
+                        f"expect names the user's placement ({', '.join(PLACEMENT)}), "
+                        f"not {', '.join(odd)}",
+                        "expect",
+                    )
 
     def _user(self, value: str | list[str], field: str) -> int:
         text = single(value, self.system, field)
@@ -131,7 +165,7 @@ class PerscomAdapter(BaseAdapter):
                     key,
                 )
             if key in _INT_FIELDS:
-                if value is None and key != "user_id":
+                if value is None and key not in _NOT_NULL:
                     continue
                 if type(value) is not int:
                     raise self.invalid(f"{key} must be an integer", key)
@@ -144,7 +178,7 @@ class PerscomAdapter(BaseAdapter):
                     raise self.invalid(f"text is longer than {_TEXT_MAX} characters", key)
 
     def needs_read(self, change: Change) -> bool:
-        return isinstance(change, SetFields | Patch) or (
+        return isinstance(change, SetFields | Patch | MovePerson) or (
             isinstance(change, Assign) and change.expect is not None
         )
 
@@ -168,7 +202,34 @@ class PerscomAdapter(BaseAdapter):
         assert isinstance(change, Assign)
         return {"to": str(self._user(change.to, "to"))}
 
+    def touched(self, change: Change, record: Any) -> dict[str, Any] | None:
+        if isinstance(change, MovePerson):
+            if not isinstance(record, dict):
+                return None
+            return {"to": {k: record.get(k) for k in PLACEMENT if k in change.to}}
+        return super().touched(change, record)
+
+    def wanted(self, change: Change, record: Any) -> dict[str, Any] | None:
+        if isinstance(change, MovePerson):
+            return {"to": {k: change.to[k] for k in PLACEMENT if k in change.to}}
+        return super().wanted(change, record)
+
+    def _move(self, change: MovePerson, current: Current | None) -> Prepared:
+        user = current.record if current is not None else None
+        if not isinstance(user, dict):
+            return Failed("a move needs the user as read")
+        placed = {k: user.get(k) for k in PLACEMENT}
+        wanted = {k: change.to[k] for k in PLACEMENT if k in change.to}
+        if all(placed[k] == v for k, v in wanted.items()):
+            return Unchanged(current.version if current else None, "the user is already there")
+        if change.expect is not None and any(placed[k] != v for k, v in change.expect.items()):
+            return Conflict(f"the user is at {placed}, expected {change.expect}", recoverable=False)
+        body = {"user_id": self._id(change), "type": "primary", **change.to}
+        return self.json_request("POST", f"/{self.version}/assignment-records", body)
+
     def prepare(self, change: Change, current: Current | None) -> Prepared:
+        if isinstance(change, MovePerson):
+            return self._move(change, current)
         record = current.record if current is not None else None
         body: dict[str, Any]
         if isinstance(change, Assign):
@@ -218,8 +279,15 @@ class PerscomAdapter(BaseAdapter):
         if response.status < 300:
             body = response.json()
             data = body.get("data") if isinstance(body, dict) else None
-            if response.status != 200 or not isinstance(data, dict) or "id" not in data:
+            created = isinstance(change, MovePerson)
+            if (
+                response.status != (201 if created else 200)
+                or not isinstance(data, dict)
+                or "id" not in data
+            ):
                 return self.not_the_answer(response, 'the record ({"data": {"id": ...}})')
+            if created:  # the new record's, not the user's: no version of the user
+                return Applied(None, data)
             version = data.get("updated_at")
             return Applied(version if isinstance(version, str) else None, data)
         message = self.error_message(response)

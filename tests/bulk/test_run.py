@@ -19,7 +19,7 @@ import msgspec
 import pytest_asyncio
 
 from patchassign.cli import _demo_config
-from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan
+from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan, exact_faults
 
 
 @dataclass
@@ -250,8 +250,8 @@ async def test_configuration_errors_are_one_line(small: Setup) -> None:
 
 
 async def test_a_run_with_faults_applies_everything_once(tmp_path: Path) -> None:
-    faults = Faults(throttle=0.05, retry_after=1, unavailable=0.05, drop=0.03, editor=0.1, seed=9)
-    async for s in make(tmp_path, 200, faults):
+    every = Faults(throttle=0.05, retry_after=1, unavailable=0.05, drop=0.03, editor=0.1, seed=9)
+    async for s in make(tmp_path, 200, exact_faults(every)):
         code, out, err = await patchassign(s, "run", s.plan, "-c", s.config, "--progress", "log")
         assert code == 0, out + err
         assert "progress:" in err

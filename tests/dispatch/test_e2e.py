@@ -16,6 +16,7 @@ from patchassign.sandbox import (
     Sandbox,
     demo_mismatches,
     demo_plan,
+    exact_faults,
     move_elsewhere,
     moved_elsewhere,
 )
@@ -155,7 +156,7 @@ async def test_chaos_short_every_fault_at_once_with_outages() -> None:
         editor=0.1,
         seed=17,
     )
-    async with Sandbox(demo=n, faults=faults) as sb:
+    async with Sandbox(demo=n, faults=exact_faults(faults)) as sb:
         moved = [i for i in range(1, n + 1) if moved_elsewhere(i)]
         for i in moved:
             move_elsewhere(sb, i)

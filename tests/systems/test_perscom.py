@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from patchassign.changes import Assign, Merge, Patch, SetFields, convert_change
+from patchassign.changes import Assign, Merge, MovePerson, Patch, SetFields, convert_change
+from patchassign.dispatch import Dispatcher, RetryPolicy
 from patchassign.errors import InvalidChange
+from patchassign.sandbox import Sandbox
 from patchassign.systems import (
     Applied,
     Conflict,
@@ -25,8 +27,6 @@ from .helpers import drive
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from patchassign.sandbox import Sandbox
 
 REC: dict[str, Any] = {
     "id": 3,
@@ -105,6 +105,12 @@ def test_set_and_patch_send_only_what_differs() -> None:
         {"action": "set", "state": {"user_id": None}},
         {"action": "assign", "to": "5", "record": "abc"},
         {"action": "assign", "to": "5", "record": 0},
+        {"action": "merge", "merge": {"author_id": None}},  # not nullable in the source
+        {"action": "move", "to": {"text": "no placement"}},
+        {"action": "move", "to": {"unit_id": 2, "user_id": 5}},
+        {"action": "move", "to": {"unit_id": 2, "type": "secondary"}},
+        {"action": "move", "to": {"unit_id": "2"}},
+        {"action": "move", "to": {"unit_id": 2}, "expect": {"text": "x"}},
     ],
 )
 def test_refused_before_sending(change: dict[str, Any]) -> None:
@@ -195,3 +201,72 @@ async def test_end_to_end_every_change_kind(
     nf, _ = await drive(a, Assign(system="perscom", record=999, to="1"), session)
     assert isinstance(nf, Failed)
     assert nf.status == 404
+
+
+def test_a_move_reads_the_user_then_creates_a_record() -> None:
+    a = adapter()
+    move = MovePerson(system="perscom", record=42, to={"unit_id": 7, "position_id": 8})
+    a.check(move)
+    assert a.idempotent_for(move) is False
+    assert a.idempotent_for(Assign(system="perscom", record=1, to="5")) is True
+    read = a.read(move)
+    assert (read.method, read.url) == ("GET", "https://api.perscom.io/v2/users/42")
+    user = {"id": 42, "unit_id": 1, "position_id": 2, "updated_at": "2026-01-01T00:00:00Z"}
+    current = a.current(move, HttpResponse.from_json(200, {"data": user}))
+    assert current == Current(user, "2026-01-01T00:00:00Z")
+    write = a.prepare(move, current)
+    assert isinstance(write, HttpRequest)
+    assert (write.method, write.url) == ("POST", "https://api.perscom.io/v2/assignment-records")
+    assert body(write) == {"user_id": 42, "type": "primary", "unit_id": 7, "position_id": 8}
+    there = Current({**user, "unit_id": 7, "position_id": 8}, "v2")
+    assert isinstance(a.prepare(move, there), Unchanged)
+    guarded = MovePerson(system="perscom", record=42, to={"unit_id": 7}, expect={"unit_id": 3})
+    assert isinstance(a.prepare(guarded, current), Conflict)
+    created = a.outcome(move, HttpResponse.from_json(201, {"data": {"id": 9, "user_id": 42}}))
+    assert created == Applied(None, {"id": 9, "user_id": 42})
+    assert isinstance(a.outcome(move, HttpResponse.from_json(200, {"data": {"id": 9}})), Retry)
+
+
+@pytest.mark.parametrize("method", ["assign", "move"])
+async def test_only_a_move_moves_the_user(method: str, session: aiohttp.ClientSession) -> None:
+    async with Sandbox(demo=3, systems=["perscom"]) as sb:
+        p = sb.perscom
+        a = adapter(p.url, p.token)
+        before = dict(p.user(150))
+        if method == "assign":
+            change: Any = Merge(system="perscom", record=1, merge={"user_id": 150, "unit_id": 7})
+        else:
+            change = MovePerson(system="perscom", record=150, to={"unit_id": 7})
+        out, writes = await drive(a, change, session)
+        assert isinstance(out, Applied)
+        assert len(writes) == 1
+        if method == "assign":  # the record changed, the user did not
+            assert p.records["1"]["unit_id"] == 7
+            assert p.user(150) == before
+        else:
+            assert p.user(150)["unit_id"] == 7
+            assert out.record["user_id"] == 150
+
+
+async def test_moves_with_dropped_answers_happen_at_most_once() -> None:
+    n = 120
+    faults = {"drop": 0.3, "writes_only": True, "seed": 5}
+    async with Sandbox(demo=1, systems=["perscom"], faults=faults) as sb:
+        p = sb.perscom
+        moves = [
+            MovePerson(
+                system="perscom", record=300 + i, to={"unit_id": 2 + i % 5, "position_id": 9}
+            )
+            for i in range(n)
+        ]
+        policy = RetryPolicy(base=0.01, cap=0.05, timeout=2.0, attempts=10, settle=0.05)
+        async with Dispatcher([adapter(p.url, p.token)], retry=policy) as d:
+            results = await d.send_all(moves)
+        assert p.stats.dropped["after"] > 5
+        assert p.stats.dropped["before"] > 5
+        assert {r.status for r in results} == {"applied"}  # the re-read proves each one
+        assert max(p.stats.writes.values()) == 1  # never a second record for one move
+        for m in moves:
+            assert p.user(int(m.record))["unit_id"] == m.to["unit_id"]
+        created = [r for r in p.records.values() if r["id"] > 1]
+        assert len(created) == n
