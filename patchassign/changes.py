@@ -23,7 +23,6 @@ from .errors import InvalidChange, InvalidPatch, LimitExceeded
 from .patch import JsonPatch
 
 __all__ = [
-    "SYSTEM_NAMES",
     "Assign",
     "Change",
     "Delegate",
@@ -36,11 +35,9 @@ __all__ = [
     "decode_change",
 ]
 
-#: The five systems patchassign ships adapters for.
-SYSTEM_NAMES: tuple[str, ...] = ("perscom", "maxsight", "kintone", "superoffice", "findable")
-#: A system's name: one of :data:`SYSTEM_NAMES`, or the name of an adapter of your own
-#: (lower case letters, digits, ``-`` and ``_``). Whether a system is configured is
-#: checked when a plan is validated against a configuration.
+#: A system's name: a built-in system's (``patchassign.systems.SYSTEM_NAMES``), or the
+#: name of an adapter of your own (lower case letters, digits, ``-`` and ``_``). Whether a
+#: system is configured is checked when a plan is validated against a configuration.
 SystemName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]

@@ -803,36 +803,26 @@ async def _demo(args: argparse.Namespace) -> int:
     return EXIT_OK if report.all_applied and not report.results_error else EXIT_FAILED
 
 
+def _toml(value: Any) -> str:
+    """A TOML value for the settings a fake server gives (text, numbers, flags, tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
 def _demo_config(sb: Any, path: Path) -> dict[str, str]:
     """A systems.toml for the running sandbox; returns the environment holding the tokens."""
     env: dict[str, str] = {}
-    keys = {
-        "perscom": "token_env",
-        "maxsight": "api_key_env",
-        "superoffice": "token_env",
-        "findable": "token_env",
-    }
     lines = ["# patchassign demo: the sandbox's servers; tokens come from the environment", ""]
-    for name, info in sb.describe().items():
-        lines += [f"[systems.{name}]", f'url = "{info["url"]}"']
-        if name == "kintone":  # a Kintone API token belongs to one app
-            tables = []
-            for app, token in info["app_tokens"].items():
-                var = f"DEMO_KINTONE_APP{app}_TOKEN"
-                env[var] = token
-                tables.append(f'{app} = "{var}"')
-            lines.append(f"app_tokens_env = {{ {', '.join(tables)} }}")
-        else:
-            var = f"DEMO_{name.upper()}_TOKEN"
-            env[var] = info["token"]
-            lines.append(f'{keys[name]} = "{var}"')
-        if name == "maxsight":
-            lines.append('assigned_by = "admin"')
-        if name == "perscom":
-            lines.append("notifications = false")
-            lines.append(
-                "rate = 0  # the real one allows 1,000 requests a minute; the fake has no limit"
-            )
+    for name, server in sb.servers.items():
+        table, variables = server.settings()
+        env.update(variables)
+        lines.append(f"[systems.{name}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
         lines.append("")
     lines += [
         "[retry]",

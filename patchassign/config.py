@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,92 +32,21 @@ import msgspec
 from ._scrub import Scrubber as _Scrubber
 from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
-from .systems import (
-    Adapter,
-    FindableAdapter,
-    KintoneAdapter,
-    MaxsightAdapter,
-    PerscomAdapter,
-    Secret,
-    SuperOfficeAdapter,
-)
+from .systems import ADAPTERS, Adapter, BaseAdapter, Credentials, Secret, SystemConfig
+from .systems._base import read_config
 
 __all__ = ["Config", "SystemConfig", "load_config", "parse_config"]
 
-_Env = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+#: The built-in adapter classes and their base (whose ``from_config`` a class of your
+#: own does not inherit).
+_BUILT = frozenset([*ADAPTERS.values(), BaseAdapter])
+_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class _System(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    url: str
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
-    #: Requests per second; ``0`` turns off the default rate limit.
-    rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+class _Limits(SystemConfig, kw_only=True, forbid_unknown_fields=False):
+    """The limits every system table may set (the rest is the adapter's to read)."""
 
 
-class PerscomConfig(_System, kw_only=True, forbid_unknown_fields=True):
-    token_env: _Env
-    tenant: str | None = None
-    version: str = "v2"
-    notifications: bool = True
-
-
-class MaxsightConfig(_System, kw_only=True, forbid_unknown_fields=True):
-    api_key_env: _Env
-    assigned_by: str | None = None
-
-
-class KintoneConfig(_System, kw_only=True, forbid_unknown_fields=True):
-    app_tokens_env: dict[Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,17}$")], _Env] = (
-        msgspec.field(default_factory=dict)
-    )
-    api_token_env: _Env | None = None
-    login: str | None = None
-    password_env: _Env | None = None
-    app: int | None = None
-    space: int | None = None
-
-
-class SuperOfficeConfig(_System, kw_only=True, forbid_unknown_fields=True):
-    token_env: _Env | None = None
-    user: str | None = None
-    password_env: _Env | None = None
-    ticket_env: _Env | None = None
-    app_token_env: _Env | None = None
-    if_unmodified_since: bool = False
-
-
-class FindableConfig(_System, kw_only=True, forbid_unknown_fields=True):
-    token_env: _Env
-
-
-class CustomConfig(_System, kw_only=True, forbid_unknown_fields=False):
-    """A system of your own: ``adapter = "package.module:AdapterClass"``.
-
-    The adapter is built as ``AdapterClass(url, **options)``: every other key of the
-    table except the limits is passed as a keyword argument, and a key ending in ``_env``
-    is read from that environment variable and passed without the suffix
-    (``token_env = "ACME_TOKEN"`` passes ``token=<value>``).
-    """
-
-    adapter: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]
-
-
-SystemConfig = (
-    PerscomConfig
-    | MaxsightConfig
-    | KintoneConfig
-    | SuperOfficeConfig
-    | FindableConfig
-    | CustomConfig
-)
-_BUILT_IN: dict[str, type[_System]] = {
-    "perscom": PerscomConfig,
-    "maxsight": MaxsightConfig,
-    "kintone": KintoneConfig,
-    "superoffice": SuperOfficeConfig,
-    "findable": FindableConfig,
-}
 _NAME = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
 
 
@@ -208,20 +138,20 @@ def parse_config(
     limits: dict[str, Limits] = {}
     read: list[Secret] = []
     broken: dict[str, str] = {}
+    credentials = Credentials(env)
     for name, table in file.systems.items():
-        kind = _BUILT_IN.get(name, CustomConfig)
         try:
-            conf: SystemConfig = msgspec.convert(table, kind)  # type: ignore[assignment]
+            conf = msgspec.convert(table, _Limits)
+            built_in = ADAPTERS.get(name)
+            if "adapter" not in table and built_in is not None and built_in.config is not None:
+                # The table's shape is checked now; credentials when the system is used.
+                read_config(built_in.config, table)
         except msgspec.ValidationError as e:
-            reason = _where(str(e))
-            if kind is CustomConfig and "adapter" in reason:
-                reason += (
-                    f" ({name!r} is not a built-in system: give "
-                    "adapter = 'package.module:AdapterClass')"
-                )
-            raise ConfigError(f"{source}: systems.{name}: {reason}") from None
+            raise ConfigError(f"{source}: systems.{name}: {_where(str(e))}") from None
+        except ConfigError as e:
+            raise ConfigError(f"{source}: systems.{name}: {e}") from None
         try:
-            adapters[name] = _adapter(name, conf, env, table)
+            adapters[name] = _adapter(name, table, credentials)
             read += _secrets_of(table, env)
         except ConfigError as e:
             adapters.pop(name, None)
@@ -266,100 +196,49 @@ def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret
     return out
 
 
-def _secret(env: Mapping[str, str], var: str | None, what: str) -> Secret | None:
-    if var is None:
-        return None
-    value = env.get(var)
-    if not value:
-        raise ConfigError(f"{what}: environment variable {var} is not set")
-    return Secret(value)
-
-
-def _custom(
-    name: str, conf: CustomConfig, table: Mapping[str, Any], env: Mapping[str, str]
-) -> Adapter:
-    import importlib
-
-    module_name, _, attr = conf.adapter.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"adapter {conf.adapter!r} cannot be imported: {e}") from None
-    limits = set(_System.__struct_fields__)
-    options: dict[str, Any] = {}
-    for key, value in table.items():
-        if key in limits or key == "adapter":
-            continue
-        if key.endswith("_env"):
-            if not isinstance(value, str):
-                raise ConfigError(f"{key} must name an environment variable")
-            secret_value = _secret(env, value, key)
-            options[key[: -len("_env")]] = None if secret_value is None else secret_value.reveal()
-        else:
-            options[key] = value
-    try:
-        adapter = cls(conf.url, **options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"adapter {conf.adapter}: {e}") from None
+def _adapter(name: str, table: Mapping[str, Any], credentials: Credentials) -> Adapter:
+    """The adapter of one ``[systems.<name>]`` table: a built-in system's, or the class
+    its ``adapter = "module:Class"`` names; either way through ``from_config``."""
+    spec = table.get("adapter")
+    if spec is None:
+        cls = ADAPTERS.get(name)
+        if cls is None:
+            raise ConfigError(
+                f"{name!r} is not a built-in system ({', '.join(ADAPTERS)}): give "
+                "adapter = 'package.module:AdapterClass'"
+            )
+    else:
+        cls = _import(spec)
+        table = {k: v for k, v in table.items() if k != "adapter"}
+    # A class of your own reads its table with its own `from_config` where it defines
+    # one (a subclass of a built-in adapter does not inherit the built-in's table);
+    # otherwise by the keyword-argument convention (BaseAdapter.from_config).
+    own = spec is None or any("from_config" in vars(k) for k in cls.__mro__[:-1] if k not in _BUILT)
+    if own and hasattr(cls, "from_config"):
+        adapter: Any = cls.from_config(table, credentials)
+    else:
+        adapter = BaseAdapter.from_config.__func__(cls, table, credentials)  # type: ignore[attr-defined]
     if not isinstance(adapter, Adapter) or getattr(adapter, "system", None) != name:
         raise ConfigError(
-            f"adapter {conf.adapter} must implement the Adapter protocol with system = {name!r}"
+            f"adapter {spec or cls.__name__} must implement the Adapter protocol with "
+            f"system = {name!r}"
         )
     return adapter
 
 
-def _adapter(
-    name: str, conf: SystemConfig, env: Mapping[str, str], table: Mapping[str, Any]
-) -> Adapter:
-    if isinstance(conf, CustomConfig):
-        return _custom(name, conf, table, env)
-    if isinstance(conf, PerscomConfig):
-        token = _secret(env, conf.token_env, "token_env")
-        assert token is not None
-        return PerscomAdapter(
-            conf.url,
-            token,
-            version=conf.version,
-            tenant=conf.tenant,
-            notifications=conf.notifications,
-        )
-    if isinstance(conf, MaxsightConfig):
-        key = _secret(env, conf.api_key_env, "api_key_env")
-        assert key is not None
-        return MaxsightAdapter(conf.url, key, assigned_by=conf.assigned_by)
-    if isinstance(conf, KintoneConfig):
-        tokens: list[str | Secret] | None = None
-        joined = _secret(env, conf.api_token_env, "api_token_env")
-        if joined is not None:
-            tokens = [Secret(t.strip()) for t in joined.reveal().split(",") if t.strip()]
-        per_app: dict[int, str | Secret | list[str | Secret]] = {}
-        for app_id, var in conf.app_tokens_env.items():
-            value = _secret(env, var, f"app_tokens_env.{app_id}")
-            assert value is not None
-            per_app[int(app_id)] = value
-        return KintoneAdapter(
-            conf.url,
-            app_tokens=per_app or None,
-            api_token=tokens,
-            login=conf.login,
-            password=_secret(env, conf.password_env, "password_env"),
-            app=conf.app,
-            space=conf.space,
-        )
-    if isinstance(conf, SuperOfficeConfig):
-        return SuperOfficeAdapter(
-            conf.url,
-            token=_secret(env, conf.token_env, "token_env"),
-            user=conf.user,
-            password=_secret(env, conf.password_env, "password_env"),
-            ticket=_secret(env, conf.ticket_env, "ticket_env"),
-            app_token=_secret(env, conf.app_token_env, "app_token_env"),
-            if_unmodified_since=conf.if_unmodified_since,
-        )
-    assert isinstance(conf, FindableConfig)
-    token = _secret(env, conf.token_env, "token_env")
-    assert token is not None
-    return FindableAdapter(conf.url, token)
+def _import(spec: Any) -> type[Any]:
+    import importlib
+
+    if not isinstance(spec, str) or not _SPEC.match(spec):
+        raise ConfigError(f"adapter: expected 'package.module:AdapterClass', got {spec!r}")
+    module_name, _, attr = spec.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"adapter {spec!r} cannot be imported: {e}") from None
+    if not isinstance(cls, type):
+        raise ConfigError(f"adapter {spec!r} is not a class")
+    return cls
 
 
 def _where(message: str) -> str:

@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import patchassign as pa
-from patchassign.changes import SYSTEM_NAMES, Change, decode_change
+from patchassign.changes import Change, decode_change
 from patchassign.errors import InvalidChange
 from patchassign.plan import MAX_LINE, iter_plan
 from patchassign.pointer import Pointer
 from patchassign.systems import (
     ADAPTERS,
+    SYSTEM_NAMES,
     Conflict,
     Current,
     Failed,

@@ -14,18 +14,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from ..systems import (
-    BaseAdapter,
-    FindableAdapter,
-    KintoneAdapter,
-    MaxsightAdapter,
-    PerscomAdapter,
-    SuperOfficeAdapter,
-)
 from ._server import FakeServer, Stats
 from .data import (
     demo_change,
@@ -41,6 +33,9 @@ from .kintone import KintoneServer
 from .maxsight import MaxsightServer
 from .perscom import PerscomServer
 from .superoffice import SuperOfficeServer
+
+if TYPE_CHECKING:
+    from ..systems import BaseAdapter
 
 __all__ = [
     "SYSTEMS",
@@ -190,21 +185,7 @@ class Sandbox:
         for name, server in self.servers.items():
             if not server.url:
                 raise RuntimeError("the sandbox is not started")
-            if isinstance(server, KintoneServer):
-                made[name] = KintoneAdapter(
-                    server.url,
-                    app_tokens={app: server.token_for(app) for app in server.apps} or None,
-                    login=server.login,
-                    password=server.token,
-                )
-            elif name == "maxsight":
-                made[name] = MaxsightAdapter(server.url, server.token, assigned_by="admin")
-            elif name == "perscom":
-                made[name] = PerscomAdapter(server.url, server.token, notifications=False)
-            elif name == "superoffice":
-                made[name] = SuperOfficeAdapter(server.url, token=server.token)
-            else:
-                made[name] = FindableAdapter(server.url, server.token)
+            made[name] = server.adapter()
         return made
 
     def describe(self) -> dict[str, dict[str, Any]]:
@@ -227,7 +208,7 @@ def exact_faults(faults: Faults) -> dict[str, Faults]:
     (the demo, the end-to-end tests, the chaos benchmark) use this; the other faults
     still hit Findable.
     """
-    out = dict.fromkeys(SYSTEMS, faults)
+    out = dict.fromkeys(SERVERS, faults)
     out["findable"] = msgspec.structs.replace(faults, editor=0.0)
     return out
 
@@ -236,7 +217,7 @@ def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:
     if faults is None:
         return {}
     if isinstance(faults, Faults):
-        return dict.fromkeys(SYSTEMS, faults)
+        return dict.fromkeys(SERVERS, faults)
     if faults and all(k in SERVERS for k in faults):
         return dict(faults)
-    return dict.fromkeys(SYSTEMS, faults)
+    return dict.fromkeys(SERVERS, faults)

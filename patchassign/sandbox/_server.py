@@ -10,12 +10,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 from aiohttp import web
 
 from .faults import Faults, FaultsSpec, parse_faults
+
+if TYPE_CHECKING:
+    from ..systems import BaseAdapter
 
 __all__ = ["LOOPBACK", "Clock", "FakeServer", "Stats"]
 
@@ -154,6 +157,17 @@ class FakeServer(abc.ABC):
     @abc.abstractmethod
     def edit(self, key: str) -> None:
         """The concurrent editor: change ``editor_field`` of a record and its version."""
+
+    @abc.abstractmethod
+    def adapter(self) -> BaseAdapter:
+        """The system's adapter, pointed at this server with its credentials."""
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """This server as a ``[systems.<name>]`` table, and the environment variables the
+        table names (its credentials): what ``patchassign demo`` and ``sandbox
+        --write-config`` write. The default: ``url`` and ``token_env``."""
+        var = f"DEMO_{self.system.upper()}_TOKEN"
+        return {"url": self.url, "token_env": var}, {var: self.token}
 
     def throttled(self, retry_after: float) -> web.Response:
         """A 429 answer with the system's retry headers (default: ``Retry-After``)."""

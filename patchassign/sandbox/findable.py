@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..systems import FindableAdapter
 from ._server import BadBody, FakeServer, rfc3339
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class FindableServer(FakeServer):
         super().__init__(**kwargs)
         self._ids = itertools.count(1)
         self.records_delegation = records_delegation
+
+    def adapter(self) -> FindableAdapter:
+        return FindableAdapter(self.url, self.token)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/assignments/{id}/delegate", self._delegate, name="delegate")

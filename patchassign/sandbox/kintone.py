@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..systems import KintoneAdapter
 from ._server import BadBody, FakeServer
 
 __all__ = ["KintoneServer"]
@@ -66,6 +67,20 @@ class KintoneServer(FakeServer):
         self._own: dict[int, str] = {}  # app -> the sandbox's full-permission token
         self._spaces: dict[int, int | None] = {}  # app -> guest space
         self._single: set[int] = set()  # apps whose records take one assignee
+
+    def adapter(self) -> KintoneAdapter:
+        return KintoneAdapter(
+            self.url,
+            app_tokens={app: self.token_for(app) for app in self.apps} or None,
+            login=self.login,
+            password=self.token,
+        )
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
+        # A Kintone API token belongs to one app: one variable per app.
+        env = {f"DEMO_KINTONE_APP{app}_TOKEN": self.token_for(app) for app in self.apps}
+        tokens = {str(app): f"DEMO_KINTONE_APP{app}_TOKEN" for app in self.apps}
+        return {"url": self.url, "app_tokens_env": tokens}, env
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_put("/k/v1/record/assignees.json", self._update, name="update")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..systems import MaxsightAdapter
 from ._server import BadBody, FakeServer, rfc3339
 
 if TYPE_CHECKING:
@@ -73,6 +74,13 @@ class MaxsightServer(FakeServer):
     system: ClassVar[str] = "maxsight"
     write_endpoints: ClassVar[frozenset[str]] = frozenset({"update"})
     editor_field: ClassVar[str] = "custom_metadata"
+
+    def adapter(self) -> MaxsightAdapter:
+        return MaxsightAdapter(self.url, self.token, assigned_by="admin")
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
+        table, env = super().settings()
+        return {"url": table["url"], "api_key_env": table["token_env"], "assigned_by": "admin"}, env
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_put("/v5/tasks/{task}/update-assignment", self._update, name="update")

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..systems import PerscomAdapter
 from ._server import BadBody, FakeServer, rfc3339
 
 __all__ = ["PerscomServer"]
@@ -137,6 +138,14 @@ class PerscomServer(FakeServer):
         self.users: dict[int, dict[str, Any]] = {}
         self.tenant = tenant
         self._next = 1
+
+    def adapter(self) -> PerscomAdapter:
+        return PerscomAdapter(self.url, self.token, tenant=self.tenant, notifications=False)
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
+        table, env = super().settings()
+        # the real one allows 1,000 requests a minute; the fake has no limit
+        return {**table, "notifications": False, "rate": 0}, env
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_patch("/{version}/assignment-records/batch", self._batch, name="batch")

@@ -30,6 +30,7 @@ from aiohttp import web
 from ..errors import InvalidPatch, PatchConflict, PatchError
 from ..merge import merge_to_json_patch
 from ..patch import JsonPatch, apply_patch
+from ..systems import SuperOfficeAdapter
 from ..systems.superoffice import parse_updated
 from ._server import BadBody, FakeServer
 
@@ -103,6 +104,9 @@ class SuperOfficeServer(FakeServer):
         super().__init__(**kwargs)
         self.utc_offset = utc_offset
         self.precision = precision
+
+    def adapter(self) -> SuperOfficeAdapter:
+        return SuperOfficeAdapter(self.url, token=self.token)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_get("/api/v1/ProjectMember/{id}", self._read, name="read")

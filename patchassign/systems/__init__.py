@@ -11,6 +11,7 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
     Failed,
     HttpRequest,
@@ -20,6 +21,7 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
     check_header,
     parse_retry_after,
@@ -33,10 +35,12 @@ from .superoffice import SuperOfficeAdapter
 
 __all__ = [
     "ADAPTERS",
+    "SYSTEM_NAMES",
     "Adapter",
     "Applied",
     "BaseAdapter",
     "Conflict",
+    "Credentials",
     "Current",
     "Failed",
     "FindableAdapter",
@@ -51,16 +55,25 @@ __all__ = [
     "Retry",
     "Secret",
     "SuperOfficeAdapter",
+    "SystemConfig",
     "Unchanged",
     "check_header",
     "parse_retry_after",
     "segment",
 ]
 
+#: The built-in systems, one line each: the configuration (each adapter's ``config`` and
+#: ``from_config``), the CLI and the docs' tables read this registry; the sandbox has
+#: its own of fakes (``patchassign.sandbox.SERVERS``).
 ADAPTERS: dict[str, type[BaseAdapter]] = {
-    "perscom": PerscomAdapter,
-    "maxsight": MaxsightAdapter,
-    "kintone": KintoneAdapter,
-    "superoffice": SuperOfficeAdapter,
-    "findable": FindableAdapter,
+    a.system: a
+    for a in (
+        PerscomAdapter,
+        MaxsightAdapter,
+        KintoneAdapter,
+        SuperOfficeAdapter,
+        FindableAdapter,
+    )
 }
+#: The built-in systems' names.
+SYSTEM_NAMES: tuple[str, ...] = tuple(ADAPTERS)

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 from urllib.parse import quote, urlsplit
 
 import msgspec
@@ -41,6 +41,7 @@ __all__ = [
     "Applied",
     "BaseAdapter",
     "Conflict",
+    "Credentials",
     "Current",
     "Failed",
     "HttpRequest",
@@ -50,6 +51,7 @@ __all__ = [
     "Prepared",
     "Retry",
     "Secret",
+    "SystemConfig",
     "Unchanged",
     "check_header",
     "parse_retry_after",
@@ -173,6 +175,70 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
     rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
     burst: Annotated[int, msgspec.Meta(ge=1)] = 1
+
+
+#: The name of an environment variable (credentials are read from the environment).
+EnvVar = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class SystemConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What every ``[systems.<name>]`` table holds; each system's module subclasses it
+    with its own settings (credentials as ``*_env``: names of environment variables).
+
+    Attributes:
+        url: The system's base URL.
+        concurrency: Requests in flight at once (default: the system's own limit).
+        rate: Requests per second; ``0`` turns off the system's default rate limit.
+        burst: Requests that may go at once before ``rate`` applies.
+    """
+
+    url: str
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
+    rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+
+
+class Credentials:
+    """Reads credentials named in a configuration from the environment, as ``Secret``."""
+
+    __slots__ = ("_env",)
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, var: str | None, what: str) -> Secret | None:
+        """The value of ``var`` (``None`` when no variable is named).
+
+        Raises:
+            ConfigError: ``var`` is named but not set (or empty).
+        """
+        if var is None:
+            return None
+        value = self._env.get(var)
+        if not value:
+            raise ConfigError(f"{what}: environment variable {var} is not set")
+        return Secret(value)
+
+    def need(self, var: str, what: str) -> Secret:
+        """The value of ``var``, which must be set."""
+        value = self.get(var, what)
+        assert value is not None
+        return value
+
+
+_C = TypeVar("_C", bound="SystemConfig")
+
+
+def read_config(kind: type[_C], table: Mapping[str, Any]) -> _C:
+    """``table`` as ``kind``, or a :class:`ConfigError` that names the key at fault."""
+    try:
+        return msgspec.convert(dict(table), kind)
+    except msgspec.ValidationError as e:
+        reason, sep, where = str(e).rpartition(" - at `$")
+        if sep:
+            key = where.rstrip("`").lstrip(".")
+            raise ConfigError(f"{key}: {reason}" if key else reason) from None
+        raise ConfigError(str(e)) from None
 
 
 class HttpRequest(msgspec.Struct, frozen=True):
@@ -340,6 +406,40 @@ class BaseAdapter(abc.ABC):
     #: Default limits; a system with documented limits overrides this.
     limits: ClassVar[Limits] = Limits()
     actions: ClassVar[frozenset[str]]
+    #: The system's ``[systems.<name>]`` table (``None``: the keyword-argument
+    #: convention of :meth:`from_config`).
+    config: ClassVar[type[SystemConfig] | None] = None
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> BaseAdapter:
+        """The adapter a ``[systems.<name>]`` table describes.
+
+        The default is the convention for adapters of your own: ``cls(url, **options)``,
+        every key but the limits passed as a keyword argument, a key ending in ``_env``
+        read from that environment variable and passed without the suffix. Built-in
+        systems override it with their own :class:`SystemConfig`.
+
+        Raises:
+            ConfigError: A missing credential, or options the class does not take.
+        """
+        limits = set(SystemConfig.__struct_fields__) - {"url"}
+        options: dict[str, Any] = {}
+        url = table.get("url")
+        if not isinstance(url, str):
+            raise ConfigError("url: a base URL (text) is required")
+        for key, value in table.items():
+            if key in limits or key == "url":
+                continue
+            if key.endswith("_env"):
+                if not isinstance(value, str):
+                    raise ConfigError(f"{key} must name an environment variable")
+                options[key[: -len("_env")]] = credentials.need(value, key).reveal()
+            else:
+                options[key] = value
+        try:
+            return cls(url, **options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{cls.__module__}:{cls.__qualname__}: {e}") from None
 
     def __init__(self, base: str, headers: Mapping[str, str]) -> None:
         self.base = base_url(base)

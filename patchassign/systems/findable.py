@@ -11,6 +11,7 @@ otherwise the change ends "unknown, not resent" with what was seen. At most once
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..changes import Change, Delegate
@@ -18,7 +19,9 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
+    EnvVar,
     Failed,
     HttpRequest,
     HttpResponse,
@@ -26,7 +29,9 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
+    read_config,
     secret,
     segment,
 )
@@ -36,6 +41,12 @@ __all__ = ["FindableAdapter"]
 _OPEN = frozenset({"pending", "in_progress"})
 
 
+class FindableConfig(SystemConfig, kw_only=True, forbid_unknown_fields=True):
+    """``[systems.findable]``: ``token_env`` (an Azure AD bearer token)."""
+
+    token_env: EnvVar
+
+
 class FindableAdapter(BaseAdapter):
     """Findable (self-hosted; the customer's base URL); Azure AD Bearer token."""
 
@@ -43,6 +54,13 @@ class FindableAdapter(BaseAdapter):
     idempotent: ClassVar[bool] = False
     versioned: ClassVar[bool] = False
     actions: ClassVar[frozenset[str]] = frozenset({"delegate"})
+
+    config: ClassVar[type[SystemConfig]] = FindableConfig
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> FindableAdapter:
+        conf = read_config(FindableConfig, table)
+        return cls(conf.url, credentials.need(conf.token_env, "token_env"))
 
     def __init__(self, base_url: str, token: str | Secret) -> None:
         super().__init__(base_url, {"Accept": "application/json"})

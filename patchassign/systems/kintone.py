@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlencode
 
 import msgspec
@@ -23,7 +23,9 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
+    EnvVar,
     Failed,
     HttpRequest,
     HttpResponse,
@@ -32,8 +34,10 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
     assignees,
+    read_config,
     secret,
     segment,
 )
@@ -60,6 +64,20 @@ def _tokens(given: str | Secret | list[str | Secret], what: str) -> list[Secret]
     return out
 
 
+class KintoneConfig(SystemConfig, kw_only=True, forbid_unknown_fields=True):
+    """``[systems.kintone]``: tokens per app (``app_tokens_env``), shared tokens
+    (``api_token_env``) or password auth (``login``, ``password_env``); ``app``, ``space``."""
+
+    app_tokens_env: dict[Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,17}$")], EnvVar] = (
+        msgspec.field(default_factory=dict)
+    )
+    api_token_env: EnvVar | None = None
+    login: str | None = None
+    password_env: EnvVar | None = None
+    app: int | None = None
+    space: int | None = None
+
+
 class KintoneAdapter(BaseAdapter):
     """Kintone (``https://<subdomain>.kintone.com``); API token or password auth.
 
@@ -84,6 +102,25 @@ class KintoneAdapter(BaseAdapter):
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "unassign"})
     #: Past 100 concurrent requests Kintone blocks the whole domain: stay at half.
     limits: ClassVar[Limits] = Limits(concurrency=50)
+
+    config: ClassVar[type[SystemConfig]] = KintoneConfig
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> KintoneAdapter:
+        conf = read_config(KintoneConfig, table)
+        per_app: dict[int, str | Secret | list[str | Secret]] = {
+            int(app): credentials.need(var, f"app_tokens_env.{app}")
+            for app, var in conf.app_tokens_env.items()
+        }
+        return cls(
+            conf.url,
+            app_tokens=per_app or None,
+            api_token=credentials.get(conf.api_token_env, "api_token_env"),
+            login=conf.login,
+            password=credentials.get(conf.password_env, "password_env"),
+            app=conf.app,
+            space=conf.space,
+        )
 
     def __init__(
         self,

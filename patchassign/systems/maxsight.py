@@ -7,6 +7,7 @@ adapter always reads first. The assignee is emailed by the system on every chang
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import msgspec
@@ -17,7 +18,9 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
+    EnvVar,
     Failed,
     HttpRequest,
     HttpResponse,
@@ -25,15 +28,24 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
     check_header,
     parse_retry_after,
+    read_config,
     secret,
     segment,
     single,
 )
 
 __all__ = ["MaxsightAdapter"]
+
+
+class MaxsightConfig(SystemConfig, kw_only=True, forbid_unknown_fields=True):
+    """``[systems.maxsight]``: ``api_key_env``, ``assigned_by``."""
+
+    api_key_env: EnvVar
+    assigned_by: str | None = None
 
 
 class MaxsightAdapter(BaseAdapter):
@@ -49,6 +61,14 @@ class MaxsightAdapter(BaseAdapter):
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = True
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "unassign"})
+
+    config: ClassVar[type[SystemConfig]] = MaxsightConfig
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> MaxsightAdapter:
+        conf = read_config(MaxsightConfig, table)
+        key = credentials.need(conf.api_key_env, "api_key_env")
+        return cls(conf.url, key, assigned_by=conf.assigned_by)
 
     def __init__(
         self, base_url: str, api_key: str | Secret, *, assigned_by: str | None = None

@@ -18,6 +18,7 @@ characters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from .._json import json_equal
@@ -28,7 +29,9 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
+    EnvVar,
     Failed,
     HttpRequest,
     HttpResponse,
@@ -37,8 +40,10 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
     in_place,
+    read_config,
     secret,
     segment,
     single,
@@ -54,6 +59,15 @@ _TEXT_MAX = 65_535
 _NOT_NULL = frozenset({"user_id", "author_id"})
 #: What creating a primary assignment record copies onto its user.
 PLACEMENT = ("status_id", "unit_id", "position_id", "specialty_id")
+
+
+class PerscomConfig(SystemConfig, kw_only=True, forbid_unknown_fields=True):
+    """``[systems.perscom]``: ``token_env``, ``tenant``, ``version``, ``notifications``."""
+
+    token_env: EnvVar
+    tenant: str | None = None
+    version: str = "v2"
+    notifications: bool = True
 
 
 class PerscomAdapter(BaseAdapter):
@@ -73,6 +87,19 @@ class PerscomAdapter(BaseAdapter):
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "set", "patch", "move"})
     #: 1,000 requests a minute per user.
     limits: ClassVar[Limits] = Limits(concurrency=16, rate=1000 / 60, burst=20)
+
+    config: ClassVar[type[SystemConfig]] = PerscomConfig
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> PerscomAdapter:
+        conf = read_config(PerscomConfig, table)
+        return cls(
+            conf.url,
+            credentials.need(conf.token_env, "token_env"),
+            version=conf.version,
+            tenant=conf.tenant,
+            notifications=conf.notifications,
+        )
 
     def __init__(
         self,

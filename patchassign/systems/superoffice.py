@@ -15,6 +15,7 @@ with a 412 that no re-read can cure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any, ClassVar
@@ -29,7 +30,9 @@ from ._base import (
     Applied,
     BaseAdapter,
     Conflict,
+    Credentials,
     Current,
+    EnvVar,
     Failed,
     HttpRequest,
     HttpResponse,
@@ -37,8 +40,10 @@ from ._base import (
     Prepared,
     Retry,
     Secret,
+    SystemConfig,
     Unchanged,
     in_place,
+    read_config,
     secret,
     segment,
     single,
@@ -64,6 +69,18 @@ def if_unmodified_since(updated: str) -> str:
     return format_datetime(parse_updated(updated).replace(microsecond=0), usegmt=True)
 
 
+class SuperOfficeConfig(SystemConfig, kw_only=True, forbid_unknown_fields=True):
+    """``[systems.superoffice]``: ``token_env``, or ``user`` + ``password_env``, or
+    ``ticket_env`` + ``app_token_env``; ``if_unmodified_since``."""
+
+    token_env: EnvVar | None = None
+    user: str | None = None
+    password_env: EnvVar | None = None
+    ticket_env: EnvVar | None = None
+    app_token_env: EnvVar | None = None
+    if_unmodified_since: bool = False
+
+
 class SuperOfficeAdapter(BaseAdapter):
     """SuperOffice CRM; Bearer, Basic or SOTicket auth.
 
@@ -81,6 +98,21 @@ class SuperOfficeAdapter(BaseAdapter):
     idempotent: ClassVar[bool] = True
     versioned: ClassVar[bool] = True
     actions: ClassVar[frozenset[str]] = frozenset({"assign", "merge", "patch", "set"})
+
+    config: ClassVar[type[SystemConfig]] = SuperOfficeConfig
+
+    @classmethod
+    def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> SuperOfficeAdapter:
+        conf = read_config(SuperOfficeConfig, table)
+        return cls(
+            conf.url,
+            token=credentials.get(conf.token_env, "token_env"),
+            user=conf.user,
+            password=credentials.get(conf.password_env, "password_env"),
+            ticket=credentials.get(conf.ticket_env, "ticket_env"),
+            app_token=credentials.get(conf.app_token_env, "app_token_env"),
+            if_unmodified_since=conf.if_unmodified_since,
+        )
 
     def __init__(
         self,
