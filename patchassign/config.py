@@ -33,7 +33,7 @@ from ._scrub import Scrubber as _Scrubber
 from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
 from .systems import ADAPTERS, Adapter, BaseAdapter, Credentials, Secret, SystemConfig
-from .systems._base import read_config
+from .systems._base import keyword_options, plain, read_config
 
 __all__ = ["Config", "SystemConfig", "load_config", "parse_config"]
 
@@ -132,7 +132,7 @@ def parse_config(
     try:
         file = msgspec.convert(data, _File)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {_where(str(e))}") from None
+        raise ConfigError(f"{source}: {plain(str(e))}") from None
     env = os.environ if env is None else env
     adapters: dict[str, Adapter] = {}
     limits: dict[str, Limits] = {}
@@ -147,7 +147,7 @@ def parse_config(
                 # The table's shape is checked now; credentials when the system is used.
                 read_config(built_in.config, table)
         except msgspec.ValidationError as e:
-            raise ConfigError(f"{source}: systems.{name}: {_where(str(e))}") from None
+            raise ConfigError(f"{source}: systems.{name}: {plain(str(e))}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
         try:
@@ -213,11 +213,11 @@ def _adapter(name: str, table: Mapping[str, Any], credentials: Credentials) -> A
     # A class of your own reads its table with its own `from_config` where it defines
     # one (a subclass of a built-in adapter does not inherit the built-in's table);
     # otherwise by the keyword-argument convention (BaseAdapter.from_config).
-    own = spec is None or any("from_config" in vars(k) for k in cls.__mro__[:-1] if k not in _BUILT)
-    if own and hasattr(cls, "from_config"):
+    own = spec is None or any("from_config" in vars(k) for k in cls.__mro__ if k not in _BUILT)
+    if own:
         adapter: Any = cls.from_config(table, credentials)
     else:
-        adapter = BaseAdapter.from_config.__func__(cls, table, credentials)  # type: ignore[attr-defined]
+        adapter = keyword_options(cls, table, credentials)
     if not isinstance(adapter, Adapter) or getattr(adapter, "system", None) != name:
         raise ConfigError(
             f"adapter {spec or cls.__name__} must implement the Adapter protocol with "
@@ -239,12 +239,3 @@ def _import(spec: Any) -> type[Any]:
     if not isinstance(cls, type):
         raise ConfigError(f"adapter {spec!r} is not a class")
     return cls
-
-
-def _where(message: str) -> str:
-    """msgspec's "Object contains unknown field `x` - at `$.systems.kintone`" made plain."""
-    reason, sep, where = message.rpartition(" - at `$")
-    if not sep:
-        return message
-    path = where.rstrip("`").lstrip(".")
-    return f"{path}: {reason}" if path else reason

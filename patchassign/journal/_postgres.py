@@ -604,32 +604,28 @@ class PgJournal:
         read in pages so that memory stays flat."""
         self.flush()
         where, args = _where(statuses, run)
-        after = 0
-        while True:
-            page = self._execute(
-                f"SELECT {_COLUMNS} FROM items {where} AND line > %s "  # noqa: S608
-                "ORDER BY line LIMIT 5000",
-                (*args, after),
-            ).fetchall()
-            for row in page:
-                yield _row(row)
-            if len(page) < 5000:
-                return
-            after = page[-1][0]
+        select = f"SELECT {_COLUMNS} FROM items {where}"  # noqa: S608 - placeholders
+        for row in self._pages(select, args):
+            yield _row(row)
 
     def changes(self, statuses: Iterable[str]) -> Iterator[tuple[int, bytes]]:
         """``(line, change as JSON)`` of the items with one of ``statuses``, in plan order."""
         self.flush()
         where, args = _where(statuses, None)
+        select = f"SELECT line, change FROM items {where} AND change IS NOT NULL"  # noqa: S608
+        for line, change in self._pages(select, args):
+            yield int(line), bytes(change)
+
+    def _pages(self, select: str, args: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+        """The rows of ``select`` (whose ``WHERE`` it continues, and whose first column
+        is ``line``) in plan order, 5,000 at a time."""
         after = 0
         while True:
             page = self._execute(
-                f"SELECT line, change FROM items {where} AND change IS NOT NULL "  # noqa: S608
-                "AND line > %s ORDER BY line LIMIT 5000",
+                f"{select} AND line > %s ORDER BY line LIMIT 5000",
                 (*args, after),
             ).fetchall()
-            for line, change in page:
-                yield int(line), bytes(change)
+            yield from page
             if len(page) < 5000:
                 return
             after = page[-1][0]

@@ -229,16 +229,50 @@ class Credentials:
 _C = TypeVar("_C", bound="SystemConfig")
 
 
+def plain(message: str) -> str:
+    """msgspec's "Object contains unknown field `x` - at `$.systems.kintone`" made plain:
+    ``systems.kintone: Object contains unknown field `x```."""
+    reason, sep, where = message.rpartition(" - at `$")
+    if not sep:
+        return message
+    path = where.rstrip("`").lstrip(".")
+    return f"{path}: {reason}" if path else reason
+
+
 def read_config(kind: type[_C], table: Mapping[str, Any]) -> _C:
     """``table`` as ``kind``, or a :class:`ConfigError` that names the key at fault."""
     try:
         return msgspec.convert(dict(table), kind)
     except msgspec.ValidationError as e:
-        reason, sep, where = str(e).rpartition(" - at `$")
-        if sep:
-            key = where.rstrip("`").lstrip(".")
-            raise ConfigError(f"{key}: {reason}" if key else reason) from None
-        raise ConfigError(str(e)) from None
+        raise ConfigError(plain(str(e))) from None
+
+
+def keyword_options(cls: type[Any], table: Mapping[str, Any], credentials: Credentials) -> Any:
+    """``cls(url, **options)`` from a ``[systems.<name>]`` table: every key but the limits
+    passed as a keyword argument, a key ending in ``_env`` read from that environment
+    variable and passed without the suffix (the convention for adapters of your own).
+
+    Raises:
+        ConfigError: A missing credential, or options the class does not take.
+    """
+    limits = set(SystemConfig.__struct_fields__) - {"url"}
+    url = table.get("url")
+    if not isinstance(url, str):
+        raise ConfigError("url: a base URL (text) is required")
+    options: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in limits or key == "url":
+            continue
+        if key.endswith("_env"):
+            if not isinstance(value, str):
+                raise ConfigError(f"{key} must name an environment variable")
+            options[key[: -len("_env")]] = credentials.need(value, key).reveal()
+        else:
+            options[key] = value
+    try:
+        return cls(url, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{cls.__module__}:{cls.__qualname__}: {e}") from None
 
 
 class HttpRequest(msgspec.Struct, frozen=True):
@@ -414,32 +448,14 @@ class BaseAdapter(abc.ABC):
     def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> BaseAdapter:
         """The adapter a ``[systems.<name>]`` table describes.
 
-        The default is the convention for adapters of your own: ``cls(url, **options)``,
-        every key but the limits passed as a keyword argument, a key ending in ``_env``
-        read from that environment variable and passed without the suffix. Built-in
-        systems override it with their own :class:`SystemConfig`.
+        The default is the convention for adapters of your own (:func:`keyword_options`);
+        built-in systems override it with their own :class:`SystemConfig`.
 
         Raises:
             ConfigError: A missing credential, or options the class does not take.
         """
-        limits = set(SystemConfig.__struct_fields__) - {"url"}
-        options: dict[str, Any] = {}
-        url = table.get("url")
-        if not isinstance(url, str):
-            raise ConfigError("url: a base URL (text) is required")
-        for key, value in table.items():
-            if key in limits or key == "url":
-                continue
-            if key.endswith("_env"):
-                if not isinstance(value, str):
-                    raise ConfigError(f"{key} must name an environment variable")
-                options[key[: -len("_env")]] = credentials.need(value, key).reveal()
-            else:
-                options[key] = value
-        try:
-            return cls(url, **options)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{cls.__module__}:{cls.__qualname__}: {e}") from None
+        adapter: BaseAdapter = keyword_options(cls, table, credentials)
+        return adapter
 
     def __init__(self, base: str, headers: Mapping[str, str]) -> None:
         self.base = base_url(base)
