@@ -128,8 +128,6 @@ class PerscomAdapter(BaseAdapter):
         return f"/{self.version}/assignment-records/{2**31 - 1}"
 
     def _path(self, change: Change) -> str:
-        if isinstance(change, MovePerson):
-            return f"/{self.version}/users/{segment(self._id(change))}"
         return f"/{self.version}/assignment-records/{segment(self._id(change))}"
 
     def idempotent_for(self, change: Change) -> bool:
@@ -210,6 +208,8 @@ class PerscomAdapter(BaseAdapter):
         )
 
     def read(self, change: Change) -> HttpRequest:
+        if isinstance(change, MovePerson):  # a move reads the user it moves
+            return self.get(f"/{self.version}/users/{segment(self._id(change))}")
         return self.get(self._path(change))
 
     def current(self, change: Change, response: HttpResponse) -> Current | Retry | Failed:
@@ -255,8 +255,6 @@ class PerscomAdapter(BaseAdapter):
         return self.json_request("POST", f"/{self.version}/assignment-records", body)
 
     def prepare(self, change: Change, current: Current | None) -> Prepared:
-        if isinstance(change, MovePerson):
-            return self._move(change, current)
         record = current.record if current is not None else None
         body: dict[str, Any]
         if isinstance(change, Assign):
@@ -292,6 +290,8 @@ class PerscomAdapter(BaseAdapter):
                 self._fields(body)
             except ValueError as e:
                 return Failed(str(e))
+        elif isinstance(change, MovePerson):
+            return self._move(change, current)
         else:  # pragma: no cover - check() refuses the rest
             return Failed(f"unsupported change {type(change).__name__}")
         if record is not None:
@@ -306,17 +306,14 @@ class PerscomAdapter(BaseAdapter):
         if response.status < 300:
             body = response.json()
             data = body.get("data") if isinstance(body, dict) else None
-            created = isinstance(change, MovePerson)
-            if (
-                response.status != (201 if created else 200)
-                or not isinstance(data, dict)
-                or "id" not in data
-            ):
-                return self.not_the_answer(response, 'the record ({"data": {"id": ...}})')
-            if created:  # the new record's, not the user's: no version of the user
-                return Applied(None, data)
-            version = data.get("updated_at")
-            return Applied(version if isinstance(version, str) else None, data)
+            if isinstance(data, dict) and "id" in data:
+                if isinstance(change, MovePerson):
+                    if response.status == 201:  # the new record's: no version of the user
+                        return Applied(None, data)
+                elif response.status == 200:
+                    version = data.get("updated_at")
+                    return Applied(version if isinstance(version, str) else None, data)
+            return self.not_the_answer(response, 'the record ({"data": {"id": ...}})')
         message = self.error_message(response)
         if response.status == 422:
             body = response.json()
