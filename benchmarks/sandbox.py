@@ -77,7 +77,7 @@ def _requests(system: str, url: str, token: str, n: int) -> Callable[[int], Requ
             "PATCH",
             f"{url}/v2/assignment-records/{i % n + 1}",
             h,
-            b'{"user_id": %d}' % i,
+            b'{"user_id": %d}' % (i % 999 + 1),  # users 1..999 exist
         )
     if system == "maxsight":
         h = {"apikey": token}
