@@ -36,6 +36,7 @@ from benchmarks._harness import machine
 from patchassign.cli import _demo_config
 from patchassign.dispatch import Dispatcher, Limits, RetryPolicy
 from patchassign.sandbox import (
+    SYSTEMS,
     Faults,
     Sandbox,
     demo_mismatches,
@@ -116,12 +117,12 @@ async def one_run(n: int, faults: Faults | None, outages: bool) -> dict[str, Any
             "echoed": sum(s.stats.echoed for s in sb),
         }
         return {
-            "changes": 5 * n,
+            "changes": len(SYSTEMS) * n,
             "results": results,
             "statuses": dict(statuses),
-            "expected_conflicts": 5 * len(moved),
+            "expected_conflicts": len(SYSTEMS) * len(moved),
             "duplicates": duplicates,
-            "lost": len(wrong) + (5 * n - results),
+            "lost": len(wrong) + (len(SYSTEMS) * n - results),
             "elapsed": elapsed,
             "injected": injected,
             "outages": len(outage_log),
@@ -134,7 +135,7 @@ def chaos(records: int) -> None:
     print(machine())
     clean = asyncio.run(one_run(records, None, False))
     rough = asyncio.run(one_run(records, CHAOS, True))
-    print(f"\n### Chaos: {5 * records:,} changes, every fault at once\n")
+    print(f"\n### Chaos: {len(SYSTEMS) * records:,} changes, every fault at once\n")
     print("| run | applied | conflicts (expected) | failed | duplicates | lost | time |")
     print("|---|---|---|---|---|---|---|")
     for name, r in (("fault-free", clean), ("chaos", rough)):
@@ -187,7 +188,7 @@ async def kills(records: int, count: int) -> None:
             with open(plan, "wb") as f:
                 for change in demo_plan(records):
                     f.write(msgspec.json.encode(change) + b"\n")
-            total = 5 * records
+            total = len(SYSTEMS) * records
             killed_at: list[int] = []
             t = time.perf_counter()
             runs = 0

@@ -94,7 +94,7 @@ async def _one(
             requests = sum(s.stats.count() for s in sb)
             return {
                 "elapsed": elapsed,
-                "changes": 5 * records,
+                "changes": len(SYSTEMS) * records,
                 "applied": counts["applied"] + counts["recovered"],
                 "requests": requests,
                 "peak": {type(s).__name__.removesuffix("Server").lower(): s.stats.peak for s in sb},
@@ -117,7 +117,7 @@ def _cpu() -> tuple[float, float]:
 async def scale(records: int, counts: list[int], only: str | None = None) -> None:
     print(machine())
     print(
-        f"\n### Workers sharing one plan: {5 * records:,} changes (5 systems x {records:,}), "
+        f"\n### Workers sharing one plan: {len(SYSTEMS) * records:,} changes (5 systems x {records:,}), "
         "sandbox with 5 ms latency\n"
     )
     print("| fakes | limit per system (all workers) | workers | changes/s | requests/s | "
@@ -204,7 +204,9 @@ async def chaos(records: int, workers: int, kills: int) -> None:
             twice = sum(1 for s in sb for n in s.stats.writes.values() if n > 1)
             peaks = {type(s).__name__.removesuffix("Server").lower(): s.stats.peak for s in sb}
             over = {k: v for k, v in peaks.items() if v > conc}
-            print(f"\n### Chaos: {workers} workers, {5 * records:,} changes, {killed} kill -9s\n")
+            print(
+                f"\n### Chaos: {workers} workers, {len(SYSTEMS) * records:,} changes, {killed} kill -9s\n"
+            )
             print(f"outcomes: {dict(outcomes)} ({rows:,} items)")
             print(f"worker exits: {Counter(codes)}")
             print(
@@ -218,7 +220,7 @@ async def chaos(records: int, workers: int, kills: int) -> None:
                 f"{sum(s.stats.late for s in sb):,} writes held 2 s"
             )
             done = sum(n for s, n in outcomes.items() if s in ("applied", "recovered"))
-            ok = done == 5 * records and not wrong and not twice and not over
+            ok = done == len(SYSTEMS) * records and not wrong and not twice and not over
             ok = ok and killed == kills
             print("PASS" if ok else "FAIL")
             sys.exit(0 if ok else 1)

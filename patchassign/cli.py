@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser(
         "sandbox",
-        help="run the five fake servers on 127.0.0.1 until interrupted",
+        help="run the fake servers on 127.0.0.1 until interrupted",
         description="Start the fake PERSCOM, Maxsight, Kintone, SuperOffice and Findable "
-        "servers on free loopback ports, print their URLs and throwaway tokens, and serve "
+        "servers, and Helpdesk (an in-house system for the generic REST adapter), on free "
+        "loopback ports, print their URLs and throwaway tokens, and serve "
         "until Ctrl-C.",
     )
     sb.add_argument(
@@ -697,7 +698,7 @@ def _demo_parser(sub: Any) -> None:
     demo = sub.add_parser(
         "demo",
         help="start the sandbox, run a reassignment plan against it, check the result",
-        description="Start the five fake servers on 127.0.0.1, seed them with records owned "
+        description="Start the fake servers on 127.0.0.1, seed them with records owned "
         "by team A, write a plan that moves them all to team B, run it with some faults on "
         "(429s, 503s, dropped connections, concurrent editors), print the report, and check "
         "the servers' final state. Needs no credentials and no network.",
@@ -718,7 +719,7 @@ def _demo_parser(sub: Any) -> None:
 
 
 async def _demo(args: argparse.Namespace) -> int:
-    from .sandbox import Faults, Sandbox, demo_mismatches, demo_plan, exact_faults
+    from .sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan, exact_faults
 
     if not 1 <= args.records <= 200_000:
         raise UsageError("--records must be between 1 and 200000")
@@ -749,9 +750,10 @@ async def _demo(args: argparse.Namespace) -> int:
                     f.write(msgspec.json.encode(change) + b"\n")
             env = _demo_config(sb, folder / "systems.toml")
             config = load_config(folder / "systems.toml", env=env)
-            n = 5 * args.records
+            n = len(SYSTEMS) * args.records
             print(
-                f"patchassign demo: 5 fake systems on 127.0.0.1, {args.records:,} records each, "
+                f"patchassign demo: {len(SYSTEMS)} fake systems on 127.0.0.1, "
+                f"{args.records:,} records each, "
                 f"owned by team A; moving all {n:,} to team B"
                 + ("" if args.no_faults else " with faults on (429, 503, drops, editors)"),
                 file=sys.stderr,

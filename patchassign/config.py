@@ -34,6 +34,7 @@ from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
 from .systems import ADAPTERS, Adapter, BaseAdapter, Credentials, Secret, SystemConfig
 from .systems._base import keyword_options, plain, read_config
+from .systems.rest import RestAdapter
 
 __all__ = ["Config", "SystemConfig", "load_config", "parse_config"]
 
@@ -143,8 +144,10 @@ def parse_config(
         try:
             conf = msgspec.convert(table, _Limits)
             built_in = ADAPTERS.get(name)
-            if "adapter" not in table and built_in is not None and built_in.config is not None:
-                # The table's shape is checked now; credentials when the system is used.
+            # The table's shape is checked now; credentials when the system is used.
+            if table.get("adapter") == "rest":
+                read_config(RestAdapter.config or SystemConfig, _without_adapter(table))
+            elif "adapter" not in table and built_in is not None and built_in.config is not None:
                 read_config(built_in.config, table)
         except msgspec.ValidationError as e:
             raise ConfigError(f"{source}: systems.{name}: {plain(str(e))}") from None
@@ -200,11 +203,14 @@ def _adapter(name: str, table: Mapping[str, Any], credentials: Credentials) -> A
     """The adapter of one ``[systems.<name>]`` table: a built-in system's, or the class
     its ``adapter = "module:Class"`` names; either way through ``from_config``."""
     spec = table.get("adapter")
+    if spec == "rest":  # the generic adapter: an in-house system described by its table
+        return RestAdapter.for_system(name, table, credentials)
     if spec is None:
         cls = ADAPTERS.get(name)
         if cls is None:
             raise ConfigError(
                 f"{name!r} is not a built-in system ({', '.join(ADAPTERS)}): give "
+                "adapter = 'rest' (an in-house REST system, described by its table) or "
                 "adapter = 'package.module:AdapterClass'"
             )
     else:
@@ -224,6 +230,10 @@ def _adapter(name: str, table: Mapping[str, Any], credentials: Credentials) -> A
             f"system = {name!r}"
         )
     return adapter
+
+
+def _without_adapter(table: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in table.items() if k != "adapter"}
 
 
 def _import(spec: Any) -> type[Any]:

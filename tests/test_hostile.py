@@ -25,11 +25,13 @@ from patchassign.pointer import Pointer
 from patchassign.systems import (
     ADAPTERS,
     SYSTEM_NAMES,
+    BaseAdapter,
     Conflict,
     Current,
     Failed,
     HttpRequest,
     HttpResponse,
+    RestAdapter,
     Unchanged,
 )
 
@@ -104,10 +106,25 @@ def test_hostile_values_in_a_plan_line_are_typed(token: bytes) -> None:
         check_with_adapter(item)
 
 
+#: The generic adapter in each of its shapes, as the system "helpdesk".
+GENERIC = [
+    RestAdapter("https://x.example", system="helpdesk", record="/t/{id}", write=w, version=v)
+    for w in ("merge-patch", "json-patch", "put")
+    for v in ("etag", "/v", "none")
+]
+
+
 def check_with_adapter(change: Change) -> None:
+    if change.system == "helpdesk":
+        for adapter in GENERIC:
+            check_with(adapter, change)
+        return
     if change.system not in ADAPTERS:
         return  # a name of no built-in system: validation against a config refuses it
-    adapter = ADAPTERS[change.system]("https://x.example", **_creds(change.system))
+    check_with(ADAPTERS[change.system]("https://x.example", **_creds(change.system)), change)
+
+
+def check_with(adapter: BaseAdapter, change: Change) -> None:
     try:
         adapter.check(change)
     except InvalidChange:
@@ -229,7 +246,7 @@ def test_random_pointers_are_typed(text: str, doc: Any) -> None:
 @given(
     st.fixed_dictionaries(
         {
-            "system": st.sampled_from([*SYSTEM_NAMES, "jira", ""]),
+            "system": st.sampled_from([*SYSTEM_NAMES, "helpdesk", "jira", ""]),
             "record": st.one_of(
                 st.text(max_size=12), st.integers(), st.none(), st.just("../admin")
             ),

@@ -7,7 +7,7 @@ dispatcher, with no other change anywhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -18,7 +18,7 @@ from patchassign.changes import Assign, Change
 from patchassign.config import parse_config
 from patchassign.dispatch import Dispatcher
 from patchassign.errors import ConfigError
-from patchassign.sandbox import SERVERS, Sandbox
+from patchassign.sandbox import SERVERS, Sandbox, demo_mismatches, demo_plan
 from patchassign.sandbox._server import FakeServer
 from patchassign.systems import (
     Applied,
@@ -124,6 +124,22 @@ class AcmeServer(FakeServer):
     def error(self, status: int, message: str, **extra: Any) -> web.Response:
         return self.json({"message": message, **extra}, status)
 
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        return {"id": f"T-{i}", "owner": "ada"}
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        return Assign(system="acme", record=f"T-{i}", to="eve")
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        for i in ids:
+            if self.records[f"T-{i}"]["owner"] != "eve":
+                yield i, f"owner is {self.records[f'T-{i}']['owner']}"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[f"T-{i}"]["owner"] = "zed"
+
     def seed(self, records: Iterable[Mapping[str, Any]]) -> None:
         for r in records:
             self.records[r["id"]] = {"id": r["id"], "owner": r["owner"], "etag": "1", "note": ""}
@@ -164,8 +180,7 @@ def registered(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("registered")
 async def test_a_system_added_by_its_modules_and_registry_lines_runs_everywhere() -> None:
-    records = {"acme": [{"id": f"T-{i}", "owner": "ada"} for i in range(20)]}
-    async with Sandbox(systems=["acme"], records=records, faults={"editor": 0.3}) as sb:
+    async with Sandbox(systems=["acme"], demo=20, faults={"editor": 0.3}) as sb:
         server = sb.servers["acme"]
         table, env = server.settings()
         config = parse_config({"systems": {"acme": {**table, "queue": "main"}}}, env=env)
@@ -173,12 +188,11 @@ async def test_a_system_added_by_its_modules_and_registry_lines_runs_everywhere(
         assert isinstance(adapter, AcmeAdapter)
         assert config.limits["acme"].concurrency == AcmeAdapter.limits.concurrency
         assert server.token not in repr(adapter)
-        changes = [Assign(system="acme", record=f"T-{i}", to="eve") for i in range(20)]
         async with Dispatcher(config.adapters) as d:
-            results = await d.send_all(changes)
+            results = await d.send_all(demo_plan(20, ["acme"]))
         assert {r.status for r in results} == {"applied"}
         assert sum(server.stats.edits.values()) > 0  # conflicts were recovered
-        assert all(r["owner"] == "eve" for r in server.records.values())
+        assert demo_mismatches(sb, 20) == []
         assert max(server.stats.writes.values()) == 1
 
 

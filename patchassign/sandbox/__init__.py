@@ -1,6 +1,8 @@
-"""Faithful local fake servers of the five target systems, with fault injection.
+"""Faithful local fake servers of the target systems, with fault injection.
 
-``async with Sandbox() as sb:`` starts all five on free ports of 127.0.0.1::
+The five vendors' systems, and "helpdesk": an in-house ticket system that speaks plain
+HTTP and JSON standards, driven by the generic REST adapter (``systems.rest``).
+``async with Sandbox() as sb:`` starts all six on free ports of 127.0.0.1::
 
     async with Sandbox(demo=100, faults={"kintone": {"throttle": 0.05}}) as sb:
         sb.kintone.url, sb.kintone.token, sb.kintone.records, sb.kintone.stats
@@ -29,6 +31,7 @@ from .data import (
 )
 from .faults import Faults, FaultsSpec
 from .findable import FindableServer
+from .helpdesk import HelpdeskServer
 from .kintone import KintoneServer
 from .maxsight import MaxsightServer
 from .perscom import PerscomServer
@@ -42,6 +45,7 @@ __all__ = [
     "FakeServer",
     "Faults",
     "FindableServer",
+    "HelpdeskServer",
     "KintoneServer",
     "MaxsightServer",
     "PerscomServer",
@@ -63,20 +67,21 @@ SERVERS: dict[str, type[FakeServer]] = {
     "kintone": KintoneServer,
     "superoffice": SuperOfficeServer,
     "findable": FindableServer,
+    "helpdesk": HelpdeskServer,
 }
 SYSTEMS = tuple(SERVERS)
 _S = TypeVar("_S", bound=FakeServer)
 
 
 class Sandbox:
-    """All five fake servers, started and stopped together.
+    """The fake servers, started and stopped together.
 
     Args:
         faults: One fault setting for every server (a ``Faults`` or a mapping of its
             fields), or a mapping from system name to its setting.
         records: System name -> records to seed (each system's seed shape).
         demo: Seed this many demo records per system (see ``data.demo_records``).
-        systems: Start only these systems (default: all five).
+        systems: Start only these systems (default: all of ``SERVERS``).
         seed: Base of the servers' fault seeds when ``faults`` gives none.
 
     Raises:
@@ -147,6 +152,10 @@ class Sandbox:
     @property
     def findable(self) -> FindableServer:
         return self._get("findable", FindableServer)
+
+    @property
+    def helpdesk(self) -> HelpdeskServer:
+        return self._get("helpdesk", HelpdeskServer)
 
     def _get(self, name: str, kind: type[_S]) -> _S:
         server = self.servers.get(name)

@@ -1,4 +1,4 @@
-"""What the five fake servers share: lifecycle, fault injection, counters, JSON helpers."""
+"""What the fake servers share: lifecycle, fault injection, counters, JSON helpers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -18,6 +18,7 @@ from aiohttp import web
 from .faults import Faults, FaultsSpec, parse_faults
 
 if TYPE_CHECKING:
+    from ..changes import Change
     from ..systems import BaseAdapter
 
 __all__ = ["LOOPBACK", "Clock", "FakeServer", "Stats"]
@@ -161,6 +162,28 @@ class FakeServer(abc.ABC):
     @abc.abstractmethod
     def adapter(self) -> BaseAdapter:
         """The system's adapter, pointed at this server with its credentials."""
+
+    # ---- its demo data: records held by team A, the plan that moves them to team B ----
+
+    @classmethod
+    @abc.abstractmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        """Demo record ``i`` (from 1) in the seed shape, held by team A (``_demo``)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def demo_change(cls, i: int) -> Change:
+        """The change that moves demo record ``i`` to team B. It names who holds the
+        record now (``expect``) where the system can tell, so a record moved by someone
+        else ends as a conflict, not forced."""
+
+    @abc.abstractmethod
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        """``(i, what is wrong)`` for each demo record in ``ids`` not as the plan wants."""
+
+    @abc.abstractmethod
+    def move_elsewhere(self, i: int) -> None:
+        """Someone else reassigns demo record ``i`` to a person in neither team."""
 
     def settings(self) -> tuple[dict[str, Any], dict[str, str]]:
         """This server as a ``[systems.<name>]`` table, and the environment variables the

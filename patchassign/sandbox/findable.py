@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..changes import Change, Delegate
 from ..systems import FindableAdapter
+from ._demo import TEAM_A, TEAM_B, person, target
 from ._server import BadBody, FakeServer, rfc3339
 
 if TYPE_CHECKING:
@@ -68,6 +70,50 @@ class FindableServer(FakeServer):
         super().__init__(**kwargs)
         self._ids = itertools.count(1)
         self.records_delegation = records_delegation
+
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        return {
+            "id": f"asg-{i:06d}",
+            "assigneeEmail": f"{TEAM_A[person(i)]}@example.com",
+            "status": "pending" if i % 5 else "in_progress",
+            "allowDelegation": True,
+        }
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        return Delegate(
+            system="findable",
+            record=f"asg-{i:06d}",
+            id=f"findable-{i}",
+            to=f"{TEAM_B[target(i)]}@example.com",
+            reason="team B owns this now",
+            expect=f"{TEAM_A[person(i)]}@example.com",
+        )
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        """The original is ``delegated`` to the target, and exactly one successor exists,
+        assigned to the target."""
+        successors: dict[str, list[dict[str, Any]]] = {}
+        for rec in self.records.values():
+            origin = rec.get("delegatedFrom")
+            if origin is not None:
+                successors.setdefault(origin, []).append(rec)
+        for i in ids:
+            key = f"asg-{i:06d}"
+            rec = self.records[key]
+            email = f"{TEAM_B[target(i)]}@example.com"
+            found = successors.get(key, [])
+            if rec["status"] != "delegated" or rec.get("delegatedTo") != email:
+                got = rec.get("delegatedTo")
+                yield i, f"status {rec['status']!r}, delegated to {got!r}, want {email}"
+            elif len(found) != 1:
+                yield i, f"{len(found)} successors, want exactly 1"
+            elif found[0]["assigneeEmail"] != email:
+                yield i, f"successor assigned to {found[0]['assigneeEmail']!r}, want {email}"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[f"asg-{i:06d}"]["assigneeEmail"] = "zed@example.com"
 
     def adapter(self) -> FindableAdapter:
         return FindableAdapter(self.url, self.token)

@@ -23,12 +23,14 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..changes import Assign, Change
 from ..systems import KintoneAdapter
+from ._demo import TEAM_A, TEAM_B, person, target
 from ._server import BadBody, FakeServer
 
 __all__ = ["KintoneServer"]
@@ -67,6 +69,24 @@ class KintoneServer(FakeServer):
         self._own: dict[int, str] = {}  # app -> the sandbox's full-permission token
         self._spaces: dict[int, int | None] = {}  # app -> guest space
         self._single: set[int] = set()  # apps whose records take one assignee
+
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        return {"app": 1, "id": i, "assignees": [TEAM_A[person(i)]], "status": "In progress"}
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        to, held = [TEAM_B[target(i)]], [TEAM_A[person(i)]]
+        return Assign(system="kintone", record=f"1:{i}", id=f"kintone-{i}", to=to, expect=held)
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        for i in ids:
+            got = self.records[f"1:{i}"]["assignees"]
+            if got != [TEAM_B[target(i)]]:
+                yield i, f"assignees are {got}, want {[TEAM_B[target(i)]]}"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[f"1:{i}"]["assignees"] = ["zed"]
 
     def adapter(self) -> KintoneAdapter:
         return KintoneAdapter(

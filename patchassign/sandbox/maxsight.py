@@ -10,9 +10,10 @@ Rate-limited answers carry ``X-RateLimit-*`` headers, not ``Retry-After``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..changes import Assign, Change
 from ..systems import MaxsightAdapter
 from ._server import BadBody, FakeServer, rfc3339
 
@@ -74,6 +75,42 @@ class MaxsightServer(FakeServer):
     system: ClassVar[str] = "maxsight"
     write_endpoints: ClassVar[frozenset[str]] = frozenset({"update"})
     editor_field: ClassVar[str] = "custom_metadata"
+
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        return {
+            "id": f"task-{i:06d}",
+            "assignment": {
+                "assigned_by_id": "admin",
+                "assigned_to_id": "team-a",
+                "assigned_to_type": "TEAM",
+                "assignment_comment": None,
+            },
+        }
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        return Assign(
+            system="maxsight",
+            record=f"task-{i:06d}",
+            id=f"maxsight-{i}",
+            to="team-b",
+            to_type="team",
+            expect="team-a",
+            by="admin",
+            comment="team B owns this now",
+        )
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        want = ("team-b", "TEAM")
+        for i in ids:
+            got = self.records[f"task-{i:06d}"].get("assignment") or {}
+            have = (got.get("assigned_to_id"), got.get("assigned_to_type"))
+            if have != want:
+                yield i, f"assigned to {have}, want {want}"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[f"task-{i:06d}"]["assignment"]["assigned_to_id"] = "team-z"
 
     def adapter(self) -> MaxsightAdapter:
         return MaxsightAdapter(self.url, self.token, assigned_by="admin")

@@ -19,12 +19,14 @@ with it (401 otherwise).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..changes import Assign, Change
 from ..systems import PerscomAdapter
+from ._demo import TEAM_A, person, target
 from ._server import BadBody, FakeServer, rfc3339
 
 __all__ = ["PerscomServer"]
@@ -138,6 +140,33 @@ class PerscomServer(FakeServer):
         self.users: dict[int, dict[str, Any]] = {}
         self.tenant = tenant
         self._next = 1
+
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        return {
+            "id": i,
+            "user_id": 100 + i % len(TEAM_A),
+            "type": "primary",
+            "unit_id": 1,
+            "position_id": 10 + i % 3,
+            "status_id": 1,
+            "author_id": 1,
+            "text": None,
+        }
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        to, held = str(200 + target(i)), str(100 + person(i))
+        return Assign(system="perscom", record=i, id=f"perscom-{i}", to=to, expect=held)
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        for i in ids:
+            got = self.records[str(i)]["user_id"]
+            if got != 200 + target(i):
+                yield i, f"user_id is {got}, want {200 + target(i)}"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[str(i)]["user_id"] = 999
 
     def adapter(self) -> PerscomAdapter:
         return PerscomAdapter(self.url, self.token, tenant=self.tenant, notifications=False)

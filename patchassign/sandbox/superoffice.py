@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 
 from aiohttp import web
 
+from ..changes import Assign, Change, Merge
 from ..errors import InvalidPatch, PatchConflict, PatchError
 from ..merge import merge_to_json_patch
 from ..patch import JsonPatch, apply_patch
 from ..systems import SuperOfficeAdapter
 from ..systems.superoffice import parse_updated
+from ._demo import TEAM_A, person, target
 from ._server import BadBody, FakeServer
 
 __all__ = ["SuperOfficeServer", "parse_updated"]
@@ -104,6 +106,46 @@ class SuperOfficeServer(FakeServer):
         super().__init__(**kwargs)
         self.utc_offset = utc_offset
         self.precision = precision
+
+    @classmethod
+    def demo_record(cls, i: int) -> dict[str, Any]:
+        who = TEAM_A[person(i)]
+        return {
+            "ProjectmemberId": i,
+            "ProjectId": 1,
+            "ProjectName": "Migration",
+            "ContactId": 1,
+            "ContactName": "Team A",
+            "ContactDepartment": "Team A",
+            "PersonId": 100 + person(i),
+            "Firstname": who.title(),
+            "FullName": who.title(),
+            "EmailAddress": f"{who}@example.com",
+            "ProjectMemberTypeId": 1,
+            "ProjectMemberTypeName": "member",
+        }
+
+    @classmethod
+    def demo_change(cls, i: int) -> Change:
+        """Odd records: an assignment; even ones: a guarded merge that also moves the
+        member's department."""
+        cid, to = f"superoffice-{i}", 200 + target(i)
+        if i % 2:
+            held = str(100 + person(i))
+            return Assign(system="superoffice", record=i, id=cid, to=str(to), expect=held)
+        merge = {"PersonId": to, "ContactDepartment": "Team B"}
+        return Merge(system="superoffice", record=i, id=cid, merge=merge, guard=True)
+
+    def demo_mismatches(self, ids: Iterable[int]) -> Iterator[tuple[int, str]]:
+        for i in ids:
+            rec = self.records[str(i)]
+            if rec["PersonId"] != 200 + target(i):
+                yield i, f"PersonId is {rec['PersonId']}, want {200 + target(i)}"
+            elif i % 2 == 0 and rec["ContactDepartment"] != "Team B":
+                yield i, f"ContactDepartment is {rec['ContactDepartment']!r}, want 'Team B'"
+
+    def move_elsewhere(self, i: int) -> None:
+        self.records[str(i)]["PersonId"] = 999
 
     def adapter(self) -> SuperOfficeAdapter:
         return SuperOfficeAdapter(self.url, token=self.token)

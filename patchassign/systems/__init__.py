@@ -31,6 +31,7 @@ from .findable import FindableAdapter
 from .kintone import KintoneAdapter
 from .maxsight import MaxsightAdapter
 from .perscom import PerscomAdapter
+from .rest import RestAdapter, RestConfig
 from .superoffice import SuperOfficeAdapter
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "Outcome",
     "PerscomAdapter",
     "Prepared",
+    "RestAdapter",
+    "RestConfig",
     "Retry",
     "Secret",
     "SuperOfficeAdapter",

@@ -128,7 +128,7 @@ def test_demo_runs_and_verifies() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "result: every change applied" in r.stdout
-    assert "verified: all 200 records are now with team B, each change applied once" in r.stderr
+    assert "verified: all 240 records are now with team B, each change applied once" in r.stderr
 
 
 # -- config -----------------------------------------------------------------------------------

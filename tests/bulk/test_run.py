@@ -19,7 +19,14 @@ import msgspec
 import pytest_asyncio
 
 from patchassign.cli import _demo_config
-from patchassign.sandbox import Faults, Sandbox, demo_mismatches, demo_plan, exact_faults
+from patchassign.sandbox import (
+    SYSTEMS,
+    Faults,
+    Sandbox,
+    demo_mismatches,
+    demo_plan,
+    exact_faults,
+)
 
 
 @dataclass
@@ -30,6 +37,11 @@ class Setup:
     config: Path
     env: dict[str, str]
     n: int
+
+    @property
+    def total(self) -> int:
+        """How many changes the demo plan holds: ``n`` per system."""
+        return self.n * len(SYSTEMS)
 
     @property
     def journal(self) -> Path:
@@ -90,6 +102,8 @@ def holders(s: Setup) -> dict[tuple[str, int], Any]:
         out["kintone", i] = list(s.sb.kintone.records[f"1:{i}"]["assignees"])
         rec = s.sb.superoffice.records[str(i)]
         out["superoffice", i] = (rec["PersonId"], rec.get("ContactDepartment"))
+        ticket = s.sb.helpdesk.records[f"HD-{i:06d}"]
+        out["helpdesk", i] = (ticket["assignee"], ticket["queue"])
     return out
 
 
@@ -105,13 +119,13 @@ async def test_a_run_applies_the_plan_and_reports(small: Setup) -> None:
     assert code == 0, err
     # the report goes to stdout (`> report.txt` keeps it); checks and progress to stderr
     assert "result: every change applied" in out
-    assert "100 changes in" in out
+    assert f"{small.total} changes in" in out
     assert "latency per change: p50" in out
     assert "result:" not in err
     assert "check: kintone" in err
     assert demo_mismatches(small.sb, small.n) == []
     rows = results(out_file)
-    assert [r["line"] for r in rows] == list(range(1, 101))
+    assert [r["line"] for r in rows] == list(range(1, small.total + 1))
     assert {r["status"] for r in rows} == {"applied"}
     assert rows[0]["system"] == "perscom"
     assert rows[0]["record"] == 1
@@ -150,10 +164,10 @@ async def test_bad_lines_are_all_reported_and_nothing_is_sent(small: Setup) -> N
     )
     code, _, err = await patchassign(small, "run", small.plan, "--config", small.config)
     assert code == 2
-    assert "line 101: field 'to'" in err
-    assert "line 102: not valid JSON" in err
-    assert "line 103: field 'to': a PERSCOM user is an integer user_id" in err
-    assert "line 104: system 'jira' is not in the configuration" in err
+    assert f"line {small.total + 1}: field 'to'" in err
+    assert f"line {small.total + 2}: not valid JSON" in err
+    assert f"line {small.total + 3}: field 'to': a PERSCOM user is an integer user_id" in err
+    assert f"line {small.total + 4}: system 'jira' is not in the configuration" in err
     assert "4 invalid line(s)" in err
     assert "nothing was sent" in err
     assert "Traceback" not in err
@@ -169,9 +183,9 @@ async def test_skip_invalid_sends_the_rest_and_exits_1(small: Setup) -> None:
     assert code == 1
     assert "NOT everything applied" in out
     rows = results(out_file)
-    assert len(rows) == 101
+    assert len(rows) == small.total + 1
     assert rows[-1]["status"] == "invalid"
-    assert rows[-1]["line"] == 101
+    assert rows[-1]["line"] == small.total + 1
     assert demo_mismatches(small.sb, small.n) == []
 
 
@@ -183,7 +197,7 @@ async def test_dry_run_reads_and_shows_but_writes_nothing(small: Setup) -> None:
         status == 200 for s in small.sb for (endpoint, status) in s.stats.requests
     )  # reads only
     lines = [line for line in out.splitlines() if line.startswith("line ")]
-    assert len(lines) == 100
+    assert len(lines) == small.total
     assert any(
         "kintone 1:1: PUT http://127.0.0.1:" in line and '"assignees":["fay"]' in line
         for line in lines
@@ -192,7 +206,7 @@ async def test_dry_run_reads_and_shows_but_writes_nothing(small: Setup) -> None:
         "findable asg-000001: POST" in line and '"toUpn":"fay@example.com"' in line
         for line in lines
     )
-    assert "would write 100" in out
+    assert f"would write {small.total}" in out
     assert not small.journal.exists()
 
 
@@ -219,7 +233,7 @@ async def test_a_journal_is_not_reused_by_accident(small: Setup) -> None:
     before = sum(s.stats.count() for s in small.sb)
     code, out, err = await patchassign(small, "run", small.plan, "-c", small.config, "--resume")
     assert code == 0, err
-    assert "100 already done" in out
+    assert f"{small.total} already done" in out
     assert sum(s.stats.count() for s in small.sb) == before
     # a changed plan is refused
     write_plan(small.plan, small.n - 1)
@@ -293,7 +307,7 @@ async def kill_at_random(setup: Setup, rng: random.Random, *extra: str) -> tuple
     if setup.journal.exists():
         with sqlite3.connect(setup.journal) as db:
             start = db.execute(DONE_ITEMS).fetchone()[0]
-    target = start + rng.randint(1, max(1, (5 * setup.n - start) // 3))
+    target = start + rng.randint(1, max(1, (len(SYSTEMS) * setup.n - start) // 3))
     seen = start
     for _ in range(400):
         await asyncio.sleep(0.05)
@@ -326,7 +340,7 @@ async def test_killed_runs_resume_without_applying_anything_twice(tmp_path: Path
             journaled.append(seen)
             extra = ("--resume",)
         assert journaled == sorted(set(journaled))  # each run got further
-        assert journaled[-1] < 5 * s.n, journaled
+        assert journaled[-1] < len(SYSTEMS) * s.n, journaled
         out_file = s.dir / "results.jsonl"
         code, _, err = await patchassign(
             s, "run", s.plan, "-c", s.config, "--resume", "--results", out_file
@@ -337,18 +351,19 @@ async def test_killed_runs_resume_without_applying_anything_twice(tmp_path: Path
             assert max(server.stats.writes.values()) == 1, server
             assert sum(server.stats.writes.values()) == s.n, server
         rows = results(out_file)
-        assert len(rows) == 5 * s.n
+        assert len(rows) == len(SYSTEMS) * s.n
         # Every record started with team A: a change a killed run applied without
         # journaling it is found in place by the next run and reported as `recovered`,
         # never as `unchanged` (nothing here was already right).
         statuses = Counter(r["status"] for r in rows)
         assert set(statuses) <= {"applied", "recovered"}, statuses
         # and undo puts every record back, the recovered ones included (from their
-        # `expect`), but for recovered merges: what those records held before is not known
+        # `expect`), but for recovered merges and sets: what those records held before the
+        # killed run wrote them is not known
         unknown = {
-            ("superoffice", r["record"])
+            (r["system"], int(r["id"].rsplit("-", 1)[1]))  # demo ids: "<system>-<i>"
             for r in rows
-            if r["status"] == "recovered" and r["change"]["action"] == "merge"
+            if r["status"] == "recovered" and r["change"]["action"] in ("merge", "set")
         }
         undo = s.dir / "undo.jsonl"
         code, _, err = await patchassign(s, "undo", s.journal, "-o", undo)
@@ -393,7 +408,9 @@ async def test_an_unreachable_system_ends_unsent_and_a_resume_sends_it(small: Se
     with sqlite3.connect(small.journal) as db:
         rows = dict(db.execute("SELECT system || ':' || status, count(*) FROM items GROUP BY 1"))
     assert rows["superoffice:unsent"] == small.n
-    assert sum(n for k, n in rows.items() if k.endswith(":applied")) == 4 * small.n
+    assert (
+        sum(n for k, n in rows.items() if k.endswith(":applied")) == (len(SYSTEMS) - 1) * small.n
+    )  # all but the stopped one
     assert "leftovers" in out
     assert "--resume sends them" in out
 
@@ -452,7 +469,7 @@ async def test_lines_appended_to_the_plan_during_a_run_are_not_sent(
         err=io.StringIO(),
         out=io.StringIO(),
     )
-    assert sum(report.run_counts.values()) == 5 * small.n  # not one more
+    assert sum(report.run_counts.values()) == len(SYSTEMS) * small.n  # not one more
     assert report.invalid == 0
     assert small.sb.perscom.records["1"]["user_id"] != 999
 

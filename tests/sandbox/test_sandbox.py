@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     import aiohttp
 
 
-async def test_starts_all_five_on_loopback_with_distinct_ports() -> None:
+async def test_starts_every_fake_on_loopback_with_distinct_ports() -> None:
     async with Sandbox(demo=2) as sb:
         described = sb.describe()
         assert list(described) == list(SYSTEMS)
         urls = [d["url"] for d in described.values()]
         assert all(u.startswith("http://127.0.0.1:") for u in urls)
-        assert len(set(urls)) == 5
+        assert len(set(urls)) == len(SYSTEMS) == 6
         assert all(len(s.records) == 2 for s in sb)
         for s in sb:
             assert s.token not in repr(s)
