@@ -9,6 +9,10 @@ from typing import Any
 from hypothesis import strategies as st
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "shared" / "conformance"
+#: The vendors' own API descriptions (PERSCOM's OpenAPI file), beside the repository.
+VENDOR_SPECS = Path(__file__).resolve().parents[2] / "shared" / "vendor-specs"
+#: The vendors' own pages for the endpoints we write to (the truth our fakes follow).
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
 def canon(value: Any) -> Any:

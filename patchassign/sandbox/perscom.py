@@ -74,6 +74,14 @@ PLACEMENT = ("status_id", "unit_id", "position_id", "specialty_id")
 _NOT_NULL = frozenset({"user_id", "author_id"})
 
 
+def _require_user(changes: Mapping[str, Any], errors: dict[str, list[str]]) -> None:
+    """``user_id`` is required in every body, updates included (the vendor's page and
+    OpenAPI file both say so; the page also marks ``type`` required, the file does not,
+    and the fake follows the file there)."""
+    if "user_id" not in changes and "user_id" not in errors and "body" not in errors:
+        errors["user_id"] = ["The user id field is required."]
+
+
 def validate(
     body: Any, exists: Mapping[str, Container[int]] | None = None
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
@@ -318,11 +326,9 @@ class PerscomServer(FakeServer):
         if isinstance(found, web.Response):
             return found
         key, rec = found
-        try:
-            body = await self._body(request)
-        except BadBody as e:
-            return self.error(400, str(e))
+        body = await self._body(request)
         changes, errors = validate(body, self.exists)
+        _require_user(changes, errors)  # required in an update too (page and OpenAPI file)
         if errors:
             return self._invalid(errors)
         # An update changes the record (and fires webhooks): it moves nobody.
@@ -331,22 +337,21 @@ class PerscomServer(FakeServer):
         return self.json({"data": rec})
 
     async def _body(self, request: web.Request) -> Any:
-        """The JSON body; an empty one is an empty update (no field is required)."""
-        if not await request.read():
+        """The JSON body as Laravel reads it: a body that is missing or not JSON is no
+        input at all (``Request::json()`` decodes it to nothing, never a 400), so an
+        update changes nothing and a create or a batch lacks its required fields (422)."""
+        try:
+            return await self.body(request)
+        except BadBody:
             return {}
-        return await self.body(request)
 
     async def _create(self, request: web.Request) -> web.Response:
         bad = self._check_path(request)
         if bad is not None:
             return bad
-        try:
-            body = await self._body(request)
-        except BadBody as e:
-            return self.error(400, str(e))
+        body = await self._body(request)
         changes, errors = validate(body, self.exists)
-        if "user_id" not in changes and "user_id" not in errors:
-            errors["user_id"] = ["The user id field is required."]
+        _require_user(changes, errors)
         if errors:
             return self._invalid(errors)
         rid = self._next
@@ -378,10 +383,7 @@ class PerscomServer(FakeServer):
         bad = self._check_path(request)
         if bad is not None:
             return bad
-        try:
-            body = await self.body(request)
-        except BadBody as e:
-            return self.error(400, str(e))
+        body = await self._body(request)
         resources = body.get("resources") if isinstance(body, dict) else None
         if not isinstance(resources, dict) or not resources:
             return self._invalid({"resources": ["The resources field is required."]})
@@ -391,6 +393,7 @@ class PerscomServer(FakeServer):
             if rid not in self.records:
                 return self.error(404, f"Assignment record {rid} could not be found.")
             changes, errs = validate(fields, self.exists)
+            _require_user(changes, errs)
             errors.update({f"resources.{rid}.{k}": v for k, v in errs.items()})
             planned.append((rid, changes))
         if errors:  # all or nothing

@@ -10,8 +10,10 @@ it is resent only when the user is provably untouched (the same ``updated_at``).
 
 No version token: PERSCOM applies the last write. When a change needs the current record
 (``expect``, ``set``, ``patch``) the adapter reads it first and diffs, which narrows but does
-not close the race with other writers; plain ``assign`` and ``merge`` are blind partial
-updates (idempotent). Validation mirrors the vendor's schema and source: integer ids (not
+not close the race with other writers; plain ``assign`` and a ``merge`` that names the
+``user_id`` are blind partial updates (idempotent). Every update body carries ``user_id``,
+which PERSCOM's page and OpenAPI file mark required for an update too: a ``merge`` without
+it reads the record first and sends its ``user_id`` back unchanged. Validation mirrors the vendor's schema and source: integer ids (not
 booleans), ``author_id`` not null, ``type`` primary/secondary, ``text`` at most 65,535
 characters.
 """
@@ -203,6 +205,8 @@ class PerscomAdapter(BaseAdapter):
                     raise self.invalid(f"text is longer than {_TEXT_MAX} characters", key)
 
     def needs_read(self, change: Change) -> bool:
+        if isinstance(change, Merge):  # an update body needs the user_id: the record's
+            return "user_id" not in change.merge
         return isinstance(change, SetFields | Patch | MovePerson) or (
             isinstance(change, Assign) and change.expect is not None
         )
@@ -300,6 +304,13 @@ class PerscomAdapter(BaseAdapter):
             }
             if not body:
                 return Unchanged(record.get("updated_at"))
+            if "user_id" not in body:  # required in every update: the one it holds
+                held = record.get("user_id")
+                if type(held) is not int:
+                    return Failed(f"the record holds no user_id to send back: {held!r}")
+                body = {"user_id": held, **body}
+        if "user_id" not in body:  # pragma: no cover - needs_read() reads for these
+            return Failed("a PERSCOM update needs the user_id: read the record first")
         return self.json_request("PATCH", self._path(change), body)
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:

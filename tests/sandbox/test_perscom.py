@@ -70,7 +70,7 @@ async def test_an_unchanged_update_keeps_updated_at(
 ) -> None:
     p = sandbox.perscom
     p.records["3"]["updated_at"] = "2020-01-01T00:00:00Z"
-    same = {"type": p.records["3"]["type"], "unit_id": p.records["3"]["unit_id"]}
+    same = {k: p.records["3"][k] for k in ("user_id", "type", "unit_id")}
     a = await call(
         session, "PATCH", f"{p.url}/v2/assignment-records/3", json=same, headers=auth(sandbox)
     )
@@ -95,6 +95,7 @@ async def test_validation_errors_are_422_naming_the_field_and_change_nothing(
 ) -> None:
     p = sandbox.perscom
     before = dict(p.records["1"])
+    body = {"user_id": before["user_id"], **body}  # required in an update too
     a = await call(
         session, "PATCH", f"{p.url}/v2/assignment-records/1", json=body, headers=auth(sandbox)
     )
@@ -110,7 +111,7 @@ async def test_text_at_the_limit_nulls_and_unknown_members(
     sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
     p = sandbox.perscom
-    body = {"text": "é" * 65_535, "document_id": None, "nickname": "ignored"}
+    body = {"user_id": 1, "text": "é" * 65_535, "document_id": None, "nickname": "ignored"}
     a = await call(
         session, "PATCH", f"{p.url}/v2/assignment-records/1", json=body, headers=auth(sandbox)
     )
@@ -167,32 +168,54 @@ async def test_bad_credentials_are_401(
     assert sandbox.perscom.stats.writes["1"] == 0
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]"])
-async def test_malformed_bodies(
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"\xff\xfe", b"[" * 5000])
+async def test_bodies_that_are_not_json_are_no_input_as_in_laravel(
     sandbox: Sandbox, session: aiohttp.ClientSession, raw: bytes
+) -> None:
+    """Laravel decodes a body that is not JSON to no input at all, never a 400 (which the
+    OpenAPI file documents for no endpoint): each lacks its required fields (422 with
+    ``error.errors``), and nothing changes."""
+    p = sandbox.perscom
+    before = dict(p.records["1"])
+    headers = {**auth(sandbox), "Content-Type": "application/json"}
+    base = f"{p.url}/v2/assignment-records"
+    a = await call(session, "PATCH", f"{base}/1", data=raw, headers=headers)
+    assert a.status == 422  # no input: no user_id, which an update requires too
+    assert a.body["error"]["errors"] == {"user_id": ["The user id field is required."]}
+    a = await call(session, "POST", base, data=raw, headers=headers)
+    assert a.status == 422
+    assert a.body["error"]["errors"] == {"user_id": ["The user id field is required."]}
+    a = await call(session, "PATCH", f"{base}/batch", data=raw, headers=headers)
+    assert a.status == 422
+    assert list(a.body["error"]["errors"]) == ["resources"]
+    assert p.records["1"] == before
+
+
+async def test_a_json_body_that_is_not_an_object_is_refused(
+    sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
     a = await call(
         session,
         "PATCH",
         f"{sandbox.perscom.url}/v2/assignment-records/1",
-        data=raw,
+        data=b"[1, 2]",
         headers={**auth(sandbox), "Content-Type": "application/json"},
     )
-    assert a.status in (400, 422)
+    assert a.status == 422
     assert a.body["error"]["message"]
 
 
 async def test_batch_is_all_or_nothing(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
     p = sandbox.perscom
     before = {k: dict(v) for k, v in p.records.items()}
-    bad = {"resources": {"1": {"user_id": 50}, "2": {"type": "nope"}}}
+    bad = {"resources": {"1": {"user_id": 50}, "2": {"user_id": 2, "type": "nope"}}}
     a = await call(
         session, "PATCH", f"{p.url}/v2/assignment-records/batch", json=bad, headers=auth(sandbox)
     )
     assert a.status == 422
     assert list(a.body["error"]["errors"]) == ["resources.2.type"]
     assert p.records == before
-    good = {"resources": {"1": {"user_id": 50}, "2": {"type": "secondary"}}}
+    good = {"resources": {"1": {"user_id": 50}, "2": {"user_id": 2, "type": "secondary"}}}
     a = await call(
         session, "PATCH", f"{p.url}/v2/assignment-records/batch", json=good, headers=auth(sandbox)
     )
@@ -243,16 +266,29 @@ async def test_answers_match_the_vendor_openapi_description(
         )
 
 
-async def test_an_empty_body_is_an_empty_update(
+async def test_an_update_requires_the_user_id_as_documented(
     sandbox: Sandbox, session: aiohttp.ClientSession
 ) -> None:
+    """The page and the OpenAPI file both mark ``user_id`` required in an update's body:
+    a partial update without it is 422 (not a silent success the adapter could rely on);
+    ``type``, required by the page but not by the file, is not."""
     p = sandbox.perscom
     before = dict(p.records["1"])
+    for body in ({}, {"unit_id": 1}, {"type": "primary"}):
+        a = await call(
+            session, "PATCH", f"{p.url}/v2/assignment-records/1", json=body, headers=auth(sandbox)
+        )
+        assert a.status == 422, body
+        assert a.body["error"]["errors"] == {"user_id": ["The user id field is required."]}
     a = await call(
-        session, "PATCH", f"{p.url}/v2/assignment-records/1", data=b"", headers=auth(sandbox)
+        session,
+        "PATCH",
+        f"{p.url}/v2/assignment-records/1",
+        json={"user_id": before["user_id"], "unit_id": 2},
+        headers=auth(sandbox),
     )
     assert a.status == 200
-    assert p.records["1"] == before
+    assert p.records["1"] == {**before, "unit_id": 2, "updated_at": p.records["1"]["updated_at"]}
 
 
 @pytest.mark.parametrize(
@@ -270,7 +306,7 @@ async def test_ids_that_name_nothing_and_a_null_author_are_422(
 ) -> None:
     p = sandbox.perscom
     for method, path in (("PATCH", "/v2/assignment-records/1"), ("POST", "/v2/assignment-records")):
-        sent = body if method == "PATCH" else {"user_id": 1, **body}
+        sent = {"user_id": 1, **body}
         a = await call(session, method, p.url + path, json=sent, headers=auth(sandbox))
         assert a.status == 422, (method, a.body)
         assert a.body["error"]["errors"] == {field: [message]}

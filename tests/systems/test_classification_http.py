@@ -39,7 +39,7 @@ SYSTEMS: dict[str, tuple[BaseAdapter, Change, Any, str]] = {
     # adapter, change, what a read answers, method of the write
     "perscom": (
         PerscomAdapter(BASE, "t"),
-        Merge(system="perscom", record=1, merge={"unit_id": 2}),
+        Merge(system="perscom", record=1, merge={"user_id": 7, "unit_id": 2}),
         None,
         "PATCH",
     ),

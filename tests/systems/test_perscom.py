@@ -62,14 +62,16 @@ def test_assign_is_a_blind_partial_update() -> None:
     assert body(req) == {"user_id": 101}
 
 
-def test_set_and_patch_send_only_what_differs() -> None:
+def test_set_and_patch_send_only_what_differs_and_the_user_id() -> None:
+    """Only the fields that differ, plus ``user_id``, which PERSCOM requires in every
+    update body (sent back as read)."""
     a = adapter()
     cur = Current(REC, REC["updated_at"])
     assert body(
         a.prepare(
             SetFields(system="perscom", record=3, state={"unit_id": 2, "type": "primary"}), cur
         )
-    ) == {"unit_id": 2}
+    ) == {"user_id": 100, "unit_id": 2}
     assert isinstance(
         a.prepare(SetFields(system="perscom", record=3, state={"unit_id": 1}), cur), Unchanged
     )
@@ -81,14 +83,26 @@ def test_set_and_patch_send_only_what_differs() -> None:
             {"op": "replace", "path": "/text", "value": "x"},
         ],
     )
-    assert body(a.prepare(p, cur)) == {"text": "x"}
+    assert body(a.prepare(p, cur)) == {"user_id": 100, "text": "x"}
     bad = Patch(system="perscom", record=3, patch=[{"op": "test", "path": "/user_id", "value": 7}])
     out = a.prepare(bad, cur)
     assert isinstance(out, Conflict)
     assert not out.recoverable
-    assert body(a.prepare(Merge(system="perscom", record=3, merge={"status_id": None}), None)) == {
-        "status_id": None
-    }
+
+
+def test_a_merge_without_the_user_id_reads_it_first() -> None:
+    a = adapter()
+    blind = Merge(system="perscom", record=3, merge={"user_id": 7, "status_id": None})
+    assert not a.needs_read(blind)
+    assert body(a.prepare(blind, None)) == {"user_id": 7, "status_id": None}
+    partial = Merge(system="perscom", record=3, merge={"status_id": None})
+    assert a.needs_read(partial)
+    cur = Current(REC, REC["updated_at"])
+    assert body(a.prepare(partial, cur)) == {"user_id": 100, "status_id": None}
+    broken = Current({**REC, "user_id": None}, REC["updated_at"])
+    out = a.prepare(partial, broken)
+    assert isinstance(out, Failed)
+    assert "user_id" in out.reason
 
 
 @pytest.mark.parametrize(
