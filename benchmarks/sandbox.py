@@ -32,6 +32,7 @@ _WHAT = {
     "kintone": "PUT record assignees",
     "superoffice": "PATCH JSON Patch, case-insensitive path",
     "findable": "POST delegate (creates a successor)",
+    "helpdesk": "PATCH merge patch, If-Match: * (strong ETag)",
 }
 
 
@@ -105,6 +106,18 @@ def _requests(system: str, url: str, token: str, n: int) -> Callable[[int], Requ
             f"{url}/assignments/asg-{i + 1:06d}/delegate",
             h,
             b'{"toUpn": "eve@example.com"}',
+        )
+    if system == "helpdesk":  # `If-Match: *`: any current version (the tag changes per write)
+        h = {
+            "Content-Type": "application/merge-patch+json",
+            "Authorization": f"Bearer {token}",
+            "If-Match": "*",
+        }
+        return lambda i: (
+            "PATCH",
+            f"{url}/api/tickets/HD-{i % n + 1:06d}",
+            h,
+            b'{"assignee": "eve", "notes": "n%d"}' % i,
         )
     return lambda i: ("PATCH", f"{url}/x/{i}", json_h, b'{"user_id": 1}')
 

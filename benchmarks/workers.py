@@ -117,7 +117,7 @@ def _cpu() -> tuple[float, float]:
 async def scale(records: int, counts: list[int], only: str | None = None) -> None:
     print(machine())
     print(
-        f"\n### Workers sharing one plan: {len(SYSTEMS) * records:,} changes (5 systems x {records:,}), "
+        f"\n### Workers sharing one plan: {len(SYSTEMS) * records:,} changes ({len(SYSTEMS)} systems x {records:,}), "
         "sandbox with 5 ms latency\n"
     )
     print("| fakes | limit per system (all workers) | workers | changes/s | requests/s | "

@@ -70,7 +70,7 @@ def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
     td = type(doc)
     if td is not dict:
         if td in _NOT_OBJECTS or not isinstance(doc, Mapping):
-            return _strip_nulls(merge)
+            return _strip_nulls(merge, case_insensitive)
         doc = dict(doc)
     if case_insensitive and len(merge) > 1:
         _refuse_case_twins(merge)
@@ -105,9 +105,21 @@ def _is_object(value: Any) -> bool:
     return t is dict or (t not in _NOT_OBJECTS and isinstance(value, Mapping))
 
 
-def _strip_nulls(merge: Mapping[str, Any]) -> dict[str, Any]:
-    """What a merge object becomes where the target has no object: nulls removed."""
-    return {k: _strip_nulls(v) if _is_object(v) else v for k, v in merge.items() if v is not None}
+def _strip_nulls(
+    merge: Mapping[str, Any], case_insensitive: bool = False, path: str | None = None
+) -> dict[str, Any]:
+    """What a merge object becomes where the target has no object: nulls removed. In
+    case-insensitive mode its members are merged into an empty object one by one, so two
+    that name the same member are as ambiguous there as anywhere: refused."""
+    if case_insensitive and len(merge) > 1:
+        _refuse_case_twins(merge, path)
+    return {
+        k: _strip_nulls(v, case_insensitive, None if path is None else f"{path}/{escape(k)}")
+        if _is_object(v)
+        else v
+        for k, v in merge.items()
+        if v is not None
+    }
 
 
 def _refuse_case_twins(merge: Mapping[Any, Any], path: str | None = None) -> None:
@@ -204,22 +216,24 @@ def merge_to_json_patch(
     """
     ops: list[Operation] = []
     if base is None:
-        _structural(merge, "", ops)
+        _structural(merge, "", ops, case_insensitive)
     else:
         _exact(merge, base, "", ops, case_insensitive)
     return JsonPatch._new(tuple(ops), trusted=True)
 
 
-def _structural(merge: Any, path: str, ops: list[Operation]) -> None:
+def _structural(merge: Any, path: str, ops: list[Operation], ci: bool) -> None:
     if not _is_object(merge):
         ops.append(Replace(path, merge))
         return
+    if ci and len(merge) > 1:
+        _refuse_case_twins(merge, path)
     for k, v in merge.items():
         p = path + "/" + escape(k)
         if v is None:
             ops.append(Remove(p))
         elif _is_object(v):
-            _structural(v, p, ops)
+            _structural(v, p, ops, ci)
         else:
             ops.append(Add(p, v))
 
@@ -231,7 +245,7 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
         return
     if type(base) is not dict:
         if not _is_object(base):
-            ops.append(Replace(path, _strip_nulls(merge)))
+            ops.append(Replace(path, _strip_nulls(merge, ci, path)))
             return
         base = dict(base)
     if ci and len(merge) > 1:
@@ -246,7 +260,7 @@ def _exact(merge: Any, base: Any, path: str, ops: list[Operation], ci: bool) -> 
             if exists:
                 ops.append(Remove(p))
         elif not exists:
-            ops.append(Add(p, _strip_nulls(v) if _is_object(v) else v))
+            ops.append(Add(p, _strip_nulls(v, ci, p) if _is_object(v) else v))
         elif _is_object(v):
             _exact(v, base[key], p, ops, ci)
         elif not json_equal(base[key], v):

@@ -227,6 +227,23 @@ def test_case_insensitive_twins_in_a_merge_object_are_refused() -> None:
     assert apply_merge_patch({}, {"a": 1, "A": 2}) == {"a": 1, "A": 2}
 
 
+@pytest.mark.parametrize("target", [None, 5, "text", [1], {"x": 1}])
+def test_twins_are_refused_where_the_merge_builds_a_new_object_too(target: Any) -> None:
+    """Where the target holds no object the merge object's members are merged into an
+    empty one (RFC 7396), so twins are as ambiguous there; the conversion without a base
+    refuses them too."""
+    from patchassign import InvalidPatch
+
+    with pytest.raises(InvalidPatch, match="'a' and 'A'"):
+        apply_merge_patch(target, {"a": 1, "A": 2}, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'k' and 'K'"):
+        apply_merge_patch(target, {"new": {"k": 1, "K": None}}, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'/new'"):
+        merge_to_json_patch({"new": {"k": 1, "K": 2}}, target, case_insensitive=True)
+    with pytest.raises(InvalidPatch, match="'a' and 'A'"):
+        merge_to_json_patch({"a": 1, "A": 2}, case_insensitive=True)
+
+
 def test_ordered_dicts_are_objects_on_both_sides() -> None:
     from collections import OrderedDict
 

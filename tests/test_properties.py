@@ -216,12 +216,14 @@ _twin_keys = st.sampled_from(["a", "A", "b", "B", "Straße", "STRASSE"])
 _twin_objects = st.dictionaries(_twin_keys, st.none() | st.integers(0, 3), max_size=4)
 
 
-@given(_twin_objects, _twin_objects)
+@given(_twin_objects | st.none() | st.integers(0, 3), _twin_objects)
 def test_case_insensitive_merge_either_refuses_twins_or_agrees_with_its_conversion(
-    doc: dict[str, Any], merge: dict[str, Any]
+    doc: Any, merge: dict[str, Any]
 ) -> None:
     """Two merge members naming one member case-insensitively are refused, by apply and
-    by the conversion alike; otherwise the conversion is exact, as documented."""
+    by the conversion alike, with a base or without, whether the target holds an object
+    or not (a merge object builds one member by member); otherwise the conversion is
+    exact, as documented."""
     from patchassign import InvalidPatch
 
     folded = [k.casefold() for k in merge]
@@ -232,10 +234,14 @@ def test_case_insensitive_merge_either_refuses_twins_or_agrees_with_its_conversi
         assert twins
         with pytest.raises(InvalidPatch):
             merge_to_json_patch(merge, doc, case_insensitive=True)
+        with pytest.raises(InvalidPatch):  # the structural conversion, without a base
+            merge_to_json_patch(merge, case_insensitive=True)
         return
     except PatchConflict:  # the document itself holds case twins: refusing is right
         return
     assert not twins
+    if doc is None:  # None is "no base": the structural conversion, exact only on objects
+        return
     converted = merge_to_json_patch(merge, doc, case_insensitive=True)
     assert same_json(apply_patch(doc, converted, case_insensitive=True), applied)
 
