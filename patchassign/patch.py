@@ -107,6 +107,9 @@ _encoder: Final = msgspec.json.Encoder()
 _Step: TypeAlias = tuple[int, str, tuple[str, ...], str, tuple[str, ...], Any]
 
 
+_new_object = object.__new__  # a JsonPatch without __init__ (see JsonPatch._new)
+
+
 class JsonPatch(Sequence[Operation]):
     """An immutable, validated RFC 6902 patch: a sequence of typed operations.
 
@@ -185,13 +188,22 @@ class JsonPatch(Sequence[Operation]):
         absolute pointers by construction: their pointers are parsed on first use, not
         now. Others (slices, sums) are compiled at once and may hold relative paths.
         """
-        self = cls.__new__(cls)
+        self = _new_object(cls)
         if trusted:
             self._ops = ops
             self._compiled = None
             self._relative = None
         else:
             self._init(ops, None, True)
+        return self
+
+    @classmethod
+    def _trusted(cls, ops: tuple[Operation, ...]) -> Self:
+        """``_new(ops, trusted=True)``, without its branches: ``make_patch``'s exit."""
+        self = _new_object(cls)
+        self._ops = ops
+        self._compiled = None
+        self._relative = None
         return self
 
     @property
