@@ -110,7 +110,7 @@ def _pointer(text: str, what: str) -> tuple[str, ...]:
     try:
         return parse_tokens(text, case_insensitive=True)
     except PatchError as e:
-        raise ConfigError(f"{what}: not a JSON Pointer: {e}") from None
+        raise ConfigError(f"{what}: not a JSON Pointer: {getattr(e, 'reason', e)}") from None
 
 
 class RestAdapter(BaseAdapter):
