@@ -62,15 +62,21 @@ class HelpdeskServer(FakeServer):
     Args:
         require_precondition: Refuse (``428``) a write that carries no ``If-Match`` and no
             ``version``.
+        weak_etags: Send weak tags (``W/"<version>"``), as Express does by default and
+            nginx does once it compresses; ``If-Match`` still compares strongly (RFC 9110
+            13.1.1), so a weak tag sent back never matches: 412.
     """
 
     system: ClassVar[str] = "helpdesk"
     write_endpoints: ClassVar[frozenset[str]] = frozenset({"patch", "put"})
     editor_field: ClassVar[str] = "notes"
 
-    def __init__(self, *, require_precondition: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, *, require_precondition: bool = True, weak_etags: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.require_precondition = require_precondition
+        self.weak_etags = weak_etags
 
     # -- configuration and demo data -------------------------------------------------
 
@@ -178,7 +184,8 @@ class HelpdeskServer(FakeServer):
 
     def _answer(self, rec: dict[str, Any], status: int = 200) -> web.Response:
         resp = self.json(rec, status)
-        resp.headers["ETag"] = f'"{rec["version"]}"'
+        tag = f'"{rec["version"]}"'
+        resp.headers["ETag"] = f"W/{tag}" if self.weak_etags else tag
         return resp
 
     async def _read(self, request: web.Request) -> web.Response:

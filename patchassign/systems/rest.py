@@ -268,6 +268,15 @@ class RestAdapter(BaseAdapter):
                         f"{self.system} sent no ETag with the record: configure version as "
                         "a field's JSON Pointer, or 'none'"
                     )
+                if tag.startswith("W/"):
+                    # If-Match compares strongly (RFC 9110 13.1.1): a weak tag sent back
+                    # never matches, so every write would be refused (412) and retried.
+                    return Failed(
+                        f"{self.system} sent a weak ETag ({tag}), which cannot guard a write: "
+                        "If-Match compares strong tags only, so every write would get 412. "
+                        "Have the server send strong ETags (a compressing proxy may weaken "
+                        "them), or configure version as a field's JSON Pointer, or 'none'"
+                    )
                 return Current(record, tag)
             if self._version:
                 try:

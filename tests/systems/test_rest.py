@@ -7,6 +7,7 @@ import json
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import pytest
 
 from patchassign.changes import Assign, Delegate, Merge, Patch, SetFields, Unassign
@@ -369,3 +370,33 @@ async def test_an_unversioned_system_with_json_patch_never_overwrites_an_editor(
             for rec in sb.helpdesk.records.values()
         )
         assert sum(sb.helpdesk.stats.edits.values()) > 10
+
+
+async def test_a_weak_etag_fails_clearly_before_any_write() -> None:
+    """Express and compressing proxies send weak ETags; If-Match compares strongly, so a
+    weak tag sent back could only get 412 after 412. The change fails at the read with a
+    reason that says what to change, and nothing is written."""
+    n = 4
+    async with Sandbox(demo=n, systems=["helpdesk"]) as sb:
+        sb.helpdesk.weak_etags = True
+        async with Dispatcher({"helpdesk": sb.helpdesk.adapter()}, retry=POLICY) as d:
+            results = await d.send_all(demo_plan(n, ["helpdesk"]))
+        assert {r.status for r in results} == {"failed"}
+        assert all("weak ETag" in (r.error or "") for r in results)
+        assert all(r.attempts == 1 for r in results)  # one read each, no write
+        assert sum(sb.helpdesk.stats.writes.values()) == 0
+        # the fake, like RFC 9110, never matches a weak tag in If-Match
+        rec = sb.helpdesk.records["HD-000001"]
+        async with (
+            aiohttp.ClientSession() as s,
+            s.patch(
+                f"{sb.helpdesk.url}/api/tickets/HD-000001",
+                data=b'{"assignee": "eve"}',
+                headers={
+                    "Authorization": f"Bearer {sb.helpdesk.token}",
+                    "Content-Type": "application/merge-patch+json",
+                    "If-Match": f'W/"{rec["version"]}"',
+                },
+            ) as r,
+        ):
+            assert r.status == 412
