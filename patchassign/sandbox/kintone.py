@@ -11,6 +11,15 @@ none of whose tokens it carries is 400 ``GAIA_IA02``; a token without the permis
 the endpoint needs (view records to read; view records and manage the app to update
 assignees, as the vendor's page says) is 403 ``GAIA_NO01``; no known token at all is 401.
 
+``POST /k/v1/bulkRequest.json`` runs up to 20 assignee updates (``{"requests": [{"method":
+"PUT", "api": "/k/v1/record/assignees.json", "payload": {...}}]}``) all or nothing: on a
+failure the failing request's slot of ``results`` holds its error, the others ``{}``, with
+that request's status, and nothing is stored (which status the real service answers a
+failed bulk request with is our assumption). ``GET /k/v1/records.json?app=&query=$id in
+("1","2")`` reads up to ``limit`` records (100 by default, 500 at most), only the
+``fields[n]`` asked for; the sandbox reads no other query form. A bulk request is one
+request towards the concurrency limit, as on the real domain.
+
 More than 100 requests in progress at once get 429 (the real domain is then blocked until
 concurrency drops); every answer carries ``X-ConcurrencyLimit-Limit`` and
 ``X-ConcurrencyLimit-Running``. The 429 carries Kintone's code for it, ``GAIA_TO04``,
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -32,11 +42,21 @@ from ..changes import Assign, Change
 from ..systems import KintoneAdapter
 from ._demo import TEAM_A, TEAM_B, person, target
 from ._server import BadBody, FakeServer
+from ._server import _decode as _decode_json
 
 __all__ = ["KintoneServer"]
 
 MAX_ASSIGNEES = 100
 MAX_CONCURRENT = 100
+#: Requests in one ``bulkRequest.json``; records one ``records.json`` read may return.
+MAX_BULK = 20
+MAX_READ = 500
+_ASSIGNEES_API = re.compile(r"/k/(?:guest/(?P<space>\d+)/)?v1/record/assignees\.json")
+_QUERY = re.compile(
+    r'\$id\s+in\s*\((?P<ids>\s*"?-?\d+"?(?:\s*,\s*"?-?\d+"?)*\s*)\)'
+    r"(?:\s+limit\s+(?P<limit>\d+))?",
+    re.IGNORECASE,
+)
 #: Updating assignees needs "permission to manage the App and view records" (vendor page).
 _MANAGE = frozenset({"view", "manage"})
 
@@ -54,7 +74,9 @@ class KintoneServer(FakeServer):
     """Kintone: revision checks, 100 assignees, 100 concurrent requests, coded errors."""
 
     system: ClassVar[str] = "kintone"
-    write_endpoints: ClassVar[frozenset[str]] = frozenset({"update", "update_guest"})
+    write_endpoints: ClassVar[frozenset[str]] = frozenset(
+        {"update", "update_guest", "bulk", "bulk_guest"}
+    )
     max_concurrent: ClassVar[int | None] = MAX_CONCURRENT
     editor_field: ClassVar[str] = "Notes"
 
@@ -109,6 +131,10 @@ class KintoneServer(FakeServer):
         )
         router.add_get("/k/v1/record.json", self._read, name="read")
         router.add_get("/k/guest/{space}/v1/record.json", self._read, name="read_guest")
+        router.add_get("/k/v1/records.json", self._read_many, name="read_many")
+        router.add_get("/k/guest/{space}/v1/records.json", self._read_many, name="read_many_guest")
+        router.add_post("/k/v1/bulkRequest.json", self._bulk, name="bulk")
+        router.add_post("/k/guest/{space}/v1/bulkRequest.json", self._bulk, name="bulk_guest")
 
     def token_for(self, app: int) -> str:
         """The sandbox's API token of ``app``, with every permission (made on first use)."""
@@ -237,7 +263,12 @@ class KintoneServer(FakeServer):
         return None
 
     def _locate(
-        self, request: web.Request, app: Any, rid: Any, need: frozenset[str] = frozenset({"view"})
+        self,
+        request: web.Request,
+        app: Any,
+        rid: Any,
+        need: frozenset[str] = frozenset({"view"}),
+        space: str | None = None,
     ) -> str | web.Response:
         errors = {}
         app_n, rid_n = _number(app), _number(rid)
@@ -253,18 +284,9 @@ class KintoneServer(FakeServer):
             return self.error(400, "Missing or invalid input.", errors=errors)
         assert app_n is not None
         assert rid_n is not None
-        space = request.match_info.get("space")
-        if app_n not in self._spaces or (
-            str(self._spaces[app_n]) != space
-            if space is not None
-            else self._spaces[app_n] is not None
-        ):
-            return self.error(
-                404,
-                f"The app (ID: {app_n}) not found. The app may have been deleted.",
-                code="GAIA_AP01",
-            )
-        refused = self._permit(request, app_n, need)
+        if space is None:
+            space = request.match_info.get("space")
+        refused = self._app(request, app_n, need, space)
         if refused is not None:
             return refused
         key = f"{app_n}:{rid_n}"
@@ -273,6 +295,21 @@ class KintoneServer(FakeServer):
                 404, f"The specified record (ID: {rid_n}) is not found.", code="GAIA_RE01"
             )
         return key
+
+    def _app(
+        self, request: web.Request, app_n: int, need: frozenset[str], space: str | None
+    ) -> web.Response | None:
+        """``None`` when ``app_n`` exists in ``space`` (``None`` or ``""``: in no guest
+        space) and the credential may ``need``."""
+        if app_n not in self._spaces or (
+            str(self._spaces[app_n]) != space if space else self._spaces[app_n] is not None
+        ):
+            return self.error(
+                404,
+                f"The app (ID: {app_n}) not found. The app may have been deleted.",
+                code="GAIA_AP01",
+            )
+        return self._permit(request, app_n, need)
 
     async def _read(self, request: web.Request) -> web.Response:
         found = self._locate(request, request.query.get("app"), request.query.get("id"))
@@ -287,13 +324,30 @@ class KintoneServer(FakeServer):
             body = await self.body(request)
         except BadBody as e:
             return self.error(400, str(e), code="CB_IJ01")
+        done = self._assignees(request, body, {})
+        if isinstance(done, web.Response):
+            return done
+        key, rec = done
+        self.records[key] = rec
+        self.stats.writes[key] += 1
+        return self.json({"revision": str(rec["revision"])})
+
+    def _assignees(
+        self,
+        request: web.Request,
+        body: Any,
+        staged: Mapping[str, dict[str, Any]],
+        space: str | None = None,
+    ) -> tuple[str, dict[str, Any]] | web.Response:
+        """Check one assignees update against the record as ``staged`` holds it (earlier
+        requests of the same bulk request) or as stored; the record after it, not stored."""
         if not isinstance(body, dict):
             return self.error(400, "The request body must be a JSON object.", code="CB_IJ01")
-        found = self._locate(request, body.get("app"), body.get("id"), _MANAGE)
+        found = self._locate(request, body.get("app"), body.get("id"), _MANAGE, space)
         if isinstance(found, web.Response):
             return found
         key = found
-        rec = self.records[key]
+        rec = staged.get(key) or self.records[key]
         assignees = body.get("assignees")
         problem = None
         if assignees is None:
@@ -324,11 +378,99 @@ class KintoneServer(FakeServer):
                     "The revision is not the latest. Someone may update a record after you opened it.",
                     code="GAIA_CO02",
                 )
-        rec = {
+        return key, {
             **rec,
             "assignees": list(dict.fromkeys(assignees or ())),
             "revision": rec["revision"] + 1,
         }
-        self.records[key] = rec
-        self.stats.writes[key] += 1
-        return self.json({"revision": str(rec["revision"])})
+
+    async def _bulk(self, request: web.Request) -> web.Response:
+        """``POST bulkRequest.json``: up to 20 requests, all or nothing. On a failure the
+        failing request's slot holds its error and the others ``{}``, with the failing
+        request's status; nothing is stored. Only assignee updates are run here."""
+        try:
+            body = await self.body(request)
+        except BadBody as e:
+            return self.error(400, str(e), code="CB_IJ01")
+        items = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_BULK:
+            return self.error(
+                400,
+                "Missing or invalid input.",
+                errors={"requests": {"messages": [f"Specify 1 to {MAX_BULK} requests."]}},
+            )
+        staged: dict[str, dict[str, Any]] = {}
+        written: list[str] = []
+        results: list[dict[str, Any]] = []
+        for n, item in enumerate(items):
+            done = self._bulk_one(request, item, staged)
+            if isinstance(done, web.Response):
+                assert isinstance(done.body, bytes)
+                slots: list[Any] = [{}] * len(items)
+                slots[n] = _decode_json(done.body)
+                return self.json({"results": slots}, done.status)
+            key, rec = done
+            staged[key] = rec
+            written.append(key)
+            results.append({"revision": str(rec["revision"])})
+        self.records.update(staged)
+        for key in written:
+            self.stats.writes[key] += 1
+        return self.json({"results": results})
+
+    def _bulk_one(
+        self, request: web.Request, item: Any, staged: Mapping[str, dict[str, Any]]
+    ) -> tuple[str, dict[str, Any]] | web.Response:
+        if not isinstance(item, dict):
+            return self.error(400, "Each request must be an object.", code="CB_VA01")
+        method, api = item.get("method"), item.get("api")
+        match = _ASSIGNEES_API.fullmatch(api) if isinstance(api, str) else None
+        if method != "PUT" or match is None:
+            return self.error(
+                400,
+                f"The sandbox runs only PUT record/assignees.json in a bulk request, got "
+                f"{method!r} {api!r}.",
+                code="CB_VA01",
+            )
+        # The api's own path says the space ("": none), not the bulk request's URL.
+        return self._assignees(request, item.get("payload"), staged, match["space"] or "")
+
+    async def _read_many(self, request: web.Request) -> web.Response:
+        """``GET records.json?app=&query=$id in ("1", ...)&fields[0]=...``: the records
+        the query names (the only query form the sandbox reads), at most ``limit`` (100
+        by default, 500 at most) in ``$id`` order, only the ``fields`` asked for."""
+        app = request.query.get("app")
+        app_n = _number(app)
+        if app_n is None:
+            message = "Required field." if app is None else "Enter an integer value."
+            return self.error(
+                400, "Missing or invalid input.", errors={"app": {"messages": [message]}}
+            )
+        refused = self._app(request, app_n, frozenset({"view"}), request.match_info.get("space"))
+        if refused is not None:
+            return refused
+        parsed = _QUERY.fullmatch(request.query.get("query", "").strip())
+        if parsed is None:
+            return self.error(
+                400,
+                'The sandbox reads only queries of the form $id in ("1", "2") [limit N].',
+                errors={"query": {"messages": ["Unsupported query."]}},
+            )
+        limit = int(parsed["limit"] or 100)
+        if not 1 <= limit <= MAX_READ:
+            return self.error(
+                400,
+                "Missing or invalid input.",
+                errors={"query": {"messages": [f"limit must be 1 to {MAX_READ}."]}},
+            )
+        ids = sorted({int(x) for x in re.findall(r'"?(-?\d+)"?', parsed["ids"])})
+        keys = [f"{app_n}:{i}" for i in ids if f"{app_n}:{i}" in self.records][:limit]
+        fields = [v for k, v in request.query.items() if re.fullmatch(r"fields\[\d+\]", k)]
+        records = []
+        for key in keys:
+            view = self.view(key)
+            records.append({k: v for k, v in view.items() if k in fields} if fields else view)
+        resp = self.json({"records": records, "totalCount": None})
+        for key in keys:
+            self.after_read(key)
+        return resp
