@@ -167,6 +167,8 @@ def parse_config(
             concurrency=conf.concurrency or base.concurrency,
             rate=(conf.rate or None) if conf.rate is not None else base.rate,
             burst=conf.burst or base.burst,
+            batch=conf.batch if conf.batch is not None else base.batch,
+            linger=conf.linger if conf.linger is not None else base.linger,
         )
     if not adapters and not broken:
         raise ConfigError(f"{source}: no systems configured (add a [systems.<name>] table)")

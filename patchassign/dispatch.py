@@ -52,7 +52,7 @@ from ._scrub import Scrubber, header_secrets
 from .errors import ConfigError, ConnectError, InvalidChange, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
-from .systems import Adapter, Current, Failed, HttpResponse, Limits
+from .systems import Adapter, Current, Failed, HttpRequest, HttpResponse, Limits
 
 if TYPE_CHECKING:
     import aiohttp
@@ -82,6 +82,8 @@ log = logging.getLogger("patchassign.dispatch")
 #: A lane begins with this many requests in flight (at most its limit) and opens up by
 #: one per answer that is not refused (slow start).
 _FIRST_WINDOW = 4
+#: Workers of one lane at most where its changes go in batches.
+_BATCH_WORKERS = 2000
 
 
 class _Expired(Exception):
@@ -217,6 +219,185 @@ class _Pool:
         self.active += 1
 
 
+class _Item:
+    """One change's request waiting in a batch."""
+
+    __slots__ = ("deadline", "fut", "request", "timeout")
+
+    def __init__(
+        self, request: HttpRequest, fut: asyncio.Future[Any], timeout: float, deadline: float
+    ) -> None:
+        self.request = request
+        self.fut = fut
+        self.timeout = timeout
+        self.deadline = deadline
+
+
+def _answer(item: _Item, value: Any) -> None:
+    if not item.fut.done():
+        item.fut.set_result(value)
+
+
+def _refuse(item: _Item, error: BaseException) -> None:
+    if not item.fut.done():
+        item.fut.set_exception(error)
+
+
+#: 4xx answers that say nothing about one request of a batch: every request gets them.
+_WHOLE_4XX = frozenset({401, 403, 407, 408, 429})
+
+
+class _Batcher:
+    """One lane's reads or writes that its adapter can combine: collected per group up to
+    ``size`` or for ``linger`` seconds, sent as one request under the lane's limits and
+    the overall concurrency, and answered per change (``adapter.split``).
+
+    A request the adapter says was not carried out (an all-or-nothing batch that failed
+    because of another) goes again in the next batch; a 4xx that names no request splits
+    the batch in halves until the one at fault goes alone; no answer at all (a timeout, a
+    dropped connection) is every change's own, so each reads its record back as usual.
+    """
+
+    __slots__ = ("d", "groups", "lane", "linger", "number", "size", "tasks", "write")
+
+    def __init__(self, d: Dispatcher, lane: _Lane, write: bool, size: int, linger: float) -> None:
+        self.d = d
+        self.lane = lane
+        self.write = write
+        self.size = size
+        self.linger = linger
+        self.groups: dict[Any, list[_Item]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.number = 0
+
+    def group(self, request: HttpRequest) -> Any:
+        try:
+            return self.lane.adapter.batch_group(request, self.write)  # type: ignore[attr-defined]
+        except Exception:  # an adapter that cannot tell: the request goes alone
+            return None
+
+    async def send(
+        self, group: Any, request: HttpRequest, timeout: float, deadline: float
+    ) -> tuple[HttpResponse, tuple[str, int] | None]:
+        loop = asyncio.get_running_loop()
+        item = _Item(request, loop.create_future(), timeout, deadline)
+        items = self.groups.setdefault(group, [])
+        items.append(item)
+        if len(items) >= self.size:
+            self._flush(group)
+        elif len(items) == 1:
+            loop.call_later(self.linger, self._flush_if, group, items)
+        try:
+            return cast("tuple[HttpResponse, tuple[str, int] | None]", await item.fut)
+        except asyncio.CancelledError:
+            waiting = self.groups.get(group)
+            if waiting is not None and item in waiting:
+                waiting.remove(item)  # not sent yet: it leaves the batch
+            raise
+
+    def _flush_if(self, group: Any, items: list[_Item]) -> None:
+        if self.groups.get(group) is items:
+            self._flush(group)
+
+    def _flush(self, group: Any) -> None:
+        items = self.groups.pop(group, None)
+        if items:
+            self._spawn(items)
+
+    def _spawn(self, items: list[_Item]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(items))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, items: list[_Item]) -> None:
+        items = [i for i in items if not i.fut.done()]
+        if not items:
+            return
+        try:
+            await self._send(items, asyncio.get_running_loop())
+        except asyncio.CancelledError:
+            # Stopped with the batch in flight: each change's write is in doubt, as a
+            # request of its own cut off would be.
+            for item in items:
+                _refuse(item, asyncio.CancelledError())
+            raise
+        except Exception as e:  # a programming error: surface it in every change
+            for item in items:
+                _refuse(item, e)
+
+    async def _send(self, items: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
+        d, lane = self.d, self.lane
+        until = min(i.deadline for i in items)
+        try:
+            await lane.acquire(loop, until)
+        except (_Expired, _Halted) as e:
+            for item in items:
+                _refuse(item, type(e)())
+            return
+        transport = d.transport
+        response: HttpResponse | None = None
+        try:
+            await d._slots.acquire()
+            try:
+                left = until - loop.time()
+                timeout = min(min(i.timeout for i in items), left)
+                if timeout <= 0:
+                    for item in items:
+                        _refuse(item, _Expired())
+                    return
+                if transport is None:
+                    raise RuntimeError(
+                        "the dispatcher is not started: use 'async with Dispatcher(...)'"
+                    )
+                request = (
+                    items[0].request
+                    if len(items) == 1
+                    else lane.adapter.combine([i.request for i in items], self.write)  # type: ignore[attr-defined]
+                )
+                try:
+                    response = await transport.send(request, timeout=timeout)
+                except TransportError as e:
+                    d.counts[lane.system, 0] += 1
+                    for item in items:
+                        _refuse(item, e)
+                    return
+            finally:
+                d._slots.release()
+        finally:
+            lane.release()
+        d.counts[lane.system, response.status] += 1
+        if len(items) == 1:
+            _answer(items[0], (response, None))
+            return
+        self.number += 1
+        name = f"{lane.system}-{'w' if self.write else 'r'}{self.number}"
+        try:
+            parts = lane.adapter.split(  # type: ignore[attr-defined]
+                [i.request for i in items], self.write, response
+            )
+        except Exception:
+            parts = None
+        if parts is not None and (len(parts) != len(items) or all(part is None for part in parts)):
+            parts = None  # nothing attributable: as if the adapter could not say
+        if parts is None:
+            if 400 <= response.status < 500 and response.status not in _WHOLE_4XX:
+                half = len(items) // 2  # which one is at fault? halves until it is alone
+                self._spawn(items[:half])
+                self._spawn(items[half:])
+                return
+            for pos, item in enumerate(items):
+                _answer(item, (response, (name, pos)))
+            return
+        again = []
+        for pos, (item, part) in enumerate(zip(items, parts, strict=True)):
+            if part is None:
+                again.append(item)  # not carried out because of another: goes again
+            else:
+                _answer(item, (part, (name, pos)))
+        if again:
+            self._spawn(again)
+
+
 class _Lane:
     """One system: its adapter, buffer, limits, pauses, and whether it was stopped."""
 
@@ -229,6 +410,7 @@ class _Lane:
         "_waiters",
         "adapter",
         "auth_streak",
+        "batchers",
         "calm",
         "configured",
         "down",
@@ -289,6 +471,9 @@ class _Lane:
         #: Nothing to learn from a plain answer: full window, no pressure, no outage, no
         #: refusals. While calm, an answer costs no bookkeeping.
         self.calm = not self.slow_start
+        #: Reads and writes that go in batches (``None``: that kind goes one by one); set
+        #: by the dispatcher, which knows the limits.
+        self.batchers: tuple[_Batcher | None, _Batcher | None] = (None, None)
 
     # -- limits ---------------------------------------------------------------------------
 
@@ -602,6 +787,17 @@ class Dispatcher:
             name: _Lane(a, self.limits.get(name, Limits()), self.retry.slowdown)
             for name, a in self.adapters.items()
         }
+        for name, lane in self._lanes.items():
+            lim = self.limits.get(name, Limits())
+            most = getattr(lane.adapter, "batch_max", (0, 0))
+            sizes = [most[k] if lim.batch is None else min(lim.batch, most[k]) for k in (0, 1)]
+            lane.batchers = cast(
+                "tuple[_Batcher | None, _Batcher | None]",
+                tuple(
+                    _Batcher(self, lane, bool(k), sizes[k], lim.linger) if sizes[k] > 1 else None
+                    for k in (0, 1)
+                ),
+            )
         hooks = list(hooks)
         self._on_result = [h.on_result for h in hooks if _overrides(h, "on_result")]
         self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
@@ -969,6 +1165,13 @@ class Dispatcher:
         now = loop.time()
         if lane.stopped and lane.is_stopped(now):
             return flow.finish(lane.stop_status, lane.stop_reason, now)
+        batcher = lane.batchers[step.write]
+        if batcher is not None:
+            group = batcher.group(step.request)
+            if group is not None:
+                return await self._send_batched(lane, flow, step, track, batcher, group, now)
+        if step.write:
+            flow.batch = None
         # The system's limits first: waiting for a busy system must not hold a slot of
         # the overall concurrency that another system could use.
         if not lane.try_acquire(now):
@@ -1019,10 +1222,65 @@ class Dispatcher:
                 slots.release()
         finally:
             lane.release()
-        now = loop.time()
+        return self._after(lane, flow, response if error is None else None, error, loop.time())
+
+    async def _send_batched(
+        self,
+        lane: _Lane,
+        flow: Flow,
+        step: Send,
+        track: _Track,
+        batcher: _Batcher,
+        group: Any,
+        now: float,
+    ) -> Send | Wait | Done:
+        """``_send`` for a request that goes in a batch: the batch holds the limits."""
+        loop = asyncio.get_running_loop()
+        timeout = step.timeout
+        left = flow.deadline - now
+        if left < timeout:
+            if left <= 0:
+                return flow.expire(now)
+            timeout = left
+        response: HttpResponse | None = None
+        error: TransportError | None = None
+        where: tuple[str, int] | None = None
+        track.in_request = True
+        try:
+            response, where = await batcher.send(group, step.request, timeout, flow.deadline)
+        except _Expired:
+            return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))
+        except _Halted:
+            return flow.finish(lane.stop_status, lane.stop_reason, loop.time())
+        except TransportError as e:
+            error = e
+        except asyncio.CancelledError:
+            if step.write:  # cut off mid-flight: its effect is unknown
+                flow.maybe_applied = True
+                flow.writes += 1
+            flow.attempts += 1
+            raise
+        finally:
+            track.in_request = False
+        if step.write:
+            flow.batch = where
+        return self._after(lane, flow, response, error, loop.time(), counted=True)
+
+    def _after(
+        self,
+        lane: _Lane,
+        flow: Flow,
+        response: HttpResponse | None,
+        error: TransportError | None,
+        now: float,
+        counted: bool = False,
+    ) -> Send | Wait | Done:
+        """The change's next step from its answer (or its lack of one), and what the answer
+        says about the system. ``counted``: the request was counted where it was sent."""
         system = lane.system
         if error is not None:
-            self.counts[system, 0] += 1
+            if not counted:
+                self.counts[system, 0] += 1
             nxt = flow.on_error(error, now)
             signal = flow.signal
             if signal == "unreachable":
@@ -1037,7 +1295,9 @@ class Dispatcher:
                     None,
                 )
             return nxt
-        self.counts[system, response.status] += 1
+        assert response is not None
+        if not counted:
+            self.counts[system, response.status] += 1
         nxt = flow.on_response(response, now)
         signal = flow.signal
         if signal == "ok":
@@ -1463,8 +1723,15 @@ async def _results(
             )
             tracks[task] = track
 
-        # Workers for the lane's own limit: a share of it (shared limits) may grow.
-        pool = _Pool(max(1, min(buffer.lane.configured, d.concurrency)), spawn)
+        # Workers for the lane's own limit: a share of it (shared limits) may grow. Where
+        # changes go in batches, a request carries many: enough workers to fill them
+        # (waiting in a batch, a worker holds no slot).
+        lane = buffer.lane
+        target = max(1, min(lane.configured, d.concurrency))
+        sizes = [b.size for b in lane.batchers if b is not None]
+        if sizes:
+            target = min(lane.configured * max(sizes), d.buffer, _BATCH_WORKERS)
+        pool = _Pool(target, spawn)
         return pool
 
     if isinstance(changes, Mapping):

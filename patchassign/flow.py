@@ -172,6 +172,10 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         after: The touched fields as the change left them (applied, unchanged).
         current: For a conflict: the touched fields as the record holds them now (who
             holds it, as data), so that a script can decide what to do.
+        batch: The request the change's last write rode in, when it went in a batch with
+            others (``<system>-w<n>``, numbered per dispatcher); match it with the system's
+            own logs by the time and the position.
+        position: The change's place in that batch (0-based).
     """
 
     index: int
@@ -192,6 +196,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
     current: dict[str, Any] | None = None
+    batch: str | None = None
+    position: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -263,6 +269,7 @@ class Flow:
         "adapter",
         "after",
         "attempts",
+        "batch",
         "change",
         "checked",
         "conflicts",
@@ -335,6 +342,9 @@ class Flow:
         self.signal: Signal | None = None
         #: With ``signal == "throttled"``: the server's wait, if it gave one.
         self.after: float | None = None
+        #: The batch the last write rode in and the change's place in it (the dispatcher
+        #: sets it; ``None``: the write went alone).
+        self.batch: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<Flow {self.change.system}/{self.change.record} attempts={self.attempts}>"
@@ -426,6 +436,8 @@ class Flow:
                 unconfirmed=unconfirmed,
                 started=self.started,
                 elapsed=now - self.t0,
+                batch=None if self.batch is None else self.batch[0],
+                position=None if self.batch is None else self.batch[1],
                 **kw,
             )
         )

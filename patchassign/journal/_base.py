@@ -51,6 +51,8 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``before`` / ``after``: the fields the change touches, as they were before the write
     and as it left them (where the record was read); ``current``: for a conflict, as the
     record holds them now. ``planned``: in a dry run, the write that would be sent.
+    ``batch`` / ``position``: the request the change's write rode in with others, and its
+    place there (see :attr:`Result.batch`).
     """
 
     line: int
@@ -71,6 +73,8 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     after: Any = None
     current: Any = None
     planned: Any = None
+    batch: str | None = None
+    position: int | None = None
     run: int | None = None
 
 
@@ -103,6 +107,8 @@ def _outcome(result: Result, status: str | None) -> tuple[Any, ...]:
         _json(result.after),
         _json(result.current),
         _json(result.planned),
+        result.batch,
+        result.position,
     )
 
 
@@ -111,7 +117,7 @@ def _row(row: Any) -> Outcome:
     (
         line, id_, system, record, change, status, http_status, version, error,
         attempts, writes, unconfirmed, started, elapsed, before, after, current,
-        planned, run,
+        planned, batch, position, run,
     ) = row  # fmt: skip
     return Outcome(
         line=line,
@@ -132,6 +138,8 @@ def _row(row: Any) -> Outcome:
         after=_value(after),
         current=_value(current),
         planned=_value(planned),
+        batch=batch,
+        position=position,
         run=run,
     )
 
@@ -139,7 +147,8 @@ def _row(row: Any) -> Outcome:
 #: The columns of an outcome row, in the order :func:`_row` reads them.
 _COLUMNS = (
     "line, id, system, record, change, status, http_status, version, error, attempts, "
-    "writes, unconfirmed, started, elapsed, before, after, current, planned, run"
+    "writes, unconfirmed, started, elapsed, before, after, current, planned, batch, "
+    "position, run"
 )
 
 

@@ -53,7 +53,12 @@ if TYPE_CHECKING:
 
 __all__ = ["PgJournal", "is_url", "split_url"]
 
-_VERSION = "1"
+_VERSION = "2"
+#: Format 1 lacks the batch columns: upgraded in place when a worker opens it.
+_UPGRADES = {
+    "1": "ALTER TABLE items ADD COLUMN IF NOT EXISTS batch TEXT, "
+    "ADD COLUMN IF NOT EXISTS position INTEGER"
+}
 #: The database's clock, as Unix time.
 NOW = "extract(epoch FROM clock_timestamp())"
 
@@ -81,6 +86,8 @@ CREATE TABLE IF NOT EXISTS items (
     after BYTEA,
     current BYTEA,
     planned BYTEA,
+    batch TEXT,
+    position INTEGER,
     run INTEGER,
     worker INTEGER
 );
@@ -189,6 +196,10 @@ def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
             if exists:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
                 version = None if row is None else str(row[0])
+            if version in _UPGRADES:
+                conn.execute(_UPGRADES[version])
+                conn.execute("UPDATE meta SET value = %s WHERE key = 'version'", (_VERSION,))
+                version = _VERSION
             if version is not None and version != _VERSION:
                 raise JournalError(
                     f"{shown}: a journal of format {version}; this patchassign reads format "
@@ -568,12 +579,15 @@ class PgJournal:
                 "writes = items.writes + v.writes, unconfirmed = v.unconfirmed, "
                 "started = v.started, elapsed = v.elapsed, "
                 "before = coalesce(v.before, items.before), after = v.after, "
-                "current = v.current, planned = v.planned, run = v.run, doubt = false, "
+                "current = v.current, planned = v.planned, batch = v.batch, "
+                "position = v.position, run = v.run, doubt = false, "
                 "hold = NULL FROM unnest(%s::text[], %s::int[], %s::text[], %s::text[], "
                 "%s::int[], %s::int[], %s::bool[], %s::float8[], %s::float8[], %s::bytea[], "
-                "%s::bytea[], %s::bytea[], %s::bytea[], %s::int[], %s::bigint[], %s::int[]) "
+                "%s::bytea[], %s::bytea[], %s::bytea[], %s::text[], %s::int[], %s::int[], "
+                "%s::bigint[], %s::int[]) "
                 "AS v(status, http_status, version, error, attempts, writes, unconfirmed, "
-                "started, elapsed, before, after, current, planned, run, line, worker) "
+                "started, elapsed, before, after, current, planned, batch, position, run, "
+                "line, worker) "
                 "WHERE items.line = ANY(%s::bigint[]) AND items.line = v.line "
                 "AND items.worker = v.worker AND items.status = 'taken' "
                 "RETURNING items.system) "
@@ -584,7 +598,7 @@ class PgJournal:
                 # (statistics from the load say no item is taken: a nested loop over
                 # every item, seconds per batch, was its choice without them); never a
                 # prepared (generic) plan, which cannot see the arrays' sizes.
-                [*columns, columns[14]],
+                [*columns, columns[16]],
                 prepare=False,
             )
             self._conn.execute(

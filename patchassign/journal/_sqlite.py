@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS items (
     after BLOB,
     current BLOB,
     planned BLOB,
+    batch TEXT,
+    position INTEGER,
     run INTEGER
 ) STRICT;
 CREATE INDEX IF NOT EXISTS items_pending ON items (system, line) WHERE status = 'pending';
@@ -76,7 +78,11 @@ CREATE TABLE IF NOT EXISTS runs (
     interrupted INTEGER NOT NULL DEFAULT 0
 );
 """
-_VERSION = "2"
+_VERSION = "3"
+#: Format 2 lacks the batch columns: upgraded in place when a run opens it.
+_UPGRADES = {
+    "2": "ALTER TABLE items ADD COLUMN batch TEXT; ALTER TABLE items ADD COLUMN position INTEGER;"
+}
 
 
 def _exclusive(path: Path) -> IO[bytes]:
@@ -195,6 +201,10 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             version = _peek_version(conn)
+            if version in _UPGRADES:
+                conn.executescript(f"BEGIN; {_UPGRADES[version]} COMMIT;")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (_VERSION,))
+                version = _VERSION
             if version is not None and version != _VERSION:
                 conn.close()
                 lock.close()
@@ -445,7 +455,7 @@ class Journal:
                 "UPDATE items SET status = ?, http_status = ?, version = ?, error = ?, "
                 "attempts = attempts + ?, writes = writes + ?, unconfirmed = ?, started = ?, "
                 "elapsed = ?, before = coalesce(?, before), after = ?, current = ?, "
-                "planned = ?, run = ?, doubt = 0 WHERE line = ?",
+                "planned = ?, batch = ?, position = ?, run = ?, doubt = 0 WHERE line = ?",
                 rows,
             )
 

@@ -170,11 +170,17 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         concurrency: Requests in flight at once, at most.
         rate: Requests per second (reads and writes), or ``None`` for no limit.
         burst: Requests that may go at once before ``rate`` applies.
+        batch: Changes one request may carry where the adapter can combine them (its
+            ``batch_max``); ``None``: the adapter's own maximum; ``0`` or ``1``: one
+            change per request.
+        linger: Seconds a batch waits for more changes before it goes.
     """
 
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
     rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
     burst: Annotated[int, msgspec.Meta(ge=1)] = 1
+    batch: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
+    linger: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.02
 
 
 #: The name of an environment variable (credentials are read from the environment).
@@ -190,12 +196,16 @@ class SystemConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         concurrency: Requests in flight at once (default: the system's own limit).
         rate: Requests per second; ``0`` turns off the system's default rate limit.
         burst: Requests that may go at once before ``rate`` applies.
+        batch: Changes per request where the system has a bulk endpoint (``0``: off).
+        linger: Seconds a batch waits for more changes (default 0.02).
     """
 
     url: str
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
     rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
     burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    batch: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
+    linger: Annotated[float, msgspec.Meta(ge=0, le=10)] | None = None
 
 
 class Credentials:
@@ -443,6 +453,34 @@ class BaseAdapter(abc.ABC):
     #: The system's ``[systems.<name>]`` table (``None``: the keyword-argument
     #: convention of :meth:`from_config`).
     config: ClassVar[type[SystemConfig] | None] = None
+    #: How many reads and how many writes one request may carry, where the system has a
+    #: bulk endpoint (``0``: none). See :meth:`batch_group`, :meth:`combine`, :meth:`split`.
+    batch_max: ClassVar[tuple[int, int]] = (0, 0)
+
+    # -- batching: optional; the dispatcher knows no system by name -------------------
+
+    def batch_group(self, request: HttpRequest, write: bool) -> Any:
+        """Which of this system's requests may go together: those of one group (any
+        hashable). ``None``: this one goes alone."""
+        return None
+
+    def combine(self, requests: list[HttpRequest], write: bool) -> HttpRequest:
+        """One request doing what ``requests`` (of one group, at most ``batch_max``) do."""
+        raise NotImplementedError
+
+    def split(
+        self, requests: list[HttpRequest], write: bool, response: HttpResponse
+    ) -> list[HttpResponse | None] | None:
+        """Each request's own answer from the combined one, in the shape the request alone
+        would have got, so that :meth:`current` and :meth:`outcome` read it as usual.
+
+        A slot holds ``None`` when that request was not carried out because another one
+        failed (an all-or-nothing batch): the dispatcher sends it again, without the one
+        that failed. ``None`` as a whole: the answer says nothing per request (a 429, a
+        5xx, a refusal): every request gets it as it is, and a 4xx of a larger batch is
+        split in halves until the one at fault is alone.
+        """
+        return None
 
     @classmethod
     def from_config(cls, table: Mapping[str, Any], credentials: Credentials) -> BaseAdapter:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import msgspec
 
@@ -45,6 +45,9 @@ from ._base import (
 __all__ = ["MAX_ASSIGNEES", "KintoneAdapter"]
 
 MAX_ASSIGNEES = 100
+#: Records one records.json read returns; API requests in one bulkRequest.json.
+MAX_READ = 500
+MAX_BULK = 20
 _CONFLICT = frozenset({"GAIA_CO02"})
 _AUTH = frozenset({"GAIA_IA02", "CB_WA01", "CB_AU01", "GAIA_NO01", "CB_NO02"})
 _NOT_FOUND = frozenset({"GAIA_RE01", "GAIA_AP01"})
@@ -309,6 +312,69 @@ class KintoneAdapter(BaseAdapter):
         if current.version is not None:
             body["revision"] = current.version
         return self._request("PUT", f"{self._prefix}/record/assignees.json", app, body)
+
+    # -- batching: records.json for reads, bulkRequest.json for writes -------------------
+
+    batch_max: ClassVar[tuple[int, int]] = (MAX_READ, MAX_BULK)
+
+    def batch_group(self, request: HttpRequest, write: bool) -> Any:
+        """Requests of one app go together (its token; a read's query names one app)."""
+        if write:
+            if request.method != "PUT" or not request.url.endswith("/record/assignees.json"):
+                return None
+            body = msgspec.json.decode(request.body or b"null")
+            return ("w", body.get("app")) if isinstance(body, dict) else None
+        if request.method != "GET" or "/record.json?" not in request.url:
+            return None
+        return ("r", parse_qs(urlsplit(request.url).query).get("app", [None])[0])
+
+    def combine(self, requests: list[HttpRequest], write: bool) -> HttpRequest:
+        first = requests[0]
+        if write:
+            bulk = [
+                {"method": "PUT", "api": f"{self._prefix}/record/assignees.json",
+                 "payload": msgspec.json.decode(r.body or b"null")}
+                for r in requests
+            ]  # fmt: skip
+            url = f"{self.base}{self._prefix}/bulkRequest.json"
+            return HttpRequest("POST", url, first.headers, _encode({"requests": bulk}))
+        queries = [parse_qs(urlsplit(r.url).query) for r in requests]
+        ids = ", ".join(f'"{q["id"][0]}"' for q in queries)
+        query = urlencode({
+            "app": queries[0]["app"][0],
+            "query": f"$id in ({ids}) limit {len(requests)}",
+        })  # fmt: skip
+        return HttpRequest("GET", f"{self.base}{self._prefix}/records.json?{query}", first.headers)
+
+    def split(
+        self, requests: list[HttpRequest], write: bool, response: HttpResponse
+    ) -> list[HttpResponse | None] | None:
+        body = response.json()
+        headers = {"Content-Type": "application/json"}
+        if write:
+            results = body.get("results") if isinstance(body, dict) else None
+            if not isinstance(results, list) or len(results) != len(requests):
+                return None
+            if response.status == 200:
+                return [HttpResponse(200, headers, _encode(r)) for r in results]
+            # All or nothing: the failing request's slot holds its error, the others {}.
+            return [
+                HttpResponse(response.status, headers, _encode(r)) if r else None for r in results
+            ]
+        records = body.get("records") if isinstance(body, dict) else None
+        if response.status != 200 or not isinstance(records, list):
+            return None
+        by_id = {str(r.get("$id", {}).get("value")): r for r in records if isinstance(r, dict)}
+        out: list[HttpResponse | None] = []
+        for r in requests:
+            rid = parse_qs(urlsplit(r.url).query)["id"][0]
+            record = by_id.get(rid)
+            if record is None:
+                missing = {"code": "GAIA_RE01", "id": "", "message": f"The specified record (ID: {rid}) is not found."}  # fmt: skip
+                out.append(HttpResponse(404, headers, _encode(missing)))
+            else:
+                out.append(HttpResponse(200, headers, _encode({"record": record})))
+        return out
 
     def outcome(self, change: Change, response: HttpResponse) -> Outcome:
         if response.status < 300:

@@ -141,6 +141,11 @@ async def test_a_run_applies_the_plan_and_reports(small: Setup) -> None:
     }
     assert rows[2]["before"] == {"to": ["bob"]}
     assert rows[2]["after"] == {"to": ["fay"]}
+    # Kintone's and PERSCOM's writes went in batches: each line says which, and where
+    assert rows[2]["batch"].startswith("kintone-w")
+    assert isinstance(rows[2]["position"], int)
+    assert rows[0]["batch"].startswith("perscom-w")
+    assert "batch" not in rows[1]  # Maxsight has no bulk endpoint
     assert rows[1]["before"] == {"to": "team-a", "to_type": "team"}
     assert rows[1]["after"] == {"to": "team-b", "to_type": "team"}
     # nothing of the credentials anywhere
@@ -584,6 +589,9 @@ async def test_a_resume_lets_late_writes_settle_before_reading(tmp_path: Path) -
         config = tmp_path / "systems.toml"
         env = _demo_config(sb, config)
         text = config.read_text().replace("timeout = 5.0", "timeout = 1.0")
+        # One write per request, so that several are held when the run is killed.
+        text = text.replace("[systems.perscom]\n", "[systems.perscom]\nbatch = 0\n")
+        assert "batch = 0" in text
         config.write_text(text.replace("settle = 1.0", "settle = 1.5"))
         plan = tmp_path / "plan.jsonl"
         write_plan(plan, n)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 
 from patchassign import (
@@ -38,10 +39,22 @@ def interleave(*plans: list[Any]) -> list[Any]:
     return [c for group in itertools.zip_longest(*plans) for c in group if c is not None]
 
 
+def one_by_one(adapters: list[Any], limits: dict[str, Limits] | None = None) -> dict[str, Limits]:
+    """Limits sending one change per request: the lanes' behaviour on its own (batching
+    has tests of its own)."""
+    out = dict(limits or {})
+    for a in adapters:
+        own = out.get(a.system, a.limits)
+        if own.batch is None:
+            out[a.system] = msgspec.structs.replace(own, batch=0)
+    return out
+
+
 def dispatcher(route: Route, **kw: Any) -> Dispatcher:
     adapters = [fake.adapter() for fake in route.fakes.values()]
     kw.setdefault("retry", FAST)
     kw.setdefault("seed", 1)
+    kw["limits"] = one_by_one(adapters, kw.get("limits"))
     return Dispatcher(adapters, transport=MockTransport(route, record=False), **kw)
 
 

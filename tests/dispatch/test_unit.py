@@ -15,6 +15,7 @@ from email.utils import formatdate
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import pytest_asyncio
 from yarl import URL
@@ -84,9 +85,16 @@ async def mocked() -> AsyncIterator[aioresponses]:
 
 
 def dispatcher(*adapters: Adapter, **kw: Any) -> Dispatcher:
+    """A dispatcher sending one change per request (batching has tests of its own)."""
     kw.setdefault("retry", FAST)
     kw.setdefault("seed", 1)
-    return Dispatcher(adapters or [perscom()], **kw)
+    chosen = list(adapters) or [perscom()]
+    limits = dict(kw.pop("limits", None) or {})
+    for a in chosen:
+        own = limits.get(a.system, getattr(a, "limits", Limits()))
+        if own.batch is None:
+            limits[a.system] = msgspec.structs.replace(own, batch=0)
+    return Dispatcher(chosen, limits=limits, **kw)
 
 
 # -- backoff ------------------------------------------------------------------------------

@@ -176,3 +176,56 @@ def test_records_of_many_forms_round_trip(opener: Opener) -> None:
     j.start()
     assert [i.change.record for i in j.take("s", 0, 10)] == [7, "x/y é"]
     assert [r.record for r in j.rows()] == [7, "x/y é"]
+
+
+def test_the_batch_a_change_rode_in_is_kept(opener: Opener) -> None:
+    j = opener(batch=1)
+    load(j, 3)
+    j.start()
+    j.take("kintone", 0, 10)
+    j.record(1, result(0, batch="kintone-w4", position=0))
+    j.record(2, result(1, batch="kintone-w4", position=1))
+    j.record(3, result(2))
+    j.finish(interrupted=False)
+    rows = {r.line: r for r in j.rows()}
+    assert (rows[1].batch, rows[1].position) == ("kintone-w4", 0)
+    assert (rows[2].batch, rows[2].position) == ("kintone-w4", 1)
+    assert (rows[3].batch, rows[3].position) == (None, None)
+    assert "batch" not in msgspec.json.decode(msgspec.json.encode(rows[3]))  # omitted
+
+
+def test_a_journal_of_the_previous_format_is_upgraded_in_place(opener: Opener) -> None:
+    """A journal written before batches (no batch columns) is upgraded when a run opens
+    it: a resume after an upgrade of patchassign goes on."""
+    j = opener()
+    load(j, 2)
+    j.start()
+    j.take("kintone", 0, 1)
+    j.record(1, result(0))
+    j.finish(interrupted=True)
+    j.close()
+    old = "2" if not j.shared else "1"
+    if not j.shared:
+        import sqlite3
+
+        with sqlite3.connect(j.where) as db:
+            db.execute("ALTER TABLE items DROP COLUMN batch")
+            db.execute("ALTER TABLE items DROP COLUMN position")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (old,))
+    else:
+        import psycopg
+
+        url = str(j.where)
+        with psycopg.connect(url.split("?")[0]) as conn:
+            conn.execute("SET search_path TO patchassign")
+            conn.execute("ALTER TABLE items DROP COLUMN batch, DROP COLUMN position")
+            conn.execute("UPDATE meta SET value = %s WHERE key = 'version'", (old,))
+    j = opener()
+    assert j.meta("version") != old
+    j.start()
+    j.take("kintone", 0, 10)
+    j.record(2, result(1, batch="kintone-w1", position=3))
+    j.finish(interrupted=False)
+    rows = {r.line: r for r in j.rows()}
+    assert rows[1].status == rows[2].status == "applied"
+    assert rows[2].position == 3
