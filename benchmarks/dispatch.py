@@ -57,7 +57,8 @@ def changes(n: int, first: int = 0) -> Iterator[Change]:
 
 
 def _limits(concurrency: int) -> dict[str, Limits]:
-    return {"perscom": Limits(concurrency=concurrency)}
+    # One request per change, as the plain loop sends (batches have their own benchmark).
+    return {"perscom": Limits(concurrency=concurrency, batch=0)}
 
 
 async def plain(adapter: PerscomAdapter, n: int, first: int, concurrency: int) -> float:

@@ -278,7 +278,10 @@ class _Batcher:
 
     async def send(
         self, group: Any, request: HttpRequest, timeout: float, deadline: float
-    ) -> tuple[HttpResponse, tuple[str, int] | None]:
+    ) -> tuple[HttpResponse, tuple[str, int] | None, bool]:
+        """The request's answer, the batch it went in and its place there (``None``: it
+        went alone), and whether the answer is the whole batch's (a 429 or a 5xx every
+        change got), which tells the lane about the system once, not once per change."""
         loop = asyncio.get_running_loop()
         item = _Item(request, loop.create_future(), timeout, deadline)
         items = self.groups.setdefault(group, [])
@@ -288,7 +291,7 @@ class _Batcher:
         elif len(items) == 1:
             loop.call_later(self.linger, self._flush_if, group, items)
         try:
-            return cast("tuple[HttpResponse, tuple[str, int] | None]", await item.fut)
+            return cast("tuple[HttpResponse, tuple[str, int] | None, bool]", await item.fut)
         except asyncio.CancelledError:
             waiting = self.groups.get(group)
             if waiting is not None and item in waiting:
@@ -367,7 +370,7 @@ class _Batcher:
             lane.release()
         d.counts[lane.system, response.status] += 1
         if len(items) == 1:
-            _answer(items[0], (response, None))
+            _answer(items[0], (response, None, False))
             return
         self.number += 1
         name = f"{lane.system}-{'w' if self.write else 'r'}{self.number}"
@@ -386,14 +389,14 @@ class _Batcher:
                 self._spawn(items[half:])
                 return
             for pos, item in enumerate(items):
-                _answer(item, (response, (name, pos)))
+                _answer(item, (response, (name, pos), True))
             return
         again = []
         for pos, (item, part) in enumerate(zip(items, parts, strict=True)):
             if part is None:
                 again.append(item)  # not carried out because of another: goes again
             else:
-                _answer(item, (part, (name, pos)))
+                _answer(item, (part, (name, pos), False))
         if again:
             self._spawn(again)
 
@@ -1245,9 +1248,12 @@ class Dispatcher:
         response: HttpResponse | None = None
         error: TransportError | None = None
         where: tuple[str, int] | None = None
+        shared = False
         track.in_request = True
         try:
-            response, where = await batcher.send(group, step.request, timeout, flow.deadline)
+            response, where, shared = await batcher.send(
+                group, step.request, timeout, flow.deadline
+            )
         except _Expired:
             return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))
         except _Halted:
@@ -1264,7 +1270,9 @@ class Dispatcher:
             track.in_request = False
         if step.write:
             flow.batch = where
-        return self._after(lane, flow, response, error, loop.time(), counted=True)
+        # An answer the whole batch got tells about the system once (its first change).
+        heard = not shared or where is None or where[1] == 0
+        return self._after(lane, flow, response, error, loop.time(), counted=True, heard=heard)
 
     def _after(
         self,
@@ -1274,9 +1282,12 @@ class Dispatcher:
         error: TransportError | None,
         now: float,
         counted: bool = False,
+        heard: bool = True,
     ) -> Send | Wait | Done:
         """The change's next step from its answer (or its lack of one), and what the answer
-        says about the system. ``counted``: the request was counted where it was sent."""
+        says about the system. ``counted``: the request was counted where it was sent;
+        ``heard``: the lane learns from this answer (not from every copy of one answer
+        a whole batch got)."""
         system = lane.system
         if error is not None:
             if not counted:
@@ -1299,7 +1310,7 @@ class Dispatcher:
         if not counted:
             self.counts[system, response.status] += 1
         nxt = flow.on_response(response, now)
-        signal = flow.signal
+        signal = flow.signal if heard else None
         if signal == "ok":
             if not lane.calm:
                 lane.answered()

@@ -293,6 +293,30 @@ async def test_a_lost_batch_is_read_back_change_by_change() -> None:
     assert all(r.writes == 1 for r in results)
 
 
+async def test_a_429_for_a_whole_batch_tells_the_lane_once() -> None:
+    """Every change of a throttled batch retries, but the system said 429 once: its lane
+    slows down as for one throttled request, not for eight."""
+    fake = FakeBatchPerscom()
+    throttled = 0
+
+    def handler(request: HttpRequest) -> HttpResponse:
+        nonlocal throttled
+        if not throttled:
+            throttled += 1
+            return HttpResponse.from_json(429, {"error": {"message": "slow"}}, {"Retry-After": "0"})  # fmt: skip
+        return fake(request)
+
+    lim = {"perscom": Limits(concurrency=4, batch=8)}
+    async with Dispatcher(
+        [perscom()], transport=MockTransport(handler, record=False), limits=lim, retry=FAST
+    ) as d:
+        results = await d.send_all(plan(8))
+        assert d.slowdowns() == {"perscom": 0}  # 1 in 20 recent answers, not 8 in 8
+    assert {r.status for r in results} == {"applied"}
+    assert all(r.http_status == 200 for r in results)
+    assert fake.writes == Counter(range(1, 9))
+
+
 # -- against the sandbox, faults on --------------------------------------------------------
 
 
