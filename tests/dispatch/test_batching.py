@@ -338,7 +338,7 @@ async def test_batches_with_faults_apply_every_change_once(system: str) -> None:
             for i in bad:
                 changes[i - 1] = Assign(system="perscom", record=i, to="5000", id=f"perscom-{i}")
         lim = {system: Limits(concurrency=8)}  # the sandbox has no per-minute limit
-        policy = RetryPolicy(base=0.05, cap=1.0, timeout=3.0, attempts=8, settle=0.5)
+        policy = RetryPolicy(base=0.05, cap=1.0, timeout=3.0, attempts=8, settle=0.5, conflicts=20)
         async with Dispatcher(sb.adapters(), limits=lim, retry=policy, seed=3) as d:
             results = await d.send_all(changes)
         statuses = Counter(r.status for r in results)

@@ -31,7 +31,9 @@ FAULTS = Faults(
     seed=11,
 )
 # The sandbox holds no write (unless its `late` fault is on): a short settle time.
-POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=3.0, attempts=8, settle=0.5)
+# Editors strike at random: six conflicts in a row on one record (the default bound of five
+# re-reads) would be rare but real in 10,000 changes; the bound is not what this tests.
+POLICY = RetryPolicy(base=0.05, cap=1.0, timeout=3.0, attempts=8, settle=0.5, conflicts=20)
 LIMITS = {"perscom": Limits(concurrency=16)}  # the sandbox has no per-minute limit
 
 

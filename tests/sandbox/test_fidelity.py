@@ -38,6 +38,8 @@ def rule(system: str, seed: str, quote: str) -> Callable[[Check], Check]:
 
 def page(seed: str) -> str:
     """A vendor page with its whitespace collapsed (quotes span line breaks)."""
+    if not (SEEDS / seed).exists():  # the vendors' pages live beside the repository
+        pytest.skip(f"the vendor's page {seed} not found in {SEEDS}")
     return " ".join((SEEDS / seed).read_text().split())
 
 
@@ -314,7 +316,7 @@ async def test_the_fake_follows_the_vendor_page(
 
 def example(seed: str, after: str) -> dict[str, Any]:
     """The first JSON object on a vendor page after ``after``: its sample response."""
-    text = (SEEDS / seed).read_text()
+    text = page(seed) and (SEEDS / seed).read_text()
     start = text.index("{", text.index(after))
     found: dict[str, Any] = json.JSONDecoder().raw_decode(text[start:])[0]
     return found

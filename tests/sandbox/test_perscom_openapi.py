@@ -41,6 +41,8 @@ from patchassign.sandbox.perscom import PerscomServer
 from tests.helpers import VENDOR_SPECS
 
 SPEC = VENDOR_SPECS / "perscom-assignment-records.openapi.json"
+if not SPEC.exists():  # the vendors' files live beside the repository (CI has them)
+    pytest.skip(f"PERSCOM's OpenAPI file not found at {SPEC}", allow_module_level=True)
 RAW = json.loads(SPEC.read_text())
 SCHEMA = schemathesis.openapi.from_dict(RAW)
 #: The body of a create, an update and each resource of a batch update.
