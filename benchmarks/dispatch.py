@@ -9,8 +9,13 @@ two so that drift on a noisy machine hits both; the table gives the median of th
 Memory: a fresh process runs ``Dispatcher.run`` over a lazily generated input of 10,000 to
 1,000,000 changes and reports its peak resident memory (``ru_maxrss``).
 
+Breakdown (``--breakdown``): the same rounds through steps from the plain loop to the
+dispatcher (our transport; the adapter classifying answers; a ``Flow`` per change), to
+show where the difference goes.
+
 Run: python -m benchmarks.dispatch [--changes N] [--rounds R] [--concurrency C]
-                                   [--memory 10000,100000,1000000]
+                                   [--memory 10000,100000,1000000] [--uvloop]
+                                   [--overhead | --breakdown]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import random
 import resource
 import statistics
 import subprocess
@@ -35,7 +41,9 @@ from benchmarks._harness import machine
 from benchmarks.sandbox import _serve
 from patchassign.changes import Assign, Change
 from patchassign.dispatch import Dispatcher, Limits
-from patchassign.systems import HttpRequest, PerscomAdapter
+from patchassign.flow import Done, Flow, RetryPolicy, Send
+from patchassign.systems import Applied, HttpRequest, PerscomAdapter
+from patchassign.transports import AiohttpTransport
 
 RECORDS = 10_000
 UVLOOP = "--uvloop" in sys.argv
@@ -98,6 +106,79 @@ async def dispatched(adapter: PerscomAdapter, n: int, first: int, concurrency: i
         rate = n / (time.perf_counter() - t)
     assert ok == n, ok
     return rate
+
+
+async def steps(adapter: PerscomAdapter, n: int, first: int, concurrency: int, upto: str) -> float:
+    """Changes/s of a plain loop over ``AiohttpTransport`` doing part of what the dispatcher
+    does, for the breakdown: ``transport`` (check, prepare, send), ``classify`` (and the
+    adapter's ``outcome``), ``flow`` (each change driven by a ``Flow`` instead)."""
+    loop = asyncio.get_running_loop()
+    policy = RetryPolicy()
+    rng = random.Random(1)
+    ok = 0
+    async with AiohttpTransport(limit=concurrency) as transport:
+        it = changes(n, first)
+
+        async def worker() -> None:
+            nonlocal ok
+            for change in it:
+                if upto == "flow":
+                    flow = Flow(adapter, change, policy=policy, rng=rng, now=loop.time())
+                    step = flow.start(loop.time())
+                    assert isinstance(step, Send)
+                    response = await transport.send(step.request, timeout=step.timeout)
+                    done = flow.on_response(response, loop.time())
+                    assert isinstance(done, Done)
+                    ok += done.result.status == "applied"
+                    continue
+                adapter.check(change)
+                req = adapter.prepare(change, None)
+                assert isinstance(req, HttpRequest)
+                response = await transport.send(req, timeout=30.0)
+                if upto == "classify":
+                    ok += isinstance(adapter.outcome(change, response), Applied)
+                else:
+                    ok += response.status == 200
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        rate = n / (time.perf_counter() - t)
+    assert ok == n, ok
+    return rate
+
+
+def breakdown(url: str, token: str, n: int, rounds: int, concurrency: int) -> None:
+    """Where the dispatcher's time goes: from the plain loop to ``Dispatcher.run`` in
+    steps, each measured in the same rounds."""
+    adapter = PerscomAdapter(url, token, notifications=False)
+    rows: dict[str, Any] = {
+        "plain aiohttp loop": lambda k: plain(adapter, n, k, concurrency),
+        "loop over AiohttpTransport": lambda k: steps(adapter, n, k, concurrency, "transport"),
+        "+ the adapter classifies each answer": lambda k: steps(
+            adapter, n, k, concurrency, "classify"
+        ),
+        "+ a Flow drives each change": lambda k: steps(adapter, n, k, concurrency, "flow"),
+        "Dispatcher.run (+ lanes, limits, record order, results)": lambda k: dispatched(
+            adapter, n, k, concurrency
+        ),
+    }
+
+    async def go() -> dict[str, list[float]]:
+        got: dict[str, list[float]] = {name: [] for name in rows}
+        for run in rows.values():
+            await run(0)  # warm up every path
+        for r in range(rounds):
+            for i, (name, run) in enumerate(rows.items()):
+                got[name].append(await run((r * len(rows) + i + 1) * n))
+        return got
+
+    got = _loop_run(go())
+    base = statistics.median(got["plain aiohttp loop"])
+    print(f"\n### Breakdown: {n:,} changes per step, {rounds} rounds, concurrency {concurrency}\n")
+    print("| step | changes/s (median) | vs plain loop |\n|---|---|---|")
+    for name, rates in got.items():
+        m = statistics.median(rates)
+        print(f"| {name} | {m:,.0f} | {m / base:.1%} |", flush=True)
 
 
 def throughput(url: str, token: str, n: int, rounds: int, concurrency: int) -> None:
@@ -223,6 +304,9 @@ def main() -> None:
     parser.add_argument("--memory", default="10000,100000,1000000")
     parser.add_argument("--uvloop", action="store_true", help="both clients on uvloop")
     parser.add_argument("--overhead", action="store_true", help="only the no-network cost")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="only the steps from plain loop to dispatcher"
+    )
     parser.add_argument("--child", nargs=3, metavar=("URL", "TOKEN", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -240,6 +324,9 @@ def main() -> None:
     try:
         info: dict[str, Any] = parent.recv()
         print(f"server: sandbox PERSCOM fake in a child process, {RECORDS:,} records")
+        if args.breakdown:
+            breakdown(info["url"], info["token"], args.changes, args.rounds, args.concurrency)
+            return
         throughput(info["url"], info["token"], args.changes, args.rounds, args.concurrency)
         sizes = [int(s) for s in args.memory.split(",") if s]
         if sizes:

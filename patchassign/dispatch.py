@@ -39,6 +39,7 @@ from collections.abc import (
     AsyncIterable,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
     Mapping,
 )
@@ -360,7 +361,7 @@ class _Batcher:
                 try:
                     response = await transport.send(request, timeout=timeout)
                 except TransportError as e:
-                    d.counts[lane.system, 0] += 1
+                    lane.answers[0] += 1
                     for item in items:
                         _refuse(item, e)
                     return
@@ -368,7 +369,7 @@ class _Batcher:
                 d._slots.release()
         finally:
             lane.release()
-        d.counts[lane.system, response.status] += 1
+        lane.answers[response.status] += 1
         if len(items) == 1:
             _answer(items[0], (response, None, False))
             return
@@ -412,6 +413,7 @@ class _Lane:
         "_tolerance",
         "_waiters",
         "adapter",
+        "answers",
         "auth_streak",
         "batchers",
         "calm",
@@ -444,6 +446,8 @@ class _Lane:
         self.host = _host_of(adapter)
         self.where = f"{self.system} ({self.host})"
         self.keys = _KeyLocks()
+        #: Requests answered, per status (0: no answer).
+        self.answers: Counter[int] = Counter()
         #: The record's canonical key (the adapter's, where it has one): one record
         #: written two ways ("7:5" and 5) is still one record for the order of changes.
         self.key_of: Any = getattr(adapter, "key", None) or _record_text
@@ -806,8 +810,6 @@ class Dispatcher:
         self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
         self._on_slowdown = [h.on_slowdown for h in hooks if _overrides(h, "on_slowdown")]
         self._on_stop = [h.on_stop for h in hooks if _overrides(h, "on_stop")]
-        #: Requests answered, per ``(system, status)``; ``status`` 0: no answer.
-        self.counts: Counter[tuple[str, int]] = Counter()
         # A server may echo a credential in an error message: masked in every result,
         # event and check (every form the adapters send it in).
         secrets: list[str] = []
@@ -944,6 +946,17 @@ class Dispatcher:
     def in_flight(self, system: str) -> int:
         """Requests (or waits for a send slot) of ``system`` in flight now."""
         return self._lanes[system].in_flight
+
+    @property
+    def counts(self) -> Counter[tuple[str, int]]:
+        """Requests answered, per ``(system, status)``; ``status`` 0: no answer."""
+        return Counter(
+            {
+                (name, status): n
+                for name, lane in self._lanes.items()
+                for status, n in lane.answers.items()
+            }
+        )
 
     def slowdowns(self) -> dict[str, int]:
         """How many times each system was slowed down after many 429s."""
@@ -1111,16 +1124,69 @@ class Dispatcher:
         busy = lane.keys
         if not busy.try_acquire(key):
             await _resting(track, busy.acquire(key))
+        slots = self._slots
         try:
             step = flow.start(loop.time())
             while True:
                 kind = type(step)
                 if kind is Send:
-                    step = await self._send(lane, flow, cast("Send", step), track, stop)
+                    send: Send = step  # type: ignore[assignment]
+                    now = loop.time()
+                    # The common case inline, one coroutine level less on every resume of
+                    # the request: a free lane, nothing batched, a free overall slot.
+                    if (
+                        slots.free > 0
+                        and not slots._waiters
+                        and lane.batchers[send.write] is None
+                        and (stop is None or not stop.is_set())
+                        and lane.try_acquire(now)
+                    ):
+                        slots.free -= 1
+                        if send.write:
+                            flow.batch = None
+                    else:
+                        gated = await self._gate(lane, flow, send, track, stop, now)
+                        if gated is not None:
+                            step = gated
+                            continue
+                        now = loop.time()
+                    # Holding a lane slot and an overall slot: send, then release both.
+                    error: TransportError | None = None
+                    response: HttpResponse | None = None
+                    try:
+                        transport = self.transport
+                        if transport is None:
+                            raise RuntimeError(
+                                "the dispatcher is not started: use 'async with Dispatcher(...)'"
+                            )
+                        timeout = send.timeout
+                        left = flow.deadline - now
+                        if left < timeout:
+                            if left <= 0:
+                                step = flow.expire(now)
+                                continue
+                            timeout = left
+                        track.in_request = True
+                        try:
+                            response = await transport.send(send.request, timeout=timeout)
+                        except TransportError as e:
+                            error = e
+                        except asyncio.CancelledError:
+                            if send.write:  # cut off mid-flight: its effect is unknown
+                                flow.maybe_applied = True
+                                flow.writes += 1
+                            flow.attempts += 1
+                            raise
+                        finally:
+                            track.in_request = False
+                    finally:
+                        slots.release()
+                        lane.release()
+                    step = self._after(lane, flow, response, error, loop.time())
                 elif kind is Wait:
                     step = await self._wait(lane, flow, cast("Wait", step), track, stop)
                 else:
-                    result = cast("Done", step).result
+                    result = step.result  # type: ignore[union-attr]
                     if result.error is not None and self._scrub is not None:
                         result = msgspec.structs.replace(result, error=self._scrub(result.error))
                     return result
@@ -1159,13 +1225,22 @@ class Dispatcher:
             return flow.finish(lane.stop_status, lane.stop_reason, now)
         return flow.on_timer(now)
 
-    async def _send(
-        self, lane: _Lane, flow: Flow, step: Send, track: _Track, stop: asyncio.Event | None
-    ) -> Send | Wait | Done:
+    async def _gate(
+        self,
+        lane: _Lane,
+        flow: Flow,
+        step: Send,
+        track: _Track,
+        stop: asyncio.Event | None,
+        now: float,
+    ) -> Send | Wait | Done | None:
+        """Wait until ``step`` may be sent: ``None`` when it holds a slot of its lane and
+        one of the overall concurrency (the caller sends it and releases both), or the
+        change's next step when it went in a batch, its system stopped or its deadline
+        came while it waited."""
         if stop is not None and stop.is_set():
             raise _Stop
         loop = asyncio.get_running_loop()
-        now = loop.time()
         if lane.stopped and lane.is_stopped(now):
             return flow.finish(lane.stop_status, lane.stop_reason, now)
         batcher = lane.batchers[step.write]
@@ -1188,44 +1263,16 @@ class Dispatcher:
             if stop is not None and stop.is_set():
                 lane.release()
                 raise _Stop
-            now = loop.time()
-        transport = self.transport
-        if transport is None:
-            lane.release()
-            raise RuntimeError("the dispatcher is not started: use 'async with Dispatcher(...)'")
         slots = self._slots
-        error: TransportError | None = None
-        try:
-            if slots.free > 0 and not slots._waiters:
-                slots.free -= 1
-            else:
-                await slots.acquire()
-                now = loop.time()
+        if slots.free > 0 and not slots._waiters:
+            slots.free -= 1
+        else:
             try:
-                timeout = step.timeout
-                left = flow.deadline - now
-                if left < timeout:
-                    if left <= 0:
-                        return flow.expire(now)
-                    timeout = left
-                track.in_request = True
-                try:
-                    response = await transport.send(step.request, timeout=timeout)
-                except TransportError as e:
-                    error = e
-                except asyncio.CancelledError:
-                    if step.write:  # cut off mid-flight: its effect is unknown
-                        flow.maybe_applied = True
-                        flow.writes += 1
-                    flow.attempts += 1
-                    raise
-                finally:
-                    track.in_request = False
-            finally:
-                slots.release()
-        finally:
-            lane.release()
-        return self._after(lane, flow, response if error is None else None, error, loop.time())
+                await slots.acquire()
+            except BaseException:
+                lane.release()
+                raise
+        return None
 
     async def _send_batched(
         self,
@@ -1291,7 +1338,7 @@ class Dispatcher:
         system = lane.system
         if error is not None:
             if not counted:
-                self.counts[system, 0] += 1
+                lane.answers[0] += 1
             nxt = flow.on_error(error, now)
             signal = flow.signal
             if signal == "unreachable":
@@ -1308,7 +1355,7 @@ class Dispatcher:
             return nxt
         assert response is not None
         if not counted:
-            self.counts[system, response.status] += 1
+            lane.answers[response.status] += 1
         nxt = flow.on_response(response, now)
         signal = flow.signal if heard else None
         if signal == "ok":
@@ -1422,12 +1469,14 @@ class _RunState:
     """What a run shares with its tasks (not the :class:`Run` itself: a run dropped by
     its consumer must be collectable, so that its generator is closed)."""
 
-    __slots__ = ("exhausted", "stopped", "taken")
+    __slots__ = ("channel", "exhausted", "stopped", "taken")
 
     def __init__(self) -> None:
         self.stopped: list[Result] = []
         self.taken = 0
         self.exhausted = False
+        #: The run's results while it runs (``None`` before and after).
+        self.channel: _Channel | None = None
 
 
 class Run:
@@ -1456,6 +1505,11 @@ class Run:
         return self
 
     def __anext__(self) -> Awaitable[Result]:
+        channel = self._state.channel
+        if channel is not None and channel.items and type(channel.items[0]) is Result:
+            # A result is waiting: hand it over without resuming the generator (the
+            # generator only has to see the end markers and errors).
+            return _Ready(channel.pop())  # type: ignore[arg-type]
         return self._gen.__anext__()
 
     async def aclose(self) -> None:
@@ -1484,6 +1538,19 @@ class Run:
         return [r for r in self._state.stopped if r.unconfirmed]
 
 
+class _Ready:
+    """An awaitable that is already done: ``await _Ready(x)`` is ``x``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Result) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[Any, None, Result]:
+        yield from ()  # a generator that returns at once
+        return self.value
+
+
 class _Channel:
     """Results from the workers to the one consumer: bounded, in order, cheap."""
 
@@ -1510,10 +1577,23 @@ class _Channel:
         if getter is not None and not getter.done():
             getter.set_result(None)
 
+    def put_nowait(self, item: Result) -> bool:
+        """:meth:`put` without a coroutine when there is room (the common case)."""
+        if len(self.items) >= self.cap or self._putters:
+            return False
+        self.items.append(item)
+        getter = self._getter
+        if getter is not None and not getter.done():
+            getter.set_result(None)
+        return True
+
     async def get(self) -> Result | BaseException | None:
         while not self.items:
             self._getter = asyncio.get_running_loop().create_future()
             await self._getter
+        return self.pop()
+
+    def pop(self) -> Result | BaseException | None:
         item = self.items.popleft()
         while self._putters:
             fut = self._putters.popleft()
@@ -1570,6 +1650,7 @@ async def _results(
     # Room for a burst of results: with a small channel, 64 workers and one consumer take
     # turns on every result.
     done = _Channel(max(256, 4 * d.concurrency))
+    state.channel = done
     stop = asyncio.Event()
     tracks: dict[asyncio.Task[None], _Track] = {}
     spawned = 0
@@ -1701,7 +1782,8 @@ async def _results(
                 else:
                     if on_result:
                         d._emit(on_result, res)
-                    await done.put(res)
+                    if not done.put_nowait(res):
+                        await done.put(res)
                 res = None
                 if pool.active > pool.target:
                     break  # more are working than needed: retire
@@ -1770,6 +1852,7 @@ async def _results(
             else:
                 yield got
     finally:
+        state.channel = None
         stop.set()
         for reader in readers:
             reader.cancel()

@@ -211,11 +211,11 @@ class PerscomAdapter(BaseAdapter):
                     raise self.invalid(f"text is longer than {_TEXT_MAX} characters", key)
 
     def needs_read(self, change: Change) -> bool:
+        if isinstance(change, Assign):  # the common case first: asked for every change
+            return change.expect is not None
         if isinstance(change, Merge):  # an update body needs the user_id: the record's
             return "user_id" not in change.merge
-        return isinstance(change, SetFields | Patch | MovePerson) or (
-            isinstance(change, Assign) and change.expect is not None
-        )
+        return isinstance(change, SetFields | Patch | MovePerson)
 
     def read(self, change: Change) -> HttpRequest:
         if isinstance(change, MovePerson):  # a move reads the user it moves

@@ -262,6 +262,34 @@ async def test_an_unreachable_system_stops_after_the_outage_budget() -> None:
     assert "maxsight.example:443" in error
 
 
+async def test_counts_are_answers_per_system_and_status() -> None:
+    """``d.counts[(system, status)]``: every request once, by its answer; 0 is none."""
+    tries: Counter[str] = Counter()
+
+    def first_lost(request: HttpRequest) -> HttpResponse | None:
+        record = request.url.rsplit("/", 1)[1]
+        tries[record] += 1
+        if record in {"1", "2"} and tries[record] == 1:
+            raise ResponseTimeout("no answer within 1s", host="perscom.example:443")
+        if record == "3" and tries[record] == 1:
+            return HttpResponse.from_json(503, {})
+        return None
+
+    route = Route(perscom=FakePerscom(fault=first_lost), maxsight=FakeMaxsight())
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(interleave(to_perscom(5), to_maxsight(4)))]
+        counts = d.counts
+    assert Counter(r.status for r in results) == {"applied": 9}
+    # PERSCOM: writes 3 (after its 503), 4 and 5 answered 200; the writes of 1 and 2 got
+    # no answer, and their read-backs (200) found them in place: nothing resent
+    assert counts == {
+        ("perscom", 200): 3 + 2,
+        ("perscom", 503): 1,
+        ("perscom", 0): 2,
+        ("maxsight", 200): 8,  # a read and a write each
+    }
+
+
 async def test_a_dns_or_tls_failure_stops_the_system_at_once() -> None:
     calls = 0
 
