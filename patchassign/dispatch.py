@@ -1485,8 +1485,9 @@ class Run:
     Use it as ``async with d.run(changes) as run: async for r in run: ...`` so that it is
     closed as soon as you stop iterating. Stopping early (``break``, an exception,
     cancellation) stops new sends, lets requests in flight finish or time out, and puts
-    the results of the changes that were in progress in :attr:`stopped`: those with
-    ``unconfirmed`` set had a write sent whose effect is unknown.
+    the results of the changes that were in progress, or had finished without being
+    handed over yet, in :attr:`stopped`: those with ``unconfirmed`` set had a write sent
+    whose effect is unknown.
     """
 
     def __init__(
@@ -1524,7 +1525,8 @@ class Run:
 
     @property
     def stopped(self) -> list[Result]:
-        """Results of the changes that were in progress when the run stopped early."""
+        """Results of the changes that were in progress when the run stopped early, and
+        of those that had finished but were not yet handed to the consumer."""
         return self._state.stopped
 
     @property
@@ -1854,6 +1856,10 @@ async def _results(
     finally:
         state.channel = None
         stop.set()
+        # Finished but never handed over (the consumer stopped first): their changes were
+        # sent, and may be applied; they belong with the others in progress.
+        state.stopped.extend(item for item in done.items if isinstance(item, Result))
+        done.items.clear()
         for reader in readers:
             reader.cancel()
         for buffer in buffers.values():

@@ -349,7 +349,15 @@ async def test_batches_with_faults_apply_every_change_once(system: str) -> None:
         assert sum(server.stats.writes.values()) == n - len(bad)
         assert {i for i, _ in server.demo_mismatches(range(1, n + 1))} == bad
         assert sum(1 for r in results if r.batch) > n / 2  # most went in batches
-        # The faults did happen, and far fewer requests than changes were sent.
+        # The faults did happen, and far fewer requests than changes were sent: Kintone
+        # batches reads and writes; PERSCOM batches writes only (its reads go one by one,
+        # and the changes of a batch refused for a bad one read again before they go
+        # again: how many batches hold a bad change depends on timing, 2 to 7 of them).
         assert server.stats.count(status=429) + server.stats.count(status=503) > 0
-        assert server.stats.count() < (0.3 if system == "kintone" else 1.5) * n
+        if system == "kintone":
+            assert server.stats.count() < 0.3 * n
+        else:
+            writes = server.stats.count("batch") + server.stats.count("update")
+            assert writes < 0.2 * n, server.stats.requests
+            assert server.stats.count() < 2.5 * n, server.stats.requests
         assert sb.servers[system].stats.dropped

@@ -610,3 +610,24 @@ async def test_resize_changes_a_lanes_limits_while_it_runs() -> None:
 
 async def _collect(run: Any, out: list[Result]) -> None:
     out.extend([r async for r in run])
+
+
+async def test_results_finished_but_not_taken_when_the_consumer_stops_are_in_stopped() -> None:
+    """A consumer that stops early (``break``) after the first result: the changes that
+    finished meanwhile (applied, but never handed over) are in ``run.stopped``, so every
+    change that was sent is accounted for, as the consumer saw it or in ``stopped``."""
+    route = Route(perscom=FakePerscom())
+    plan = to_perscom(200)
+    async with dispatcher(route, concurrency=16) as d:
+        async with d.run(plan) as run:
+            seen = []
+            async for r in run:
+                seen.append(r)
+                await asyncio.sleep(0.05)  # a slow consumer: results pile up meanwhile
+                if len(seen) == 2:
+                    break
+        sent = set(route.fakes["perscom"].writes)
+    reported = {int(r.record) for r in seen} | {int(r.record) for r in run.stopped}
+    assert len(sent) > 2  # more finished than the consumer took
+    assert sent <= reported, sorted(sent - reported)
+    assert all(r.status == "applied" for r in run.stopped if r.attempts)
