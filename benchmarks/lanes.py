@@ -12,6 +12,8 @@ systems run without the troubled one (the baseline, measured in the same process
 * every write answered 500: writes per change against ``attempts``.
 
 Run: python -m benchmarks.lanes [--n 1000] [--quick]   (--quick: outage budget 5 s)
+     python -m benchmarks.lanes --n 300 --rate-limits 20,50,200   (a system alone
+     against its own rate limit: how close the lane's learned rate gets)
 """
 
 from __future__ import annotations
@@ -208,9 +210,44 @@ async def main(n: int, quick: bool) -> None:
         print(line, flush=True)
 
 
+async def rate_limits(n: int, rates: Iterable[float]) -> None:
+    """A system alone against its own rate limit (the fake's token bucket, burst 10,
+    ``Retry-After: 1``): how close the lane gets to the rate the server allows."""
+    from patchassign.sandbox import Faults
+
+    print(f"\n{machine()}\n")
+    print(f"{n:,} Maxsight changes (a read and a write each), default RetryPolicy\n")
+    print("| server's limit | time | 429s | slowdowns | answers/s that got through | vs limit |")
+    print("|---|---|---|---|---|---|")
+    for rate in rates:
+        faults = {"maxsight": Faults(rate_limit=rate, burst=10)}
+        async with Sandbox(demo=n, systems=["maxsight"], faults=faults) as sb:
+            t0 = time.monotonic()
+            async with Dispatcher(sb.adapters()) as d:
+                results = await d.send_all(demo_plan(n, ["maxsight"]))
+                slowdowns = d.slowdowns()["maxsight"]
+            elapsed = time.monotonic() - t0
+            stats = sb.maxsight.stats
+        assert all(r.status == "applied" for r in results)
+        ok = (stats.count() - stats.count(status=429)) / elapsed
+        print(
+            f"| {rate:g}/s | {elapsed:.1f} s | {stats.count(status=429):,} | {slowdowns} "
+            f"| {ok:.1f} | {ok / rate:.0%} |",
+            flush=True,
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1000, help="changes per system")
     parser.add_argument("--quick", action="store_true", help="outage budget 5 s, not 60 s")
+    parser.add_argument(
+        "--rate-limits",
+        default="",
+        help="only a system alone against its own rate limits, e.g. 20,50,200 (--n 300)",
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.n, args.quick))
+    if args.rate_limits:
+        asyncio.run(rate_limits(args.n, [float(r) for r in args.rate_limits.split(",")]))
+    else:
+        asyncio.run(main(args.n, args.quick))

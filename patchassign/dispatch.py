@@ -408,6 +408,9 @@ class _Lane:
     __slots__ = (
         "_cut_until",
         "_interval",
+        "_ok",
+        "_rate_interval",
+        "_resumed",
         "_sleepers",
         "_tat",
         "_tolerance",
@@ -423,6 +426,7 @@ class _Lane:
         "in_flight",
         "key_of",
         "keys",
+        "learned",
         "max",
         "outage_since",
         "paused_until",
@@ -460,6 +464,14 @@ class _Lane:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._interval = 1.0 / limits.rate if limits.rate else 0.0
         self._tolerance = (limits.burst - 1) * self._interval
+        #: The configured pace (``_interval`` may be slower: a learned rate).
+        self._rate_interval = self._interval
+        #: Requests/s the system takes, learned from its 429s (0: nothing learned).
+        self.learned = 0.0
+        #: When the recent unthrottled answers came (while the lane is not calm).
+        self._ok: deque[float] = deque(maxlen=4096)
+        #: When the last pause for a slowdown ended.
+        self._resumed = 0.0
         self._tat = 0.0
         self._sleepers: set[asyncio.Future[None]] = set()
         self.paused_until = 0.0
@@ -497,9 +509,10 @@ class _Lane:
         elif self.window < 1.0 < concurrency + 1:  # from nothing: start as a new lane
             self.window = float(min(concurrency, _FIRST_WINDOW))
         self.slow_start = self.window < concurrency and (self.slow_start or not self.pressure)
-        self.calm = self.window >= self.max and not self.pressure
-        self._interval = 1.0 / rate if rate else 0.0
-        self._tolerance = (burst - 1) * self._interval
+        self.calm = self.window >= self.max and not self.pressure and not self.learned
+        self._rate_interval = 1.0 / rate if rate else 0.0
+        self._tolerance = 0.0 if self.learned else (burst - 1) * self._rate_interval
+        self._interval = max(self._rate_interval, 1.0 / self.learned if self.learned else 0.0)
         self._wake()
 
     def try_acquire(self, now: float) -> bool:
@@ -585,8 +598,13 @@ class _Lane:
             handle.cancel()
             self._sleepers.discard(fut)
 
-    def answered(self) -> None:
+    def answered(self, now: float) -> None:
         """An answer that is not a refusal: the system is up and takes our credentials."""
+        self._ok.append(now)
+        if self.learned:
+            # Probe upwards: about two requests/s more for each second of answers.
+            self.learned += 2.0 / self.learned
+            self._interval = max(self._rate_interval, 1.0 / self.learned)
         self.down = 0
         self.outage_since = None
         if self.auth_streak:
@@ -601,7 +619,7 @@ class _Lane:
             self._wake()
         if self.pressure:
             self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
-        self.calm = self.window >= self.max and not self.pressure
+        self.calm = self.window >= self.max and not self.pressure and not self.learned
 
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
@@ -614,10 +632,37 @@ class _Lane:
         pause = after if after is not None else 1.0
         self.window = max(min(1.0, float(self.max)), self.window / 2)
         self.slow_start = False
+        self._learn(now)
         self.paused_until = max(self.paused_until, now + pause)
+        self._resumed = self.paused_until
         self._cut_until = now + max(pause, 1.0)
         self.slowdowns += 1
         return pause
+
+    def _learn(self, now: float) -> None:
+        """Too many 429s: pace the lane under the rate the system took since it last
+        resumed (at most the last 2 s), or halve the learned rate when that cannot be
+        measured. Fewer requests in flight alone cannot meet a rate limit: one request at
+        a time to a fast server is still hundreds a second."""
+        ok = self._ok
+        # Answers are noted from the first 429 on (a calm lane notes nothing).
+        since = max(now - 2.0, self._resumed, ok[0] if ok else now)
+        taken = 0
+        for t in reversed(ok):
+            if t < since:
+                break
+            taken += 1
+        span = max(now - since, 0.1)
+        if taken >= 3:
+            rate = 0.9 * taken / span
+            self.learned = max(1.0, min(rate, self.learned) if self.learned else rate)
+        elif self.learned:
+            self.learned = max(1.0, self.learned / 2)
+        else:
+            return
+        ok.clear()
+        self._interval = max(self._rate_interval, 1.0 / self.learned)
+        self._tolerance = 0.0  # evenly from now on: a burst is what the server refused
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -1360,7 +1405,7 @@ class Dispatcher:
         signal = flow.signal if heard else None
         if signal == "ok":
             if not lane.calm:
-                lane.answered()
+                lane.answered(now)
         elif signal == "throttled":
             before = lane.limit
             pause = lane.throttled(flow.after, now)

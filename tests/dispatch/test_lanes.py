@@ -631,3 +631,43 @@ async def test_results_finished_but_not_taken_when_the_consumer_stops_are_in_sto
     assert len(sent) > 2  # more finished than the consumer took
     assert sent <= reported, sorted(sent - reported)
     assert all(r.status == "applied" for r in run.stopped if r.attempts)
+
+
+class Bucket:
+    """A server's own rate limit: a token bucket answering 429 with ``Retry-After: 1``
+    (whole seconds, as HTTP gives them) when it is empty."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = time.monotonic()
+        self.refused = 0
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return None  # the fake answers
+        self.refused += 1
+        return HttpResponse.from_json(429, {"message": "slow down"}, {"Retry-After": "1"})
+
+
+async def test_a_lane_learns_the_rate_a_server_allows() -> None:
+    """Against a server's own limit (200 requests/s), halving the requests in flight is not
+    enough: the lane paces itself under the rate that got through. Without it, 4 in
+    flight to an instant server is still thousands a second: most answers were 429 and
+    the lane paused for a second after every burst."""
+    bucket = Bucket(rate=200.0, burst=10)
+    route = Route(maxsight=FakeMaxsight(fault=bucket))  # no rate of its own configured
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0)) as d:
+        results = [r async for r in d.run(to_maxsight(300))]  # a read and a write each
+        lane = d._lanes["maxsight"]
+        slowdowns = d.slowdowns()["maxsight"]
+        answered = sum(d.counts.values())
+    assert Counter(r.status for r in results) == {"applied": 300}
+    assert lane.learned > 0  # it paced itself
+    assert slowdowns <= 5, slowdowns
+    assert bucket.refused < 0.25 * answered, (bucket.refused, answered)
