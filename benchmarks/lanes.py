@@ -13,7 +13,8 @@ systems run without the troubled one (the baseline, measured in the same process
 
 Run: python -m benchmarks.lanes [--n 1000] [--quick]   (--quick: outage budget 5 s)
      python -m benchmarks.lanes --n 300 --rate-limits 20,50,200   (a system alone
-     against its own rate limit: how close the lane's learned rate gets)
+     against its own rate limit: how close the lane's learned rate gets; then against
+     429s at random on 30% of its answers, --random-429s)
 """
 
 from __future__ import annotations
@@ -210,18 +211,25 @@ async def main(n: int, quick: bool) -> None:
         print(line, flush=True)
 
 
-async def rate_limits(n: int, rates: Iterable[float]) -> None:
+async def rate_limits(n: int, rates: Iterable[float], random_share: float) -> None:
     """A system alone against its own rate limit (the fake's token bucket, burst 10,
-    ``Retry-After: 1``): how close the lane gets to the rate the server allows."""
+    ``Retry-After: 1``): how close the lane gets to the rate the server allows. Then the
+    same system answering 429 at random (``random_share`` of its answers, whatever the
+    rate): a pace learned from those would only spiral down."""
     from patchassign.sandbox import Faults
 
     print(f"\n{machine()}\n")
     print(f"{n:,} Maxsight changes (a read and a write each), default RetryPolicy\n")
     print("| server's limit | time | 429s | slowdowns | answers/s that got through | vs limit |")
     print("|---|---|---|---|---|---|")
-    for rate in rates:
-        faults = {"maxsight": Faults(rate_limit=rate, burst=10)}
-        async with Sandbox(demo=n, systems=["maxsight"], faults=faults) as sb:
+    cases: list[tuple[str, float | None, Faults]] = [
+        (f"{rate:g}/s", rate, Faults(rate_limit=rate, burst=10)) for rate in rates
+    ]
+    if random_share:
+        faults = Faults(throttle=random_share, retry_after=1, seed=3)
+        cases.append((f"none: 429s at random on {random_share:.0%}", None, faults))
+    for label, rate, faults in cases:
+        async with Sandbox(demo=n, systems=["maxsight"], faults={"maxsight": faults}) as sb:
             t0 = time.monotonic()
             async with Dispatcher(sb.adapters()) as d:
                 results = await d.send_all(demo_plan(n, ["maxsight"]))
@@ -231,8 +239,8 @@ async def rate_limits(n: int, rates: Iterable[float]) -> None:
         assert all(r.status == "applied" for r in results)
         ok = (stats.count() - stats.count(status=429)) / elapsed
         print(
-            f"| {rate:g}/s | {elapsed:.1f} s | {stats.count(status=429):,} | {slowdowns} "
-            f"| {ok:.1f} | {ok / rate:.0%} |",
+            f"| {label} | {elapsed:.1f} s | {stats.count(status=429):,} | {slowdowns} "
+            f"| {ok:.1f} | {f'{ok / rate:.0%}' if rate else '-'} |",
             flush=True,
         )
 
@@ -246,8 +254,15 @@ if __name__ == "__main__":
         default="",
         help="only a system alone against its own rate limits, e.g. 20,50,200 (--n 300)",
     )
+    parser.add_argument(
+        "--random-429s",
+        type=float,
+        default=0.3,
+        help="with --rate-limits: then 429s at random on this share of the answers (0: none)",
+    )
     args = parser.parse_args()
     if args.rate_limits:
-        asyncio.run(rate_limits(args.n, [float(r) for r in args.rate_limits.split(",")]))
+        rates = [float(r) for r in args.rate_limits.split(",")]
+        asyncio.run(rate_limits(args.n, rates, args.random_429s))
     else:
         asyncio.run(main(args.n, args.quick))

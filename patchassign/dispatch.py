@@ -406,14 +406,19 @@ class _Lane:
     """One system: its adapter, buffer, limits, pauses, and whether it was stopped."""
 
     __slots__ = (
+        "_burst_tolerance",
         "_cut_until",
         "_interval",
         "_ok",
+        "_passed",
         "_rate_interval",
+        "_refused",
+        "_relieved",
         "_resumed",
         "_sleepers",
         "_tat",
         "_tolerance",
+        "_untracked",
         "_waiters",
         "adapter",
         "answers",
@@ -464,12 +469,22 @@ class _Lane:
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._interval = 1.0 / limits.rate if limits.rate else 0.0
         self._tolerance = (limits.burst - 1) * self._interval
+        self._burst_tolerance = self._tolerance
         #: The configured pace (``_interval`` may be slower: a learned rate).
         self._rate_interval = self._interval
         #: Requests/s the system takes, learned from its 429s (0: nothing learned).
         self.learned = 0.0
         #: When the recent unthrottled answers came (while the lane is not calm).
         self._ok: deque[float] = deque(maxlen=4096)
+        #: When the recent 429s came.
+        self._refused: deque[float] = deque(maxlen=4096)
+        #: The share of answers that were not 429 when the rate was last learned.
+        self._passed = 0.0
+        #: The 429s stopped for a while since the rate was last learned (the pace helped).
+        self._relieved = False
+        #: The 429s did not follow our rate (fewer requests, same share refused): learn
+        #: nothing from them until the pressure is gone.
+        self._untracked = False
         #: When the last pause for a slowdown ended.
         self._resumed = 0.0
         self._tat = 0.0
@@ -511,7 +526,8 @@ class _Lane:
         self.slow_start = self.window < concurrency and (self.slow_start or not self.pressure)
         self.calm = self.window >= self.max and not self.pressure and not self.learned
         self._rate_interval = 1.0 / rate if rate else 0.0
-        self._tolerance = 0.0 if self.learned else (burst - 1) * self._rate_interval
+        self._burst_tolerance = (burst - 1) * self._rate_interval
+        self._tolerance = 0.0 if self.learned else self._burst_tolerance
         self._interval = max(self._rate_interval, 1.0 / self.learned if self.learned else 0.0)
         self._wake()
 
@@ -619,6 +635,10 @@ class _Lane:
             self._wake()
         if self.pressure:
             self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
+            if not self.pressure:
+                self._untracked = False
+            elif self.pressure < self.threshold / 3:
+                self._relieved = True
         self.calm = self.window >= self.max and not self.pressure and not self.learned
 
     def throttled(self, after: float | None, now: float) -> float | None:
@@ -626,6 +646,7 @@ class _Lane:
         self.calm = False
         self.down = 0
         self.outage_since = None
+        self._refused.append(now)
         self.pressure = self.pressure * 0.95 + 0.05
         if self.pressure < self.threshold or now < self._cut_until:
             return None
@@ -643,16 +664,31 @@ class _Lane:
         """Too many 429s: pace the lane under the rate the system took since it last
         resumed (at most the last 2 s), or halve the learned rate when that cannot be
         measured. Fewer requests in flight alone cannot meet a rate limit: one request at
-        a time to a fast server is still hundreds a second."""
-        ok = self._ok
+        a time to a fast server is still hundreds a second.
+
+        Under a rate limit, the 429s stop for a while once the lane sends slower. When
+        pacing slower brought no such relief and let no larger share through (429s at
+        random, or for reasons of the server's own), the pace is dropped: lowering it
+        again would only spiral down to a request a second."""
+        if self._untracked:
+            return
+        ok, refused = self._ok, self._refused
         # Answers are noted from the first 429 on (a calm lane notes nothing).
-        since = max(now - 2.0, self._resumed, ok[0] if ok else now)
-        taken = 0
-        for t in reversed(ok):
-            if t < since:
-                break
-            taken += 1
+        first = min(ok[0] if ok else now, refused[0] if refused else now)
+        since = max(now - 2.0, self._resumed, first)
+        taken = _since(ok, since)
+        sent = taken + _since(refused, since)
+        passed = taken / (sent or 1)
         span = max(now - since, 0.1)
+        if self.learned:
+            if sent < 0.8 * self.learned * span:
+                return  # something else held the lane under its pace: nothing to learn
+            if not self._relieved and taken >= 3 and passed < 0.75 and passed <= self._passed + 0.1:
+                self._untracked = True
+                self.learned = 0.0
+                self._interval = self._rate_interval
+                self._tolerance = self._burst_tolerance
+                return
         if taken >= 3:
             rate = 0.9 * taken / span
             self.learned = max(1.0, min(rate, self.learned) if self.learned else rate)
@@ -660,7 +696,10 @@ class _Lane:
             self.learned = max(1.0, self.learned / 2)
         else:
             return
+        self._passed = passed
+        self._relieved = False
         ok.clear()
+        refused.clear()
         self._interval = max(self._rate_interval, 1.0 / self.learned)
         self._tolerance = 0.0  # evenly from now on: a burst is what the server refused
 
@@ -692,6 +731,16 @@ class _Lane:
         self.auth_streak.clear()
         self.down = 0
         self.calm = False
+
+
+def _since(times: deque[float], since: float) -> int:
+    """How many of ``times`` (in order) are at or after ``since``."""
+    n = 0
+    for t in reversed(times):
+        if t < since:
+            break
+        n += 1
+    return n
 
 
 def _record_text(change: Change) -> str:

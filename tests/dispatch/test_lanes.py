@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -671,3 +672,37 @@ async def test_a_lane_learns_the_rate_a_server_allows() -> None:
     assert lane.learned > 0  # it paced itself
     assert slowdowns <= 5, slowdowns
     assert bucket.refused < 0.25 * answered, (bucket.refused, answered)
+
+
+class Unlucky:
+    """429s at random, on a share of the requests whatever the rate (``Retry-After: 0``):
+    sending slower lets no larger share through."""
+
+    def __init__(self, share: float, seed: int) -> None:
+        self.share = share
+        self.random = random.Random(seed)
+        self.refused = 0
+
+    def __call__(self, request: HttpRequest) -> HttpResponse | None:
+        if self.random.random() >= self.share:
+            return None
+        self.refused += 1
+        return HttpResponse.from_json(429, {"message": "busy"}, {"Retry-After": "0"})
+
+
+async def test_a_lane_drops_a_pace_that_429s_do_not_follow() -> None:
+    """Half the answers refused at random: each slowdown would measure half of the rate it
+    sent at and pace slower again, down to one request a second (300 changes: minutes,
+    past their deadline). Once pacing slower lets no larger share through, the lane
+    stops pacing and only halves what it has in flight."""
+    unlucky = Unlucky(share=0.5, seed=5)
+    route = Route(maxsight=FakeMaxsight(fault=unlucky))
+    retry = RetryPolicy(deadline=30.0, attempts=50, base=0.001, cap=0.01)
+    async with dispatcher(route, retry=retry) as d:
+        results = [r async for r in d.run(to_maxsight(300))]
+        lane = d._lanes["maxsight"]
+        slowdowns = d.slowdowns()["maxsight"]
+    assert Counter(r.status for r in results) == {"applied": 300}
+    assert unlucky.refused > 300  # it was a storm
+    assert slowdowns >= 2  # the pace was tried, and dropped
+    assert lane.learned == 0.0
