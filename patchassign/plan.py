@@ -154,14 +154,39 @@ def read_plan(
         yield from _read(source, format or "jsonl", "the plan", digest)
 
 
+_WIDE = {
+    b"\xff\xfe\x00\x00": "UTF-32",
+    b"\x00\x00\xfe\xff": "UTF-32",
+    b"\xff\xfe": "UTF-16",
+    b"\xfe\xff": "UTF-16",
+}
+
+
+def _refuse_wide(name: str, head: bytes) -> None:
+    """A plan saved as UTF-16 or UTF-32 (Excel's "Unicode text", Windows' "Unicode"):
+    one clear error instead of every line refused for its zero bytes."""
+    for bom, encoding in _WIDE.items():
+        if head.startswith(bom):
+            raise PlanError(f"{name} is {encoding} text: a plan is UTF-8; save it as UTF-8")
+    if b"\x00" in head[:64]:
+        raise PlanError(
+            f"{name} has zero bytes in its first line: a plan is UTF-8 text (is it UTF-16, "
+            "or not text at all?)"
+        )
+
+
 def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem]:
     stream: IO[bytes] = raw
     if digest is not None:
         stream = io.BufferedReader(_Hashing(raw, digest), 1 << 16)
     if kind == "csv":
+        peek = getattr(stream, "peek", None)
+        if peek is not None:
+            _refuse_wide(name, peek(64)[:64])
         yield from _read_csv(stream, name)
         return
     first = stream.readline()
+    _refuse_wide(name, first)
     _refuse_csv(name, first)
 
     def lines() -> Iterator[bytes]:

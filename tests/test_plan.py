@@ -268,6 +268,32 @@ def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) 
         plan_format(tmp_path / "export", "xml")
 
 
+@pytest.mark.parametrize("name", ["plan.csv", "plan.jsonl", "export"])
+@pytest.mark.parametrize(
+    ("encoding", "words"),
+    [
+        ("utf-16", "is UTF-16 text: a plan is UTF-8"),
+        ("utf-32", "is UTF-32 text: a plan is UTF-8"),
+        ("utf-16-le", "has zero bytes in its first line"),
+    ],
+)
+def test_a_plan_saved_as_utf16_is_one_plan_error(
+    tmp_path: Path, name: str, encoding: str, words: str
+) -> None:
+    # Excel's "Unicode text" and Windows' "Unicode" are UTF-16: without the check every
+    # line was refused as "not valid JSON" (or the header as unknown columns).
+    text = (
+        '{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n'
+        if name == "plan.jsonl"
+        else "system,record,action,to\nkintone,1:1,assign,eve\n"
+    )
+    (tmp_path / name).write_bytes(text.encode(encoding))
+    with pytest.raises(PlanError, match=re.escape(words)):
+        list(read_plan(tmp_path / name))
+    with pytest.raises(PlanError, match=re.escape(words)):  # a file object: JSON Lines
+        list(read_plan(io.BytesIO(text.encode(encoding))))
+
+
 def test_reading_a_plan_feeds_its_digest(tmp_path: Path) -> None:
     import hashlib
 
