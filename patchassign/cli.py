@@ -648,6 +648,22 @@ def _diff(args: argparse.Namespace) -> int:
 
 def _apply(args: argparse.Namespace) -> int:
     doc, patch = _json_file(args.doc), _json_file(args.patch)
+    if not args.merge and isinstance(patch, dict) and "op" not in patch:
+        # The core's hint names its Python function; here the fix is an argument.
+        swapped = (
+            isinstance(doc, list) and bool(doc) and isinstance(doc[0], dict) and "op" in doc[0]
+        )
+        hint = (
+            f"the arguments are DOC PATCH: {args.doc} looks like the patch"
+            if swapped
+            else "an RFC 7396 merge patch? pass --merge"
+        )
+        print(
+            f"patchassign apply: {args.patch}: a JSON Patch is an array of operations, got an "
+            f"object ({hint})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     try:
         if args.merge:
             result = apply_merge_patch(doc, patch, case_insensitive=args.case_insensitive)
@@ -682,8 +698,12 @@ def _core_parsers(sub: Any) -> None:
     d.set_defaults(func=_diff)
 
     a = sub.add_parser("apply", help="apply PATCH.json to DOC.json and print the result")
-    a.add_argument("doc", type=Path)
-    a.add_argument("patch", type=Path)
+    a.add_argument("doc", type=Path, help="the JSON document")
+    a.add_argument(
+        "patch",
+        type=Path,
+        help="a JSON Patch (an array of operations), or with --merge a merge patch",
+    )
     a.add_argument("--merge", action="store_true", help="PATCH is an RFC 7396 merge patch")
     a.add_argument(
         "--case-insensitive", action="store_true", help="paths ignore case; leading slash optional"

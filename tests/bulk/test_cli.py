@@ -57,6 +57,11 @@ def test_apply_with_case_insensitive_paths(
     merge = write(tmp_path / "m.json", {"department": None})
     assert main(["apply", str(doc), str(merge), "--merge", "--case-insensitive"]) == 0
     assert json.loads(capsys.readouterr().out) == {}
+    # The hints name the CLI's own fix: --merge, or the arguments' order.
+    assert main(["apply", str(doc), str(merge)]) == 1
+    assert "got an object (an RFC 7396 merge patch? pass --merge)" in capsys.readouterr().err
+    assert main(["apply", str(patch), str(doc)]) == 1
+    assert "the arguments are DOC PATCH: " + str(patch) in capsys.readouterr().err
 
 
 def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
