@@ -55,6 +55,28 @@ class UsageError(Exception):
     """A problem with the command line or its input files (exit status 2)."""
 
 
+def _journal_argument(parser: argparse.ArgumentParser) -> None:
+    """The journal, positional or as ``--journal`` (the flag ``run`` takes)."""
+    parser.add_argument(
+        "journal", nargs="?", help="the run's journal (a file or a postgresql:// URL)"
+    )
+    parser.add_argument(
+        "--journal", dest="journal_flag", metavar="FILE|URL", help="the same, as run takes it"
+    )
+    parser.set_defaults(journal_parser=parser)
+
+
+def _journal_given(args: argparse.Namespace) -> None:
+    parser: argparse.ArgumentParser = args.__dict__.pop("journal_parser")
+    flag = args.__dict__.pop("journal_flag", None)
+    if flag is not None:
+        if args.journal is not None and args.journal != flag:
+            parser.error(f"two journals given: {args.journal} and --journal {flag}")
+        args.journal = flag
+    if args.journal is None:
+        parser.error("the journal is required (a file or a postgresql:// URL)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="patchassign",
@@ -183,7 +205,7 @@ def _run_parsers(sub: Any) -> None:
         "failures, unsent, cancelled and never started. `patchassign run redo.jsonl` does "
         "exactly those.",
     )
-    left.add_argument("journal", help="the run's journal (a file or a postgresql:// URL)")
+    _journal_argument(left)
     left.add_argument(
         "--status",
         metavar="LIST",
@@ -201,7 +223,7 @@ def _run_parsers(sub: Any) -> None:
         "what someone changed since (those end as conflicts). Changes that cannot be "
         "undone (delegations; records not read before the write) are counted on stderr.",
     )
-    undo.add_argument("journal", help="the run's journal (a file or a postgresql:// URL)")
+    _journal_argument(undo)
     undo.add_argument("--output", "-o", type=Path, help="write here instead of stdout")
     undo.set_defaults(func=_undo)
 
@@ -213,7 +235,7 @@ def _run_parsers(sub: Any) -> None:
         "last minute; then the runs or workers that worked on the plan. Works while a run "
         "is going on (SQLite: read only; PostgreSQL: any worker's journal).",
     )
-    status.add_argument("journal", help="the journal (a file or a postgresql:// URL)")
+    _journal_argument(status)
     status.add_argument("--json", action="store_true", help="print it as JSON")
     status.set_defaults(func=_status)
 
@@ -865,6 +887,8 @@ def _demo_config(sb: Any, path: Path) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = _parser().parse_args(argv)
+    if "journal_parser" in args:
+        _journal_given(args)
     try:
         status: int = args.func(args)
         return status

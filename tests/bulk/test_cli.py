@@ -411,6 +411,22 @@ def test_a_custom_adapter_from_the_configuration(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["status"], "patchassign status: error: the journal is required"),
+        (["undo", "a.journal", "--journal", "b.journal"], "two journals given"),
+    ],
+)
+def test_the_journal_is_given_once(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (["run", "--join"], "--join needs --journal postgresql://"),
         (["run", "--join", "--journal", "x.journal"], "--join needs --journal postgresql://"),
         (["run"], "give the plan to run"),
@@ -420,6 +436,7 @@ def test_a_custom_adapter_from_the_configuration(
             "--dry-run works on a plan",
         ),
         (["status", "nope.journal"], "no such journal: nope.journal"),
+        (["status", "--journal", "nope.journal"], "no such journal: nope.journal"),
         (["status", "postgresql://u:pw@127.0.0.1:1/d"], "cannot connect"),
         (["leftovers", "postgresql://u@127.0.0.1:1/d?schema=x-y"], "plain name"),
     ],

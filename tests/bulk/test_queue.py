@@ -71,6 +71,11 @@ async def test_leftovers_of_conflicts_and_a_stopped_system_finish_the_job(
         "kintone-3",
         "perscom-4",
     ]
+    # --journal as run takes it, the same journal
+    code, again, _ = await patchassign(
+        small, "leftovers", "--journal", small.journal, "--status", "conflict"
+    )
+    assert (code, again) == (0, conflicts)
     code, _, err = await patchassign(small, "leftovers", small.journal, "--status", "nope")
     assert code == 2
     assert "unknown status 'nope'" in err
