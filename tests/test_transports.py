@@ -7,6 +7,7 @@ server that hangs up) and aioresponses for an unresolvable name.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 from collections.abc import AsyncIterator
 
@@ -23,6 +24,8 @@ from patchassign import (
     TransportError,
 )
 from patchassign.transports import AiohttpTransport
+
+LIMIT = 64 * 1024
 
 
 def free_port() -> int:
@@ -45,8 +48,28 @@ async def server() -> AsyncIterator[str]:
         request.transport.close()
         return web.json_response({})
 
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * (LIMIT + 1), content_type="application/json")
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        # No length, chunk after chunk until the client goes away (a runaway stream).
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(10_000):
+            await response.write(b"y" * 4096)
+        return response
+
+    async def bomb(request: web.Request) -> web.Response:
+        # A small compressed body that unpacks past the limit.
+        packed = gzip.compress(b"{" + b" " * (LIMIT * 8) + b"}")
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        return web.Response(body=packed, headers=headers)
+
     app = web.Application()
     app.router.add_get("/ok", ok)
+    app.router.add_get("/big", big)
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/bomb", bomb)
     app.router.add_get("/slow", slow)
     app.router.add_put("/hang-up", hang_up)
     runner = web.AppRunner(app, handle_signals=False)
@@ -104,3 +127,30 @@ async def test_a_hang_up_after_the_request_is_connection_lost(server: str) -> No
 async def test_every_failure_is_a_transport_error() -> None:
     for cls in (ConnectError, SetupError, ResponseTimeout, ConnectionLost):
         assert issubclass(cls, TransportError)
+
+
+@pytest.mark.parametrize("path", ["/big", "/endless", "/bomb"])
+async def test_an_answer_past_the_size_limit_is_connection_lost_not_read(
+    server: str, path: str
+) -> None:
+    # A URL that serves a download, a runaway stream, a compressed bomb: refused at the
+    # limit (decompressed bytes), so 64 such answers in flight cannot exhaust memory.
+    async with AiohttpTransport(max_body=LIMIT) as t:
+        with pytest.raises(ConnectionLost, match=r"larger than 65,536 bytes") as e:
+            await t.send(HttpRequest("GET", f"http://{server}{path}", {}), timeout=5)
+        assert e.value.sent
+        assert e.value.host == server
+        # The transport goes on: the next request gets its answer.
+        r = await t.send(HttpRequest("GET", f"http://{server}/ok", {}), timeout=2)
+        assert r.json() == {"ok": True}
+
+
+async def test_an_answer_at_the_size_limit_is_read(server: str) -> None:
+    async with AiohttpTransport(max_body=LIMIT + 1) as t:
+        r = await t.send(HttpRequest("GET", f"http://{server}/big", {}), timeout=5)
+    assert len(r.body) == LIMIT + 1
+
+
+def test_the_size_limit_is_positive() -> None:
+    with pytest.raises(ValueError, match="max_body"):
+        AiohttpTransport(max_body=0)

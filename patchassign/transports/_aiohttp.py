@@ -33,6 +33,10 @@ class AiohttpTransport:
         verify_tls: Verify servers' certificates. Turning it off is logged as a warning.
         connect_timeout: Seconds a connection may take to open (within the request's
             timeout).
+        max_body: Largest answer body read, in bytes after decompression (16 MiB): a
+            larger one (a download, a stream that never ends, a compressed bomb) is
+            refused as :class:`~patchassign.errors.ConnectionLost` at that size, so that
+            the answers in flight cannot exhaust memory.
     """
 
     def __init__(
@@ -42,12 +46,16 @@ class AiohttpTransport:
         limit: int = 64,
         verify_tls: bool = True,
         connect_timeout: float = 10.0,
+        max_body: int = 16 * 1024 * 1024,
     ) -> None:
+        if max_body < 1:
+            raise ValueError(f"max_body must be at least 1 byte, got {max_body}")
         self._session = session
         self._own = session is None
         self.limit = limit
         self.verify_tls = verify_tls
         self.connect_timeout = connect_timeout
+        self.max_body = max_body
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def __repr__(self) -> str:
@@ -112,11 +120,23 @@ class AiohttpTransport:
                 timeout=limits,
             )
             try:
-                body = await r.read()
+                # What ``r.read()`` does (a block at a time until the end), bounded.
+                content = r.content
+                blocks = []
+                size = 0
+                while block := await content.readany():
+                    size += len(block)
+                    if size > self.max_body:
+                        raise ConnectionLost(
+                            f"the answer (HTTP {r.status}) is larger than {self.max_body:,} "
+                            "bytes: not read",
+                            host=_host(url),
+                        )
+                    blocks.append(block)
             finally:
-                r.release()
+                r.release()  # a body not read to its end closes the connection
                 await r.wait_for_close()
-            return HttpResponse(r.status, r.headers, body)
+            return HttpResponse(r.status, r.headers, b"".join(blocks))
         except aiohttp.ConnectionTimeoutError:
             raise ConnectError(
                 f"cannot connect within {limits.sock_connect:g}s", host=_host(url)
