@@ -13,9 +13,16 @@ Breakdown (``--breakdown``): the same rounds through steps from the plain loop t
 dispatcher (our transport; the adapter classifying answers; a ``Flow`` per change), to
 show where the difference goes.
 
+Instructions (``--instructions``): the client process runs under valgrind's callgrind,
+which counts the machine instructions it executes; a run of N changes less a run of none
+gives the instructions per change. Unlike time, the count does not move with what the
+machine's neighbours do (it moves by a percent or two with how answers batch up in the
+event loop), so it compares the clients on a noisy machine; it does not see caches or
+the server's pace. With ``--breakdown``, every step of the breakdown is counted.
+
 Run: python -m benchmarks.dispatch [--changes N] [--rounds R] [--concurrency C]
                                    [--memory 10000,100000,1000000] [--uvloop]
-                                   [--overhead | --breakdown]
+                                   [--overhead | --breakdown] [--instructions]
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import multiprocessing as mp
 import random
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,33 +155,114 @@ async def steps(adapter: PerscomAdapter, n: int, first: int, concurrency: int, u
     return rate
 
 
-def breakdown(url: str, token: str, n: int, rounds: int, concurrency: int) -> None:
-    """Where the dispatcher's time goes: from the plain loop to ``Dispatcher.run`` in
-    steps, each measured in the same rounds."""
-    adapter = PerscomAdapter(url, token, notifications=False)
-    rows: dict[str, Any] = {
-        "plain aiohttp loop": lambda k: plain(adapter, n, k, concurrency),
-        "loop over AiohttpTransport": lambda k: steps(adapter, n, k, concurrency, "transport"),
-        "+ the adapter classifies each answer": lambda k: steps(
+def _clients(adapter: PerscomAdapter, concurrency: int) -> dict[str, Any]:
+    """The clients of the breakdown, by name: each takes (first change, changes)."""
+    return {
+        "plain aiohttp loop": lambda k, n: plain(adapter, n, k, concurrency),
+        "loop over AiohttpTransport": lambda k, n: steps(adapter, n, k, concurrency, "transport"),
+        "+ the adapter classifies each answer": lambda k, n: steps(
             adapter, n, k, concurrency, "classify"
         ),
-        "+ a Flow drives each change": lambda k: steps(adapter, n, k, concurrency, "flow"),
-        "Dispatcher.run (+ lanes, limits, record order, results)": lambda k: dispatched(
+        "+ a Flow drives each change": lambda k, n: steps(adapter, n, k, concurrency, "flow"),
+        "Dispatcher.run (+ lanes, limits, record order, results)": lambda k, n: dispatched(
             adapter, n, k, concurrency
         ),
     }
 
+
+_PLAIN, _DISPATCHER = (
+    "plain aiohttp loop",
+    "Dispatcher.run (+ lanes, limits, record order, results)",
+)
+
+
+def _count_child(url: str, token: str, client: str, n: int, concurrency: int) -> None:
+    """One client: 500 changes to warm up, then ``n`` (run under callgrind)."""
+    adapter = PerscomAdapter(url, token, notifications=False)
+    run = _clients(adapter, concurrency)[client]
+
+    async def go() -> None:
+        await run(0, 500)
+        if n:
+            await run(1_000, n)
+
+    _loop_run(go())
+
+
+def instructions(
+    url: str, token: str, n: int, rounds: int, concurrency: int, every_step: bool
+) -> None:
+    """Machine instructions the client process executes per change, under callgrind."""
+    if shutil.which("valgrind") is None:
+        sys.exit("--instructions needs valgrind (Debian: apt install valgrind)")
+    names = list(_clients(PerscomAdapter(url, token), concurrency))
+    if not every_step:
+        names = [_PLAIN, _DISPATCHER]
+
+    def count(client: str, k: int) -> int:
+        proc = subprocess.run(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                "-m",
+                "benchmarks.dispatch",
+                "--count-child",
+                url,
+                token,
+                client,
+                str(k),
+                "--concurrency",
+                str(concurrency),
+                *(["--uvloop"] if UVLOOP else []),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in proc.stderr.splitlines():
+            if "Collected :" in line:
+                return int(line.rsplit(":", 1)[1].strip().replace(",", ""))
+        raise RuntimeError(f"no instruction count from callgrind: {proc.stderr[-500:]}")
+
+    per: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            per[name].append((count(name, n) - count(name, 0)) / n)
+    base = statistics.median(per[_PLAIN])
+    print(
+        f"\n### Instructions per change (callgrind): {n:,} changes less none, "
+        f"{rounds} rounds, concurrency {concurrency}\n"
+    )
+    print("| client | instructions per change (median) | rounds | plain loop's share |")
+    print("|---|---|---|---|")
+    for name, counts in per.items():
+        m = statistics.median(counts)
+        print(
+            f"| {name} | {m / 1000:,.1f}k | {', '.join(f'{c / 1000:,.1f}k' for c in counts)} "
+            f"| {base / m:.1%} |",
+            flush=True,
+        )
+
+
+def breakdown(url: str, token: str, n: int, rounds: int, concurrency: int) -> None:
+    """Where the dispatcher's time goes: from the plain loop to ``Dispatcher.run`` in
+    steps, each measured in the same rounds."""
+    adapter = PerscomAdapter(url, token, notifications=False)
+    rows = _clients(adapter, concurrency)
+
     async def go() -> dict[str, list[float]]:
         got: dict[str, list[float]] = {name: [] for name in rows}
         for run in rows.values():
-            await run(0)  # warm up every path
+            await run(0, n)  # warm up every path
         for r in range(rounds):
             for i, (name, run) in enumerate(rows.items()):
-                got[name].append(await run((r * len(rows) + i + 1) * n))
+                got[name].append(await run((r * len(rows) + i + 1) * n, n))
         return got
 
     got = _loop_run(go())
-    base = statistics.median(got["plain aiohttp loop"])
+    base = statistics.median(got[_PLAIN])
     print(f"\n### Breakdown: {n:,} changes per step, {rounds} rounds, concurrency {concurrency}\n")
     print("| step | changes/s (median) | vs plain loop |\n|---|---|---|")
     for name, rates in got.items():
@@ -298,8 +387,8 @@ def overhead(n: int = 100_000) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Dispatcher throughput and memory.")
-    parser.add_argument("--changes", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--changes", type=int, help="per round (20,000; 2,000 counted)")
+    parser.add_argument("--rounds", type=int, help="5; 3 counted")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--memory", default="10000,100000,1000000")
     parser.add_argument("--uvloop", action="store_true", help="both clients on uvloop")
@@ -307,11 +396,25 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="only the steps from plain loop to dispatcher"
     )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per change under callgrind (valgrind), not time",
+    )
     parser.add_argument("--child", nargs=3, metavar=("URL", "TOKEN", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--count-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.changes is None:
+        args.changes = 2_000 if args.instructions else 20_000
+    if args.rounds is None:
+        args.rounds = 3 if args.instructions else 5
     if args.child:
         url, token, n = args.child
         _memory_child(url, token, int(n), args.concurrency)
+        return
+    if args.count_child:
+        url, token, client, n = args.count_child
+        _count_child(url, token, client, int(n), args.concurrency)
         return
     print(machine())
     if args.overhead:
@@ -324,6 +427,16 @@ def main() -> None:
     try:
         info: dict[str, Any] = parent.recv()
         print(f"server: sandbox PERSCOM fake in a child process, {RECORDS:,} records")
+        if args.instructions:
+            instructions(
+                info["url"],
+                info["token"],
+                args.changes,
+                args.rounds,
+                args.concurrency,
+                args.breakdown,
+            )
+            return
         if args.breakdown:
             breakdown(info["url"], info["token"], args.changes, args.rounds, args.concurrency)
             return
