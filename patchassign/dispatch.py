@@ -1522,12 +1522,10 @@ class Dispatcher:
             pause = min(pause, lane.outage_since + budget - now)
         lane.paused_until = max(lane.paused_until, now + pause)
         if lane.down == 1 or lane.down % 5 == 0:
-            log.warning(
-                "%s: cannot connect (%s); pausing its requests for %.1fs",
-                lane.where,
-                error.detail,
-                pause,
-            )
+            detail = error.detail
+            if not detail.startswith("cannot connect"):  # ours say it; a transport's may not
+                detail = f"cannot connect: {detail}"
+            log.warning("%s: %s; pausing its requests for %.1fs", lane.where, detail, pause)
 
     def _clean(self, text: str) -> str:
         return text if self._scrub is None else self._scrub(text)

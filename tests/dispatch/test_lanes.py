@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import random
 import time
 from collections import Counter
@@ -243,17 +244,25 @@ async def test_states_show_a_throttled_system_while_it_runs() -> None:
     assert seen & {"throttled", "paused"}, seen
 
 
-async def test_an_unreachable_system_stops_after_the_outage_budget() -> None:
+async def test_an_unreachable_system_stops_after_the_outage_budget(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     def down(request: HttpRequest) -> HttpResponse:
         raise ConnectError("cannot connect: [Errno 111] Connection refused", host="m:443")
 
     route = Route(maxsight=FakeMaxsight(fault=down), perscom=FakePerscom())
     policy = RetryPolicy(base=0.01, timeout=1.0, deadline=300.0, outage=0.8)
     t0 = time.monotonic()
-    async with dispatcher(route, retry=policy) as d:
-        results = [r async for r in d.run(interleave(to_maxsight(200), to_perscom(50)))]
-        assert "maxsight" in d.stopped()
+    with caplog.at_level(logging.WARNING, "patchassign.dispatch"):
+        async with dispatcher(route, retry=policy) as d:
+            results = [r async for r in d.run(interleave(to_maxsight(200), to_perscom(50)))]
+            assert "maxsight" in d.stopped()
     elapsed = time.monotonic() - t0
+    # The pause names the system and its host once, and says it once.
+    assert (
+        "maxsight (maxsight.example:443): cannot connect: [Errno 111] Connection refused; "
+        "pausing its requests for"
+    ) in caplog.text
     by = Counter((r.system, r.status) for r in results)
     assert by == {("maxsight", "unsent"): 200, ("perscom", "applied"): 50}
     assert elapsed < 30  # the outage budget, not the 300 s deadline
