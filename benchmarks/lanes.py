@@ -57,6 +57,7 @@ async def timed(
     t0 = time.perf_counter()
     # The sandbox has no per-minute limit: lift PERSCOM's documented 1,000 a minute.
     limits = {"perscom": Limits(concurrency=32), **(limits or {})}
+    limits = {system: lim for system, lim in limits.items() if system in adapters}
     dispatcher = Dispatcher(adapters, limits=limits, retry=retry, concurrency=64)
     async with dispatcher as d, d.run(plan) as run:
         async for r in run:

@@ -300,8 +300,8 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
     interrupted = False
     unconfirmed = 0
     t0 = time.monotonic()
-    limits = {**cfg.limits, **opts.limits}
     adapters = {s: cfg.adapters[s] for s in v.by_system if s in cfg.adapters}
+    limits = {s: lim for s, lim in {**cfg.limits, **opts.limits}.items() if s in adapters}
     inflight: dict[str, dict[int, Item]] = {}
 
     def source(system: str) -> Iterator[Change]:

@@ -464,6 +464,13 @@ def _run(args: argparse.Namespace) -> int:
     _check_run_args(args, args.plan)
     _limits(args.limit)
     config = _load(args.config, lazy=True)
+    known = set(config.adapters) | set(config.broken)
+    for name in _limits(args.limit):
+        if name not in known:
+            raise UsageError(
+                f"--limit {name}=...: {args.config} configures no system {name!r} (systems: "
+                f"{', '.join(sorted(known))})"
+            )
     opts = _options(args, config, args.plan)
     if args.plan is not None:
         _readable(args.plan)
@@ -488,7 +495,7 @@ async def _check(args: argparse.Namespace) -> int:
         print(f"check: {name}: FAILED: {why}")
     async with Dispatcher(
         {s: config.adapters[s] for s in systems},
-        limits=config.limits,
+        limits={s: lim for s, lim in config.limits.items() if s in systems},
         retry=config.retry,
         verify_tls=config.verify_tls,
     ) as d:

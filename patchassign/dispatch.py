@@ -50,6 +50,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ._scrub import Scrubber, header_secrets
+from .changes import _Change
 from .errors import ConfigError, ConnectError, InvalidChange, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
@@ -733,6 +734,31 @@ class _Lane:
         self.calm = False
 
 
+def _not_a_change(error: Exception, item: Any, index: int) -> Exception:
+    """The input broke with ``error`` at ``item``: an item that is not a change at all (a
+    dict, a plan line's text) is the caller's mistake, said as such (``InvalidChange``);
+    anything else goes to the consumer as it is."""
+    if isinstance(error, AttributeError) and item is not None and not isinstance(item, _Change):
+        shown = repr(item)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        return InvalidChange(
+            f"item {index} of the input is not a change but a {type(item).__name__}: {shown} "
+            "(build changes with Assign, Unassign, ... or decode_change)"
+        )
+    return error
+
+
+def _within_bounds(value: msgspec.Struct, what: str) -> None:
+    """Check the bounds a struct's fields declare: msgspec checks them when it decodes
+    (a TOML file), not when Python code builds the struct (``Limits(concurrency=0)``
+    would stall its system until every deadline)."""
+    try:
+        msgspec.convert(msgspec.to_builtins(value), type(value))
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
 def _since(times: deque[float], since: float) -> int:
     """How many of ``times`` (in order) are at or after ``since``."""
     n = 0
@@ -860,7 +886,14 @@ class Dispatcher:
         if isinstance(adapters, Mapping):
             self.adapters: dict[str, Adapter] = dict(adapters)
         else:
-            self.adapters = {a.system: a for a in adapters}
+            self.adapters = {}
+            for a in adapters:
+                system = getattr(a, "system", None)
+                if not isinstance(system, str):
+                    raise ConfigError(f"not an adapter (it has no system name): {a!r}")
+                if self.adapters.get(system, a) is not a:
+                    raise ConfigError(f"two adapters for the system {system!r}: give one")
+                self.adapters[system] = a
         if not 1 <= concurrency <= 10_000:
             raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency}")
         if not 1 <= buffer <= 10_000_000:
@@ -870,13 +903,26 @@ class Dispatcher:
         self.concurrency = concurrency
         self.buffer = buffer
         self.limits = {name: a.limits for name, a in self.adapters.items()}
-        self.limits.update(limits or {})
+        for name, lim in (limits or {}).items():
+            if not isinstance(lim, Limits):
+                raise ConfigError(f"limits[{name!r}] must be a Limits, got {type(lim).__name__}")
+            if name not in self.adapters:
+                # Not an error: one table of limits may serve dispatchers for a few of its
+                # systems each. Said, because a misspelt name leaves its system unlimited.
+                log.warning(
+                    "limits for %r ignored: no adapter for that system here (systems: %s)",
+                    name,
+                    ", ".join(sorted(self.adapters)) or "none",
+                )
+        self.limits.update({k: v for k, v in (limits or {}).items() if k in self.adapters})
         for name, lim in self.limits.items():
             if not isinstance(lim, Limits):
                 raise ConfigError(f"limits[{name!r}] must be a Limits, got {type(lim).__name__}")
+            _within_bounds(lim, f"limits[{name!r}]")
         self.retry = retry or RetryPolicy()
         if not isinstance(self.retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        _within_bounds(self.retry, "retry")
         self.verify_tls = verify_tls
         self.dry_run = dry_run
         self._rng = random.Random(seed)  # noqa: S311 - jitter, not secrets
@@ -1648,16 +1694,28 @@ class _Ready:
 class _Channel:
     """Results from the workers to the one consumer: bounded, in order, cheap."""
 
-    __slots__ = ("_getter", "_putters", "cap", "items")
+    __slots__ = ("_getter", "_putters", "cap", "items", "spill")
 
     def __init__(self, cap: int) -> None:
         self.items: deque[Result | BaseException | None] = deque()
         self.cap = cap
         self._getter: asyncio.Future[None] | None = None
         self._putters: deque[asyncio.Future[None]] = deque()
+        #: Set by :meth:`close`: where results go once nobody takes them.
+        self.spill: list[Result] | None = None
+
+    def close(self, spill: list[Result]) -> None:
+        """The consumer is gone: the results waiting, and any put from now on (or waiting
+        for room), go to ``spill``; nothing waits for room any more."""
+        spill.extend(item for item in self.items if isinstance(item, Result))
+        self.items.clear()
+        self.spill = spill
+        self.cap = 0  # put_nowait refuses, so every put goes the way of put()
+        while self._putters:
+            _wake(self._putters.popleft())
 
     async def put(self, item: Result | BaseException | None) -> None:
-        while len(self.items) >= self.cap:
+        while len(self.items) >= self.cap and self.spill is None:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._putters.append(fut)
             try:
@@ -1666,6 +1724,10 @@ class _Channel:
                 with contextlib.suppress(ValueError):
                     self._putters.remove(fut)
                 raise
+        if self.spill is not None:  # closed: nobody takes it any more
+            if isinstance(item, Result):
+                self.spill.append(item)
+            return
         self.items.append(item)
         getter = self._getter
         if getter is not None and not getter.done():
@@ -1764,6 +1826,7 @@ async def _results(
     async def read() -> None:
         """Hand the input's changes to their lanes; pause only at a full buffer."""
         n = 0
+        change: Any = None
         try:
             source: Any = changes
             if isinstance(source, AsyncIterable):
@@ -1781,7 +1844,7 @@ async def _results(
                     if n & 255 == 0:
                         await asyncio.sleep(0)
         except Exception as e:  # the input itself broke: the consumer hears of it
-            await done.put(e)
+            await done.put(_not_a_change(e, change, state.taken))
         finally:
             state.exhausted = True
             for buffer in buffers.values():
@@ -1796,6 +1859,8 @@ async def _results(
         try:
             if buffer is None:  # no adapter: every change fails, nothing is sent
                 async for change in _aiter(source):
+                    if not isinstance(change, _Change):
+                        raise _not_a_change(AttributeError(), change, n)
                     await done.put(
                         d._no_adapter(n, change)
                         if change.system == system
@@ -1819,6 +1884,8 @@ async def _results(
             index = buffer.taken
             buffer.taken += 1
             state.taken += 1
+            if not isinstance(change, _Change):
+                raise _not_a_change(AttributeError(), change, index)
             if change.system != system:
                 await done.put(_misrouted(index, change, system))
                 continue
@@ -1830,9 +1897,9 @@ async def _results(
                 await asyncio.sleep(0)
 
     async def place(change: Change) -> None:
+        buffer = buffers.get(change.system)
         index = state.taken
         state.taken += 1
-        buffer = buffers.get(change.system)
         if buffer is None:
             await done.put(d._no_adapter(index, change))
             return
@@ -1949,9 +2016,10 @@ async def _results(
         state.channel = None
         stop.set()
         # Finished but never handed over (the consumer stopped first): their changes were
-        # sent, and may be applied; they belong with the others in progress.
-        state.stopped.extend(item for item in done.items if isinstance(item, Result))
-        done.items.clear()
+        # sent, and may be applied; they belong with the others in progress. Workers that
+        # wait for room in the channel (a result, or the end marker of a worker that has
+        # already left ``tracks``) go on at once, or they would wait for ever.
+        done.close(state.stopped)
         for reader in readers:
             reader.cancel()
         for buffer in buffers.values():

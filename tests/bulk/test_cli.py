@@ -170,6 +170,21 @@ tenant = "42"
     assert "s3cret" not in repr(cfg.adapters)
 
 
+def test_a_limit_for_a_system_the_configuration_does_not_name_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("P_TOKEN", "x")
+    config = tmp_path / "systems.toml"
+    config.write_text('[systems.perscom]\nurl = "https://p.example"\ntoken_env = "P_TOKEN"\n')
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text('{"system": "perscom", "record": 1, "action": "assign", "to": "5"}\n')
+    code = main(["run", str(plan), "-c", str(config), "--limit", "persom=2", "--dry-run"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--limit persom=...:" in err
+    assert "configures no system 'persom' (systems: perscom)" in err
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [

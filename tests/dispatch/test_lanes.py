@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 import random
+import re
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from patchassign import (
     Hooks,
     HttpRequest,
     HttpResponse,
+    InvalidChange,
     Limits,
     MockTransport,
     ResponseTimeout,
@@ -715,3 +717,109 @@ async def test_a_lane_drops_a_pace_that_429s_do_not_follow() -> None:
     assert unlucky.refused > 300  # it was a storm
     assert slowdowns >= 2  # the pace was tried, and dropped
     assert lane.learned == 0.0
+
+
+# -- the run's edges: a broken input, a consumer that stops, items that are not changes ---
+
+
+def _alive() -> list[asyncio.Task[Any]]:
+    return [
+        t for t in asyncio.all_tasks() if not t.done() and t.get_name().startswith("patchassign-")
+    ]
+
+
+async def test_a_broken_input_leaves_no_worker_behind() -> None:
+    # PERSCOM's writes go in batches: hundreds of workers, more than the result channel
+    # holds. When the input broke, the workers past the channel's room waited for ever to
+    # hand in their end marker (544 tasks left running per run).
+    def broken() -> Any:
+        yield from to_perscom(3)
+        raise ValueError("plan file vanished")
+
+    route = Route(perscom=FakePerscom())
+    adapter = route.fakes["perscom"].adapter()
+    async with Dispatcher([adapter], transport=MockTransport(route), retry=FAST) as d:
+        with pytest.raises(ValueError, match="plan file vanished"):
+            async for _ in d.run(broken()):
+                pass
+    await asyncio.sleep(0)
+    assert _alive() == []
+
+
+async def test_a_consumer_that_stops_early_gets_every_finished_change_accounted() -> None:
+    route = Route(perscom=FakePerscom())
+    async with dispatcher(route, concurrency=64) as d:
+        got: list[Result] = []
+        async with d.run(to_perscom(2_000)) as run:
+            async for r in run:
+                got.append(r)
+                if len(got) == 10:
+                    await asyncio.sleep(0.05)  # let the channel fill behind us
+                    break
+        stopped = run.stopped
+    await asyncio.sleep(0)
+    assert _alive() == []
+    # Every change whose write was sent is a result the consumer took or one in stopped.
+    fake = route.fakes["perscom"]
+    assert isinstance(fake, FakePerscom)
+    written = {str(rec) for rec in fake.writes}
+    accounted = {str(r.record) for r in got + stopped}
+    assert written <= accounted, sorted(written - accounted)[:5]
+    assert len(stopped) > 0
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        [to_perscom(1)[0], {"system": "perscom", "record": 2}],
+        {"perscom": [to_perscom(1)[0], "a plan line"]},
+    ],
+)
+async def test_an_item_that_is_not_a_change_is_an_invalid_change(source: Any) -> None:
+    route = Route(perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        with pytest.raises(InvalidChange, match=r"item 1 of the input is not a change but a"):
+            async for _ in d.run(source):
+                pass
+    await asyncio.sleep(0)
+    assert _alive() == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"limits": {"perscom": Limits(concurrency=0)}}, "limits['perscom']: Expected `int` >= 1"),
+        ({"limits": {"perscom": Limits(rate=-1.0)}}, "limits['perscom']: Expected `float` > 0"),
+        ({"retry": RetryPolicy(attempts=0)}, "retry: Expected `int` >= 1 - at `$.attempts`"),
+        ({"retry": RetryPolicy(deadline=0.0)}, "retry: Expected `float` > 0.0 - at `$.deadline`"),
+    ],
+)
+def test_limits_and_policies_built_in_python_are_held_to_their_bounds(
+    kw: dict[str, Any], words: str
+) -> None:
+    # msgspec checks the declared bounds when it decodes a TOML file, not when Python
+    # builds the struct: Limits(concurrency=0) stalled its system until every deadline.
+    adapter = FakePerscom().adapter()
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        Dispatcher([adapter], **kw)
+
+
+def test_limits_for_a_system_without_an_adapter_are_said_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One table of limits may serve several dispatchers; a misspelt name is said.
+    with caplog.at_level(logging.WARNING, "patchassign.dispatch"):
+        d = Dispatcher([FakePerscom().adapter()], limits={"persom": Limits(concurrency=1)})
+    assert "limits for 'persom' ignored: no adapter for that system here (systems: perscom)" in (
+        caplog.text
+    )
+    assert set(d.limits) == {"perscom"}
+
+
+def test_two_adapters_for_one_system_are_refused() -> None:
+    one, other = FakePerscom().adapter(), FakePerscom().adapter()
+    with pytest.raises(ConfigError, match="two adapters for the system 'perscom'"):
+        Dispatcher([one, other])
+    Dispatcher([one, one])  # the same one twice is one
+    with pytest.raises(ConfigError, match="not an adapter"):
+        Dispatcher(["perscom"])  # type: ignore[list-item]
