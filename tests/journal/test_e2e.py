@@ -23,6 +23,7 @@ from tests.bulk.test_run import Setup, make, patchassign, small
 __all__ = ["small"]  # the fixture
 
 LIMIT = 3  # per system, for all workers together
+WORKER_TIMEOUT = 180  # seconds a worker may take
 LIMITS = [a for s in SYSTEMS for a in ("--limit", f"{s}={LIMIT}")]
 
 
@@ -43,9 +44,35 @@ async def worker(setup: Setup, url: str, *extra: str) -> asyncio.subprocess.Proc
 
 
 async def finish(proc: asyncio.subprocess.Process) -> tuple[int, str]:
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    """The worker's exit status and output; a worker still running after 180 s is
+    interrupted (its report says what it was waiting for), then killed, and the test fails
+    with what it wrote."""
+    chunks: list[bytes] = []
+
+    async def drain(stream: asyncio.StreamReader | None) -> bytes:
+        data = b""
+        while stream is not None and (block := await stream.read(1 << 16)):
+            data += block
+        return data
+
+    readers = [asyncio.create_task(drain(proc.stdout)), asyncio.create_task(drain(proc.stderr))]
+    try:
+        await asyncio.wait_for(asyncio.shield(proc.wait()), WORKER_TIMEOUT)
+    except TimeoutError:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        chunks = await asyncio.gather(*readers)
+        text = b"".join(chunks).decode(errors="replace")
+        raise AssertionError(
+            f"a worker ran past {WORKER_TIMEOUT} s; what it wrote:\n{text[-6000:]}"
+        ) from None
+    chunks = await asyncio.gather(*readers)
     assert proc.returncode is not None
-    return proc.returncode, out.decode() + err.decode()
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
 
 
 def check_outcome(setup: Setup, url: str) -> Counter[int]:
