@@ -176,6 +176,19 @@ _PLAIN, _DISPATCHER = (
 )
 
 
+def _myself(*args: str, concurrency: int) -> list[str]:
+    """The command that runs this module again in a child process, on the same loop."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.dispatch",
+        *args,
+        "--concurrency",
+        str(concurrency),
+        *(["--uvloop"] if UVLOOP else []),
+    ]
+
+
 def _count_child(url: str, token: str, client: str, n: int, concurrency: int) -> None:
     """One client: 500 changes to warm up, then ``n`` (run under callgrind)."""
     adapter = PerscomAdapter(url, token, notifications=False)
@@ -205,17 +218,7 @@ def instructions(
                 "valgrind",
                 "--tool=callgrind",
                 "--callgrind-out-file=/dev/null",
-                sys.executable,
-                "-m",
-                "benchmarks.dispatch",
-                "--count-child",
-                url,
-                token,
-                client,
-                str(k),
-                "--concurrency",
-                str(concurrency),
-                *(["--uvloop"] if UVLOOP else []),
+                *_myself("--count-child", url, token, client, str(k), concurrency=concurrency),
             ],
             capture_output=True,
             text=True,
@@ -322,18 +325,7 @@ def memory(url: str, token: str, sizes: list[int], concurrency: int) -> None:
     print("|---|---|---|---|---|")
     for n in sizes:
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.dispatch",
-                "--child",
-                url,
-                token,
-                str(n),
-                "--concurrency",
-                str(concurrency),
-                *(["--uvloop"] if UVLOOP else []),
-            ],
+            _myself("--child", url, token, str(n), concurrency=concurrency),
             capture_output=True,
             text=True,
             check=True,

@@ -734,19 +734,16 @@ class _Lane:
         self.calm = False
 
 
-def _not_a_change(error: Exception, item: Any, index: int) -> Exception:
-    """The input broke with ``error`` at ``item``: an item that is not a change at all (a
-    dict, a plan line's text) is the caller's mistake, said as such (``InvalidChange``);
-    anything else goes to the consumer as it is."""
-    if isinstance(error, AttributeError) and item is not None and not isinstance(item, _Change):
-        shown = repr(item)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return InvalidChange(
-            f"item {index} of the input is not a change but a {type(item).__name__}: {shown} "
-            "(build changes with Assign, Unassign, ... or decode_change)"
-        )
-    return error
+def _not_a_change(item: Any, index: int) -> InvalidChange:
+    """An input item that is not a change at all (a dict, a plan line's text): the
+    caller's mistake, said as such."""
+    shown = repr(item)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return InvalidChange(
+        f"item {index} of the input is not a change but a {type(item).__name__}: {shown} "
+        "(build changes with Assign, Unassign, ... or decode_change)"
+    )
 
 
 def _within_bounds(value: msgspec.Struct, what: str) -> None:
@@ -1844,7 +1841,9 @@ async def _results(
                     if n & 255 == 0:
                         await asyncio.sleep(0)
         except Exception as e:  # the input itself broke: the consumer hears of it
-            await done.put(_not_a_change(e, change, state.taken))
+            if isinstance(e, AttributeError) and not isinstance(change, _Change | None):
+                e = _not_a_change(change, state.taken)  # change.system failed on it
+            await done.put(e)
         finally:
             state.exhausted = True
             for buffer in buffers.values():
@@ -1860,7 +1859,7 @@ async def _results(
             if buffer is None:  # no adapter: every change fails, nothing is sent
                 async for change in _aiter(source):
                     if not isinstance(change, _Change):
-                        raise _not_a_change(AttributeError(), change, n)
+                        raise _not_a_change(change, n)
                     await done.put(
                         d._no_adapter(n, change)
                         if change.system == system
@@ -1885,7 +1884,7 @@ async def _results(
             buffer.taken += 1
             state.taken += 1
             if not isinstance(change, _Change):
-                raise _not_a_change(AttributeError(), change, index)
+                raise _not_a_change(change, index)
             if change.system != system:
                 await done.put(_misrouted(index, change, system))
                 continue
