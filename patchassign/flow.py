@@ -310,6 +310,21 @@ class Flow:
         checked: bool = False,
         wall: float | None = None,
     ) -> None:
+        self._setup(adapter, change, policy, rng, now, index, read_first, dry_run, checked, wall)
+
+    def _setup(
+        self,
+        adapter: Adapter,
+        change: Change,
+        policy: RetryPolicy,
+        rng: random.Random,
+        now: float,
+        index: int,
+        read_first: bool,
+        dry_run: bool,
+        checked: bool,
+        wall: float | None,
+    ) -> None:
         self.adapter = adapter
         self.change = change
         self.policy = policy
@@ -371,7 +386,55 @@ class Flow:
         self.signal = "ok"
         self.after = None
         try:
-            return self._answered(now, response)
+            adapter, change = self.adapter, self.change
+            if not self.writing:
+                read = adapter.current(change, response)
+                if isinstance(read, Current):
+                    self.must_read = False
+                    return self._prepare(read, now)
+                if isinstance(read, Retry):
+                    return self._retry_outcome(read, now)
+                if read.auth:
+                    self.signal = "auth"
+                return self.finish("failed", f"reading the record: {read.reason}", now)
+            outcome = adapter.outcome(change, response)
+            if isinstance(outcome, Applied):
+                self.maybe_applied = False
+                if self.seen is None:  # a blind write (the common fast path): nothing read
+                    return self.finish(
+                        "applied", None, now, version=outcome.version, record_after=outcome.record
+                    )
+                return self.finish(
+                    "applied",
+                    None,
+                    now,
+                    version=outcome.version,
+                    record_after=outcome.record,
+                    **self._fields("applied"),
+                )
+            if isinstance(outcome, Retry):
+                if outcome.ambiguous:
+                    self.maybe_applied = True
+                    self.must_read = True
+                    if not self.versioned:
+                        self.settling = True
+                return self._retry_outcome(outcome, now)
+            if isinstance(outcome, Conflict):
+                if not outcome.recoverable:
+                    return self.finish("conflict", outcome.reason, now, **self._fields("conflict"))
+                self.conflicts += 1
+                if self.conflicts > self.policy.conflicts:
+                    return self.finish(
+                        "conflict",
+                        f"still conflicting after {self.conflicts} re-reads: {outcome.reason}",
+                        now,
+                        **self._fields("conflict"),
+                    )
+                self.must_read = True
+                return self._next(now)
+            if outcome.auth:
+                self.signal = "auth"
+            return self.finish("failed", outcome.reason, now)
         except _TYPED as e:
             return self._typed(e, now)
 
@@ -580,61 +643,11 @@ class Flow:
         if write and not self.versioned:
             # Until then the server may apply this write, even if the request fails early
             # (a proxy dropping the connection while the backend goes on).
-            settled = now + timeout + self.policy.settle_time
+            settle = self.policy.settle  # not settle_time: a property call less per write
+            settled = now + timeout + (self.policy.timeout if settle is None else settle)
             if settled > self.settled_at:
                 self.settled_at = settled
         return Send(request, write, timeout)
-
-    def _answered(self, now: float, response: HttpResponse) -> Step:
-        adapter, change = self.adapter, self.change
-        if not self.writing:
-            read = adapter.current(change, response)
-            if isinstance(read, Current):
-                self.must_read = False
-                return self._prepare(read, now)
-            if isinstance(read, Retry):
-                return self._retry_outcome(read, now)
-            if read.auth:
-                self.signal = "auth"
-            return self.finish("failed", f"reading the record: {read.reason}", now)
-        outcome = adapter.outcome(change, response)
-        if isinstance(outcome, Applied):
-            self.maybe_applied = False
-            if self.seen is None:  # a blind write (the common fast path): nothing read
-                return self.finish(
-                    "applied", None, now, version=outcome.version, record_after=outcome.record
-                )
-            return self.finish(
-                "applied",
-                None,
-                now,
-                version=outcome.version,
-                record_after=outcome.record,
-                **self._fields("applied"),
-            )
-        if isinstance(outcome, Retry):
-            if outcome.ambiguous:
-                self.maybe_applied = True
-                self.must_read = True
-                if not self.versioned:
-                    self.settling = True
-            return self._retry_outcome(outcome, now)
-        if isinstance(outcome, Conflict):
-            if not outcome.recoverable:
-                return self.finish("conflict", outcome.reason, now, **self._fields("conflict"))
-            self.conflicts += 1
-            if self.conflicts > self.policy.conflicts:
-                return self.finish(
-                    "conflict",
-                    f"still conflicting after {self.conflicts} re-reads: {outcome.reason}",
-                    now,
-                    **self._fields("conflict"),
-                )
-            self.must_read = True
-            return self._next(now)
-        if outcome.auth:
-            self.signal = "auth"
-        return self.finish("failed", outcome.reason, now)
 
     def _retry_outcome(self, outcome: Retry, now: float) -> Step:
         if outcome.throttled:

@@ -266,6 +266,13 @@ def test_a_write_without_a_version_token_settles_past_its_timeout_before_a_read(
     assert isinstance(wait, Wait)
     assert wait.seconds == pytest.approx(2.9)  # sent at 0, timeout 1, settle 2
     assert "settle" in wait.reason
+    # no settle time given: the request timeout stands for it
+    same = RetryPolicy(base=0.1, cap=0.2, timeout=1.5, deadline=60.0)
+    g = Flow(adapter, change, policy=same, rng=random.Random(1), now=0.0)
+    g.start(0.0)
+    wait = g.on_error(ConnectionLost("dropped"), 0.1)
+    assert isinstance(wait, Wait)
+    assert wait.seconds == pytest.approx(2.9)  # sent at 0, timeout 1.5, settle 1.5
     # a system with a version token reads back at once (a late write fails its check)
     m = flow()
     m.start(0.0)
