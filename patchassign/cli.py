@@ -604,6 +604,8 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
 
 
 def _readable(path: Path) -> None:
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory, not a file")
     if not path.is_file():
         raise UsageError(f"no such file: {path}")
 
@@ -652,9 +654,21 @@ def _looks_like_plan(path: Path) -> bool:
 
 
 def _json_file(path: Path) -> Any:
-    _readable(path)
+    """A JSON document from ``path``: a file, a pipe (the shell's ``<(...)``), or ``-`` for
+    standard input; read once."""
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+    else:
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory, not a JSON file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"no such file: {path}") from None
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
     try:
-        return msgspec.json.decode(path.read_bytes())
+        return msgspec.json.decode(data)
     except msgspec.DecodeError as e:
         raise UsageError(f"{path}: not JSON: {e}") from None
     except UnicodeDecodeError:
@@ -663,7 +677,13 @@ def _json_file(path: Path) -> Any:
         raise UsageError(f"{path}: {LimitExceeded()}") from None
 
 
+def _one_stdin(*paths: Path) -> None:
+    if [str(p) for p in paths].count("-") > 1:
+        raise UsageError("only one of the files can be - (standard input)")
+
+
 def _diff(args: argparse.Namespace) -> int:
+    _one_stdin(args.a, args.b)
     a, b = _json_file(args.a), _json_file(args.b)
     if args.merge:
         if args.guard:
@@ -676,6 +696,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
+    _one_stdin(args.doc, args.patch)
     doc, patch = _json_file(args.doc), _json_file(args.patch)
     if not args.merge and isinstance(patch, dict) and "op" not in patch:
         # The core's hint names its Python function; here the fix is an argument.
@@ -720,18 +741,19 @@ def _core_parsers(sub: Any) -> None:
     v.set_defaults(func=_validate)
 
     d = sub.add_parser("diff", help="print the patch that turns A.json into B.json")
-    d.add_argument("a", type=Path)
-    d.add_argument("b", type=Path)
+    d.add_argument("a", type=Path, help="the document before (- for standard input)")
+    d.add_argument("b", type=Path, help="the document after (- for standard input)")
     d.add_argument("--merge", action="store_true", help="an RFC 7396 merge patch instead")
     d.add_argument("--guard", action="store_true", help="add test ops pinning the old values")
     d.set_defaults(func=_diff)
 
     a = sub.add_parser("apply", help="apply PATCH.json to DOC.json and print the result")
-    a.add_argument("doc", type=Path, help="the JSON document")
+    a.add_argument("doc", type=Path, help="the JSON document (- for standard input)")
     a.add_argument(
         "patch",
         type=Path,
-        help="a JSON Patch (an array of operations), or with --merge a merge patch",
+        help="a JSON Patch (an array of operations), or with --merge a merge patch (- for "
+        "standard input)",
     )
     a.add_argument("--merge", action="store_true", help="PATCH is an RFC 7396 merge patch")
     a.add_argument(

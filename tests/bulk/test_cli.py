@@ -64,6 +64,48 @@ def test_apply_with_case_insensitive_paths(
     assert "the arguments are DOC PATCH: " + str(patch) in capsys.readouterr().err
 
 
+def test_diff_and_apply_read_standard_input_and_pipes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-`` is standard input; a pipe (the shell's ``<(...)``) is read like a file; a
+    directory or two ``-`` are usage errors that say so."""
+    import os
+    import threading
+
+    b = write(tmp_path / "b.json", {"owner": "eve"})
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"owner": "ada"}')))
+    assert main(["diff", "-", str(b)]) == 0
+    assert json.loads(capsys.readouterr().out) == [
+        {"op": "replace", "path": "/owner", "value": "eve"}
+    ]
+    patch = write(tmp_path / "p.json", [{"op": "add", "path": "/team", "value": "A"}])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'{"owner": "ada"}')))
+    assert main(["apply", "-", str(patch)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"owner": "ada", "team": "A"}
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b'{"owner": "ada", "n": 1}')
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert main(["diff", str(fifo), str(b), "--merge"]) == 0
+    finally:
+        writer.join(10)
+    assert json.loads(capsys.readouterr().out) == {"owner": "eve", "n": None}
+
+    assert main(["diff", "-", "-"]) == 2
+    assert "only one of the files can be -" in capsys.readouterr().err
+    assert main(["apply", str(tmp_path), str(patch)]) == 2
+    assert f"{tmp_path} is a directory" in capsys.readouterr().err
+    assert main(["validate", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a directory" in capsys.readouterr().err
+
+
 def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path / "p.json", [{"op": "add", "path": "/a", "value": 1}])
     assert main(["validate", str(good)]) == 0
