@@ -520,6 +520,8 @@ def _validated(path: Path, config: Config | None, fmt: str | None) -> Validation
 
 
 def _open_journal(where: str, *, read_only: bool = False) -> JournalLike:
+    if not is_url(where) and Path(where).is_dir():
+        raise UsageError(f"{where} is a directory, not a journal")
     if not is_url(where) and not Path(where).is_file():
         raise UsageError(f"no such journal: {where}")
     try:

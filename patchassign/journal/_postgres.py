@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import time
 from collections.abc import Iterable, Iterator
@@ -131,6 +132,9 @@ CREATE TABLE IF NOT EXISTS limit_slots (
 """
 
 
+_OURS = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
 def is_url(where: object) -> bool:
     """Whether ``--journal`` names a PostgreSQL database rather than a file."""
     return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
@@ -196,6 +200,23 @@ def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
             if exists:
                 row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
                 version = None if row is None else str(row[0])
+            if version is None:
+                # A journal is only made in a new or empty schema, never added to tables
+                # of someone else's (a `?schema=public` of an application's database).
+                names = conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                    (schema,),
+                ).fetchall()
+                foreign = sorted({str(r[0]) for r in names} - _OURS)
+                if foreign:
+                    shown_tables = ", ".join(foreign[:5]) + (
+                        f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+                    )
+                    raise JournalError(
+                        f"{shown}: schema {schema!r} is not a patchassign journal (it holds the "
+                        f"tables {shown_tables}); nothing was written to it: choose another "
+                        "?schema="
+                    )
             if version in _UPGRADES:
                 conn.execute(_UPGRADES[version])
                 conn.execute("UPDATE meta SET value = %s WHERE key = 'version'", (_VERSION,))

@@ -14,6 +14,7 @@ fields it touches before and after (or, for a conflict, as they are now).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -201,6 +202,11 @@ class Journal:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             version = _peek_version(conn)
+            foreign = _foreign_tables(conn) if version is None else []
+            if foreign:
+                conn.close()
+                lock.close()
+                raise JournalError(_not_ours(self.path, foreign))
             if version in _UPGRADES:
                 conn.executescript(f"BEGIN; {_UPGRADES[version]} COMMIT;")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'version'", (_VERSION,))
@@ -231,7 +237,15 @@ class Journal:
         except sqlite3.Error as e:
             raise JournalError(f"{self.path}: not a usable journal ({e})") from None
         if version != _VERSION:
+            foreign = _foreign_tables(conn) if version is None else []
             conn.close()
+            if version is None:
+                raise JournalError(
+                    _not_ours(self.path, foreign)
+                    if foreign
+                    else f"{self.path}: not a patchassign journal (an SQLite database without "
+                    "its tables)"
+                )
             raise JournalError(f"{self.path}: not a journal of this patchassign (format {version})")
         self._db = _Db(conn, self.path)
 
@@ -576,6 +590,26 @@ def _where(statuses: Iterable[str] | None, run: int | None) -> tuple[str, tuple[
         parts.append("run = ?")
         args.append(run)
     return ("WHERE " + " AND ".join(parts) if parts else "WHERE 1"), tuple(args)
+
+
+_OURS = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+
+def _foreign_tables(conn: sqlite3.Connection) -> list[str]:
+    """Tables of an SQLite database that a journal does not make (a journal is only ever
+    made in a new file or an empty database, never added to someone else's)."""
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    ).fetchall()
+    return sorted({str(r[0]) for r in rows} - _OURS)
+
+
+def _not_ours(path: Path, foreign: list[str]) -> str:
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return (
+        f"{path}: an SQLite database that is not a patchassign journal (it holds the tables "
+        f"{shown}); nothing was written to it: give --journal a new file"
+    )
 
 
 def _peek_version(conn: sqlite3.Connection) -> str | None:

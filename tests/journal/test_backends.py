@@ -229,3 +229,53 @@ def test_a_journal_of_the_previous_format_is_upgraded_in_place(opener: Opener) -
     rows = {r.line: r for r in j.rows()}
     assert rows[1].status == rows[2].status == "applied"
     assert rows[2].position == 3
+
+
+def test_a_journal_is_never_added_to_someone_elses_database(
+    tmp_path: Path, pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pointed at a database (or schema) that holds other tables, the journal refuses
+    and writes nothing to it; an empty one becomes a journal as before."""
+    import sqlite3
+
+    import psycopg
+
+    from patchassign.cli import main
+
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.close()
+
+    def tables() -> list[str]:
+        c = sqlite3.connect(app)
+        try:
+            return sorted(r[0] for r in c.execute("SELECT name FROM sqlite_master"))
+        finally:
+            c.close()
+
+    for read_only in (False, True):
+        with pytest.raises(JournalError, match=r"not a patchassign journal .*customers"):
+            open_journal(str(app), read_only=read_only)
+    for command in ("undo", "leftovers", "status"):
+        assert main([command, str(app)]) == 2
+        assert "it holds the tables customers" in capsys.readouterr().err
+    assert tables() == ["customers"]
+
+    empty = tmp_path / "empty.db"
+    sqlite3.connect(empty).close()
+    with pytest.raises(JournalError, match="without its tables"):
+        open_journal(str(empty), read_only=True)
+    open_journal(str(empty)).close()  # an empty database is a new journal
+
+    with psycopg.connect(pg_url, autocommit=True) as pg:
+        pg.execute("CREATE TABLE public.meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        pg.execute("CREATE TABLE public.orders (id INTEGER PRIMARY KEY)")
+        with pytest.raises(JournalError, match=r"schema 'public' is not a patchassign .*orders"):
+            open_journal(pg_url + "?schema=public")
+        left = pg.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+        ).fetchall()
+        assert sorted(r[0] for r in left) == ["meta", "orders"]
+        assert pg.execute("SELECT count(*) FROM public.meta").fetchone() == (0,)
+        open_journal(pg_url).close()  # its own schema, as before
