@@ -163,6 +163,11 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
         change: Change = _decoder.decode(data)
     except msgspec.ValidationError as e:
         reason, field = _split(str(e))
+        if reason == "Expected `object`, got `array`":
+            reason += (
+                " (a plan is JSON Lines: one change object per line, not a JSON array; "
+                "jq -c '.[]' turns an array into lines)"
+            )
         raise InvalidChange(reason, line=line, field=field) from None
     except msgspec.DecodeError as e:
         raise InvalidChange(f"not valid JSON: {e}", line=line) from None

@@ -629,6 +629,11 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             patch = JsonPatch.from_json(data, case_insensitive=args.case_insensitive)
         except PatchError as e:
+            if _array_of_changes(data):
+                raise UsageError(
+                    f"{path}: a JSON array of changes, not a JSON Patch: a plan is JSON Lines, "
+                    "one change per line (jq -c '.[]' turns the array into lines)"
+                ) from None
             raise UsageError(f"{path}: {e}") from None
         print(f"{path}: a valid JSON Patch of {len(patch)} operation(s)")
         return EXIT_OK
@@ -645,6 +650,15 @@ def _validate(args: argparse.Namespace) -> int:
         raise UsageError(str(unusable_error(v)))
     # Bad input: the same exit status as `run` gives for the same plan.
     return EXIT_OK if not v.invalid else EXIT_USAGE
+
+
+def _array_of_changes(data: bytes) -> bool:
+    try:
+        doc = msgspec.json.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return False
+    first = doc[0] if isinstance(doc, list) and doc else None
+    return isinstance(first, dict) and "system" in first and "op" not in first
 
 
 def _looks_like_plan(path: Path) -> bool:

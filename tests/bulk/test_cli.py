@@ -106,6 +106,22 @@ def test_diff_and_apply_read_standard_input_and_pipes(
     assert f"{tmp_path} is a directory" in capsys.readouterr().err
 
 
+def test_a_plan_written_as_a_json_array_is_told_to_be_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = write(
+        tmp_path / "plan.json",
+        [{"system": "perscom", "record": 1, "action": "assign", "to": "7"}],
+    )
+    assert main(["validate", str(plan)]) == 2
+    assert "a JSON array of changes, not a JSON Patch: a plan is JSON Lines" in (
+        capsys.readouterr().err
+    )
+    assert main(["validate", str(plan), "--plan"]) == 2
+    said = capsys.readouterr()
+    assert "line 1: Expected `object`, got `array` (a plan is JSON Lines" in said.out + said.err
+
+
 def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path / "p.json", [{"op": "add", "path": "/a", "value": 1}])
     assert main(["validate", str(good)]) == 0
