@@ -33,7 +33,7 @@ from ._scrub import Scrubber as _Scrubber
 from .dispatch import Limits, RetryPolicy
 from .errors import ConfigError
 from .systems import ADAPTERS, Adapter, BaseAdapter, Credentials, Secret, SystemConfig
-from .systems._base import keyword_options, plain, read_config
+from .systems._base import keyword_options, plain, read_config, unknown_hint
 from .systems.rest import RestAdapter
 
 __all__ = ["Config", "SystemConfig", "load_config", "parse_config"]
@@ -133,7 +133,7 @@ def parse_config(
     try:
         file = msgspec.convert(data, _File)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"{source}: {plain(str(e))}") from None
+        raise ConfigError(f"{source}: {plain(str(e))}{_file_hint(str(e))}") from None
     env = os.environ if env is None else env
     adapters: dict[str, Adapter] = {}
     limits: dict[str, Limits] = {}
@@ -175,6 +175,16 @@ def parse_config(
     return Config(
         adapters, limits, file.retry, file.concurrency, file.verify_tls, tuple(read), broken
     )
+
+
+def _file_hint(message: str) -> str:
+    """What the file's top level or its ``[retry]`` table takes, for an unknown key."""
+    unknown = re.search(r"unknown field `([^`]*)`", message)
+    if unknown is not None and unknown.group(1) in ADAPTERS and " - at `$." not in message:
+        return f" (a system's settings go in a [systems.{unknown.group(1)}] table)"
+    if message.endswith(" - at `$.retry`"):
+        return unknown_hint(message.removesuffix(" - at `$.retry`"), RetryPolicy)
+    return unknown_hint(message, _File)
 
 
 def _secrets_of(table: Mapping[str, Any], env: Mapping[str, str]) -> list[Secret]:

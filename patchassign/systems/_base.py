@@ -254,7 +254,23 @@ def read_config(kind: type[_C], table: Mapping[str, Any]) -> _C:
     try:
         return msgspec.convert(dict(table), kind)
     except msgspec.ValidationError as e:
-        raise ConfigError(plain(str(e))) from None
+        raise ConfigError(plain(str(e)) + unknown_hint(str(e), kind)) from None
+
+
+def unknown_hint(message: str, kind: type[Any]) -> str:
+    """For msgspec's "unknown field `x`" on a table of ``kind``: the keys it takes, and
+    where a secret goes instead when ``x_env`` is one of them (``""`` otherwise)."""
+    found = re.search(r"unknown field `([^`]*)`", message)
+    fields = getattr(kind, "__struct_fields__", None)
+    if found is None or not fields or " - at `$." in message:  # a nested table's key
+        return ""
+    key = found.group(1)
+    if f"{key}_env" in fields:
+        return (
+            f' (secrets are read from the environment: {key}_env = "VARIABLE" names the '
+            "variable that holds it)"
+        )
+    return f" (known: {', '.join(sorted(fields))})"
 
 
 def keyword_options(cls: type[Any], table: Mapping[str, Any], credentials: Credentials) -> Any:
