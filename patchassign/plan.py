@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
@@ -199,9 +200,25 @@ def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem
 def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
-        yield from _rows(csv.reader(text, strict=True), name)
+        header = text.readline()
+        reader = csv.reader(
+            itertools.chain([header], text), delimiter=_delimiter(header), strict=True
+        )
+        yield from _rows(reader, name)
     finally:
         text.detach()  # the caller closes the file
+
+
+def _delimiter(header: str) -> str:
+    """``,`` unless the header is one cell that ``;`` or a tab splits into plan members
+    only: a spreadsheet saved with its locale's list separator (``;`` where the decimal
+    mark is a comma), or tab-separated text."""
+    if "," not in header:
+        for d in (";", "\t"):
+            cells = [c.strip().strip('"').strip().lower() for c in header.split(d)]
+            if len(cells) > 1 and all(c in _MEMBERS for c in cells):
+                return d
+    return ","
 
 
 def _rows(reader: Any, name: str) -> Iterator[PlanItem]:
@@ -223,6 +240,12 @@ def _rows(reader: Any, name: str) -> Iterator[PlanItem]:
         if c in seen:
             raise PlanError(f"{name}: row 1 (the header): column {c!r} appears twice")
         seen.add(c)
+    missing = [c for c in ("system", "record", "action") if c not in seen]
+    if missing:
+        raise PlanError(
+            f"{name}: row 1 (the header): no {' or '.join(map(repr, missing))} column; "
+            "every change needs its system, record and action"
+        )
     row_number = 1
     while True:
         row_number += 1

@@ -242,11 +242,43 @@ def test_a_quoted_cell_may_span_lines_and_rows_are_numbered_as_written(tmp_path:
     [
         ("system,record,action,owner", "unknown column(s) 'owner'"),
         ("system,record,system", "column 'system' appears twice"),
+        # said once at the header, not once per row of a 200,000-row export
+        ("system,record,to", "no 'action' column; every change needs its system, record and"),
+        ("action,to", "no 'system' or 'record' column"),
+        # a separator other than , is taken only when it splits the header into members
+        ("system;record;owner", "unknown column(s) 'system;record;owner'"),
     ],
 )
 def test_a_bad_csv_header_is_one_plan_error(tmp_path: Path, header: str, words: str) -> None:
     with pytest.raises(PlanError, match=re.escape(words)):
         csv_plan(tmp_path, f"{header}\nkintone,1:1,assign\n")
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_csv_plan_separated_by_semicolons_or_tabs_is_read_as_written(
+    tmp_path: Path, sep: str
+) -> None:
+    """Excel saves "CSV" with the locale's list separator: ``;`` where the decimal mark is
+    a comma (most of Europe). The header tells which one a file uses."""
+    got = csv_plan(
+        tmp_path,
+        "\ufeff"
+        + sep.join(["System", "record", "action", "to", "comment"])
+        + "\r\n"
+        + sep.join(["maxsight", "t1", "assign", "team-b", "moved, as agreed"])
+        + "\r\n"
+        + sep.join(["kintone", "1:2", "assign", "ada | bob", '"a; b"'])
+        + "\r\n",
+    )
+    assert got == [
+        (
+            2,
+            Assign(
+                system="maxsight", record="t1", to="team-b", comment="moved, as agreed", id="line-2"
+            ),
+        ),
+        (3, Assign(system="kintone", record="1:2", to=["ada", "bob"], comment="a; b", id="line-3")),
+    ]
 
 
 def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) -> None:
