@@ -666,7 +666,11 @@ def _looks_like_plan(path: Path) -> bool:
         return True
     with open(path, "rb") as f:
         head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
-    return head.startswith(b"{")
+    first = head.split(b"\n", 1)[0].lower()
+    # JSON Lines, or a CSV header (a JSON Patch starts with "[")
+    return head.startswith(b"{") or (
+        b"system" in first and b"record" in first and b"[" not in first
+    )
 
 
 def _json_file(path: Path) -> Any:

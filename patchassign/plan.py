@@ -97,9 +97,13 @@ def _refuse_csv(path: str | Path, first: bytes) -> None:
     """A JSON Lines plan whose first line is a CSV header: one clear error, not one per
     line."""
     text = first.removeprefix(_BOM).strip()
-    if text.startswith(b"{") or b"," not in text:
+    if text.startswith(b"{"):
         return
-    names = {c.strip().strip('"').lower() for c in text.decode("utf-8", "replace").split(",")}
+    header = text.decode("utf-8", "replace")
+    sep = next((d for d in (",", ";", "\t") if d in header), None)
+    if sep is None:
+        return
+    names = {c.strip().strip('"').lower() for c in header.split(sep)}
     if {"system", "record"} <= names or len(names & set(_MEMBERS)) >= 2:
         fix = (
             "leave out --format jsonl (a .csv file is read as CSV)"

@@ -284,6 +284,8 @@ def test_a_csv_plan_separated_by_semicolons_or_tabs_is_read_as_written(
 def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"looks like CSV.*name it \.csv or pass --format csv"):
         csv_plan(tmp_path, "system,record,action,to\nkintone,1:1,assign,eve\n", "plan.jsonl")
+    with pytest.raises(PlanError, match=r"looks like CSV \(its first line is a header: system;"):
+        csv_plan(tmp_path, "system;record;action;to\nkintone;1:1;assign;eve\n", "plan.jsonl")
     (tmp_path / "plan.csv").write_text("system,record,action,to\nkintone,1:1,assign,eve\n")
     with pytest.raises(PlanError, match="leave out --format jsonl"):
         list(read_plan(tmp_path / "plan.csv", format="jsonl"))

@@ -123,6 +123,15 @@ def test_a_plan_written_as_a_json_array_is_told_to_be_json_lines(
     assert "line 1: Expected `object`, got `array` (a plan is JSON Lines" in said.out + said.err
 
 
+def test_validate_tells_a_csv_plan_by_its_header_whatever_its_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export = tmp_path / "export.txt"
+    export.write_text("system;record;action;to\r\nperscom;1;assign;7\r\n")
+    assert main(["validate", str(export)]) == 0
+    assert "1 valid change(s) (1 perscom)" in capsys.readouterr().out
+
+
 def test_validate_a_patch_and_a_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path / "p.json", [{"op": "add", "path": "/a", "value": 1}])
     assert main(["validate", str(good)]) == 0
