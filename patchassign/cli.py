@@ -40,6 +40,7 @@ from .journal import JournalError, JournalLike, is_url, open_journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
 from .report import LEFTOVER_STATUSES, render_status, write_leftovers, write_undo
+from .systems._base import plain
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -335,13 +336,21 @@ def _limits(specs: list[str]) -> dict[str, Limits]:
                 f"--limit {spec!r}: expected SYSTEM=C[:RATE[:BURST]] with a system name"
             )
         parts = values.split(":")
+        form = "expected SYSTEM=CONCURRENCY[:RATE[:BURST]], e.g. perscom=8:10:5"
+        if len(parts) > 3:
+            raise UsageError(f"--limit {spec!r}: {form}")
         try:
             conc = int(parts[0])
             rate = float(parts[1]) if len(parts) > 1 and parts[1] else None
             burst = int(parts[2]) if len(parts) > 2 else 1
+        except ValueError:
+            raise UsageError(
+                f"--limit {spec!r}: {form} (whole numbers, the rate in requests/s)"
+            ) from None
+        try:
             out[name] = msgspec.convert({"concurrency": conc, "rate": rate, "burst": burst}, Limits)
-        except (ValueError, IndexError, msgspec.ValidationError) as e:
-            raise UsageError(f"--limit {spec!r}: {e}") from None
+        except msgspec.ValidationError as e:
+            raise UsageError(f"--limit {spec!r}: {plain(str(e))}") from None
     return out
 
 

@@ -254,6 +254,27 @@ def test_a_limit_for_a_system_the_configuration_does_not_name_is_a_usage_error(
 
 
 @pytest.mark.parametrize(
+    ("spec", "said"),
+    [
+        ("perscom=", "expected SYSTEM=CONCURRENCY[:RATE[:BURST]], e.g. perscom=8:10:5 (whole"),
+        ("perscom=a:b", "expected SYSTEM=CONCURRENCY[:RATE[:BURST]]"),
+        ("perscom=1:2:3:4", "expected SYSTEM=CONCURRENCY[:RATE[:BURST]]"),
+        ("perscom=0", "--limit 'perscom=0': concurrency: Expected `int` >= 1"),
+        ("perscom=5:-1", "--limit 'perscom=5:-1': rate: Expected `float` > 0.0"),
+    ],
+)
+def test_a_bad_limit_says_the_form_or_the_bound(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spec: str, said: str
+) -> None:
+    plan = tmp_path / "plan.jsonl"
+    plan.write_text('{"system": "perscom", "record": 1, "action": "assign", "to": "5"}\n')
+    assert main(["run", str(plan), "-c", str(tmp_path / "none.toml"), "--limit", spec]) == 2
+    err = capsys.readouterr().err
+    assert said in err
+    assert "invalid literal" not in err
+
+
+@pytest.mark.parametrize(
     ("data", "message"),
     [
         ({}, "systems"),
