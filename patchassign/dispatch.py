@@ -145,6 +145,11 @@ class _Slots:
         self.free += 1
 
 
+def _whole(n: object) -> bool:
+    """An ``int`` and not a ``bool`` (``True`` would pass as 1)."""
+    return isinstance(n, int) and not isinstance(n, bool)
+
+
 class _Flag:
     """A run's stop switch: set once, read for every change (an attribute read where
     ``asyncio.Event.is_set`` is a call; nothing waits on it)."""
@@ -906,10 +911,10 @@ class Dispatcher:
                 if self.adapters.get(system, a) is not a:
                     raise ConfigError(f"two adapters for the system {system!r}: give one")
                 self.adapters[system] = a
-        if not 1 <= concurrency <= 10_000:
-            raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency}")
-        if not 1 <= buffer <= 10_000_000:
-            raise ConfigError(f"buffer must be between 1 and 10000000, got {buffer}")
+        if not _whole(concurrency) or not 1 <= concurrency <= 10_000:
+            raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency!r}")
+        if not _whole(buffer) or not 1 <= buffer <= 10_000_000:
+            raise ConfigError(f"buffer must be between 1 and 10000000, got {buffer!r}")
         if transport is not None and session is not None:
             raise ConfigError("give a transport or a session, not both")
         self.concurrency = concurrency

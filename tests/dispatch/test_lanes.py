@@ -792,6 +792,10 @@ async def test_an_item_that_is_not_a_change_is_an_invalid_change(source: Any) ->
         ({"limits": {"perscom": Limits(rate=-1.0)}}, "limits['perscom']: Expected `float` > 0"),
         ({"retry": RetryPolicy(attempts=0)}, "retry: Expected `int` >= 1 - at `$.attempts`"),
         ({"retry": RetryPolicy(deadline=0.0)}, "retry: Expected `float` > 0.0 - at `$.deadline`"),
+        # a number of the wrong type is a ConfigError too, not a TypeError from a comparison
+        ({"concurrency": "8"}, "concurrency must be between 1 and 10000, got '8'"),
+        ({"concurrency": True}, "concurrency must be between 1 and 10000, got True"),
+        ({"buffer": 2.5}, "buffer must be between 1 and 10000000, got 2.5"),
     ],
 )
 def test_limits_and_policies_built_in_python_are_held_to_their_bounds(
