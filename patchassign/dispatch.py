@@ -85,6 +85,10 @@ _new = object.__new__
 #: A lane begins with this many requests in flight (at most its limit) and opens up by
 #: one per answer that is not refused (slow start).
 _FIRST_WINDOW = 4
+#: Seconds between two steps of a learned rate's fast climb (see ``_Lane._climb``).
+_CLIMB_STEP = 0.25
+#: A learned rate measured over less than this many seconds climbs fast.
+_SHORT_MEASURE = 0.5
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 
@@ -427,6 +431,9 @@ class _Lane:
 
     __slots__ = (
         "_burst_tolerance",
+        "_climb_at",
+        "_climbed_from",
+        "_climbing",
         "_cut_until",
         "_interval",
         "_ok",
@@ -507,6 +514,11 @@ class _Lane:
         self._untracked = False
         #: When the last pause for a slowdown ended.
         self._resumed = 0.0
+        #: No 429 since the rate was last learned: the pace climbs by a tenth every
+        #: quarter second (a measure can be far under what the server takes).
+        self._climbing = False
+        self._climb_at = 0.0
+        self._climbed_from = 0.0  # the pace before the climb's last step
         self._tat = 0.0
         self._sleepers: set[asyncio.Future[None]] = set()
         self.paused_until = 0.0
@@ -639,8 +651,11 @@ class _Lane:
         """An answer that is not a refusal: the system is up and takes our credentials."""
         self._ok.append(now)
         if self.learned:
-            # Probe upwards: about two requests/s more for each second of answers.
+            # Probe upwards: about two requests/s more for each second of answers, and
+            # faster while no 429 has come since a rate measured in a hurry.
             self.learned += 2.0 / self.learned
+            if self._climbing and now >= self._climb_at:
+                self._climb(now)
             self._interval = max(self._rate_interval, 1.0 / self.learned)
         self.down = 0
         self.outage_since = None
@@ -662,9 +677,26 @@ class _Lane:
                 self._relieved = True
         self.calm = self.window >= self.max and not self.pressure and not self.learned
 
+    def _climb(self, now: float) -> None:
+        """A step of the climb: a tenth more, while the pace is what holds the lane back
+        (at most twice the rate answered since the last pause, over the last second)."""
+        self._climb_at = now + _CLIMB_STEP
+        since = max(now - 1.0, self._resumed)
+        if now - since < _CLIMB_STEP:
+            return  # just resumed: nothing to go by yet
+        answered = _since(self._ok, since) / (now - since)
+        if self.learned * 1.1 <= 2.0 * answered:
+            self._climbed_from = self.learned
+            self.learned *= 1.1
+
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
         self.calm = False
+        if self._climbing and now >= self._cut_until:  # (not a request from before the pause)
+            # Past the limit: back to the last step's pace, then only the slow climb.
+            self._climbing = False
+            self.learned = self._climbed_from
+            self._interval = max(self._rate_interval, 1.0 / self.learned)
         self.down = 0
         self.outage_since = None
         self._refused.append(now)
@@ -707,6 +739,7 @@ class _Lane:
             if not self._relieved and taken >= 3 and passed < 0.75 and passed <= self._passed + 0.1:
                 self._untracked = True
                 self.learned = 0.0
+                self._climbing = False
                 self._interval = self._rate_interval
                 self._tolerance = self._burst_tolerance
                 return
@@ -719,6 +752,11 @@ class _Lane:
             return
         self._passed = passed
         self._relieved = False
+        # A measure over a short while can be far under what the server takes (a burst
+        # refused within milliseconds): from such a measure the pace climbs fast.
+        self._climbing = now - since < _SHORT_MEASURE
+        self._climbed_from = self.learned
+        self._climb_at = max(now, self.paused_until) + _CLIMB_STEP
         ok.clear()
         refused.clear()
         self._interval = max(self._rate_interval, 1.0 / self.learned)

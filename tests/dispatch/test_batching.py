@@ -355,7 +355,10 @@ async def test_batches_with_faults_apply_every_change_once(system: str) -> None:
         # again: how many batches hold a bad change depends on timing, 2 to 7 of them).
         assert server.stats.count(status=429) + server.stats.count(status=503) > 0
         if system == "kintone":
-            assert server.stats.count() < 0.3 * n
+            # One by one: 2 per change (1,200). Batched: 114 to 178 in 24 runs; how many
+            # depends on how the faults and the lingering batches meet (185 once, on a
+            # busy machine).
+            assert server.stats.count() < 0.5 * n, server.stats.requests
         else:
             writes = server.stats.count("batch") + server.stats.count("update")
             assert writes < 0.2 * n, server.stats.requests

@@ -719,6 +719,105 @@ async def test_a_lane_drops_a_pace_that_429s_do_not_follow() -> None:
     assert lane.learned == 0.0
 
 
+def _lane_against(lane: Any, seconds: float, answer: Any) -> list[tuple[float, bool]]:
+    """Drive a lane in virtual time, as the dispatcher does with an instant server and
+    always more work: each request goes as soon as the lane's pace and pauses let it (at
+    most 2,000 a second); ``answer(now)`` says whether the server took it. Returns
+    ``(time, refused)`` per request."""
+    now, sent = 0.0, []
+    while now < seconds:
+        now = max(now + max(lane._interval, 0.0005), lane.paused_until)
+        if answer(now):
+            if not lane.calm:
+                lane.answered(now)
+            sent.append((now, False))
+        else:
+            lane.throttled(1.0, now)
+            sent.append((now, True))
+    return sent
+
+
+def _token_bucket(rate: float, burst: int = 10) -> Any:
+    state = {"tokens": float(burst), "last": 0.0}
+
+    def take(now: float) -> bool:
+        state["tokens"] = min(burst, state["tokens"] + (now - state["last"]) * rate)
+        state["last"] = now
+        if state["tokens"] >= 1.0:
+            state["tokens"] -= 1.0
+            return True
+        return False
+
+    return take
+
+
+def _new_lane() -> Any:
+    from patchassign.dispatch import _Lane
+
+    return _Lane(FakeMaxsight().adapter(), Limits(concurrency=16), RetryPolicy().slowdown)
+
+
+@pytest.mark.parametrize("rate", [200.0, 1000.0])
+def test_a_rate_measured_in_a_hurry_climbs_to_the_servers_limit(rate: float) -> None:
+    """The first slowdown measures the rate within milliseconds of the first 429s: 99
+    requests/s against a limit of 200, 180 against 1,000. Climbing two requests/s per
+    second from there took minutes (1,000/s: still 200 after 11 s). Until the next 429,
+    the pace climbs by a tenth every quarter second; the first 429 steps it back."""
+    lane = _new_lane()
+    sent = _lane_against(lane, 8.0, _token_bucket(rate))
+    last = [refused for t, refused in sent if t >= 7.0]
+    assert lane.slowdowns == 1
+    assert last.count(False) >= 0.95 * rate  # the server's whole rate, within seconds
+    assert lane.learned < 1.2 * rate  # not far past it
+
+
+def test_the_fast_climb_ends_at_the_first_429_one_step_back() -> None:
+    lane = _new_lane()
+    # 200 answers a second, then a storm of 429s within 10 ms: a measure in a hurry.
+    t = 0.0
+    for _ in range(10):
+        t += 0.001
+        lane.answered(t)
+    while not lane.slowdowns:
+        t += 0.0005
+        lane.throttled(1.0, t)
+    measured = lane.learned
+    assert lane._climbing
+    assert measured > 0
+    t = lane.paused_until
+    for _ in range(int(2.0 * measured)):  # two seconds at the pace: it climbs
+        t += lane._interval
+        lane.answered(t)
+    before_step = lane._climbed_from
+    assert lane.learned > 1.5 * measured
+    assert lane.learned == pytest.approx(before_step * 1.1, rel=0.01)
+    lane.throttled(1.0, t + 0.001)  # the limit: back one step, then the slow climb only
+    assert not lane._climbing
+    assert lane.learned == before_step
+    for _ in range(100):
+        t += lane._interval
+        lane.answered(t)
+    assert lane.learned == pytest.approx(before_step + 100 * 2.0 / before_step, rel=0.02)
+
+
+def test_429s_at_random_get_no_fast_climb() -> None:
+    """Random 429s (10% of answers, whatever the rate) end a climb at its first step: the
+    pace moves by two requests/s per second, as it did before the climb existed."""
+    rng = random.Random(3)
+    lane = _new_lane()
+    paces: list[float] = []
+
+    def answer(now: float) -> bool:
+        paces.append(lane.learned)
+        return rng.random() >= 0.1
+
+    _lane_against(lane, 10.0, answer)
+    assert lane.slowdowns  # a burst of them made it pace itself
+    assert max(paces) > 0
+    steps = [b / a for a, b in itertools.pairwise(paces) if a and b]
+    assert max(steps) < 1.01  # never a tenth at once
+
+
 # -- the run's edges: a broken input, a consumer that stops, items that are not changes ---
 
 
