@@ -409,6 +409,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
                 opts.progress_interval,
                 dispatcher.states,
                 left=journal.left if isinstance(journal, PgJournal) else None,
+                paces=dispatcher.paces,
             )
             progress.start()
             # Loaded items were checked by their adapters when the plan was loaded.
@@ -434,9 +435,20 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             journal.finish(interrupted=interrupted)
             report = _report(opts, v, journal, run_counts, t0, interrupted, skipped, unconfirmed)
             report.load_time = load_time
+            report.throttled = _throttled(dispatcher)
             if interrupted:
                 out.write(report.render() + "\n")
     return report
+
+
+def _throttled(d: Dispatcher) -> list[tuple[str, int, int]]:
+    """The systems that answered 429, for the report."""
+    slowdowns = d.slowdowns()
+    return [
+        (system, n, slowdowns.get(system, 0))
+        for (system, status), n in sorted(d.counts.items())
+        if status == 429 and n
+    ]
 
 
 def _report(

@@ -547,6 +547,11 @@ class _Lane:
     def limit(self) -> int:
         return max(1, int(self.window)) if self.max else 0
 
+    @property
+    def pace(self) -> float | None:
+        """Requests/s the lane sends at while it paces itself under a learned rate."""
+        return 1.0 / self._interval if self.learned and self._interval else None
+
     def resize(self, concurrency: int, rate: float | None, burst: int) -> None:
         """New limits (a share of limits held with other processes): requests in flight
         above a lower limit finish; nothing new starts until they are under it."""
@@ -1157,6 +1162,11 @@ class Dispatcher:
         """How many times each system was slowed down after many 429s."""
         return {name: lane.slowdowns for name, lane in self._lanes.items()}
 
+    def paces(self) -> dict[str, float]:
+        """Requests/s each system is paced at now, learned from its 429s (the systems
+        that are not pacing themselves are absent; a configured ``rate`` is a ceiling)."""
+        return {name: pace for name, lane in self._lanes.items() if (pace := lane.pace)}
+
     def states(self) -> dict[str, str]:
         """Each system's state now, for a progress display: ``stopped`` (fail-fast),
         ``paused`` (unreachable, or waiting out a server's Retry-After), ``throttled``
@@ -1567,21 +1577,27 @@ class Dispatcher:
             before = lane.limit
             pause = lane.throttled(flow.after, now)
             if pause is not None:
+                pace = lane.pace
                 log.log(
                     logging.WARNING if lane.limit < before else logging.DEBUG,
-                    "%s: many requests throttled (429); slowing down to %d in flight, "
+                    "%s: many requests throttled (429); slowing down to %d in flight%s, "
                     "pausing %.1fs",
                     lane.where,
                     lane.limit,
+                    f" and {pace:,.1f} requests/s" if pace else "",
                     pause,
                 )
-            if pause is not None and self._on_slowdown:
-                self._emit(
-                    self._on_slowdown,
-                    SlowdownEvent(
-                        system=system, host=lane.host, concurrency=lane.limit, pause=pause
-                    ),
-                )
+                if self._on_slowdown:
+                    self._emit(
+                        self._on_slowdown,
+                        SlowdownEvent(
+                            system=system,
+                            host=lane.host,
+                            concurrency=lane.limit,
+                            pause=pause,
+                            rate=pace,
+                        ),
+                    )
         elif signal == "auth":
             lane.calm = False
             lane.auth_streak.add(str(flow.change.record))

@@ -50,12 +50,15 @@ class SlowdownEvent(msgspec.Struct, frozen=True, kw_only=True):
         host: ``host:port`` of the system.
         concurrency: Requests it may now have in flight.
         pause: Seconds during which nothing is sent to it.
+        rate: Requests/s it is paced at from now on, learned from the answers that got
+            through (``None``: nothing could be measured yet).
     """
 
     system: str
     host: str
     concurrency: int
     pause: float
+    rate: float | None = None
 
 
 class StopEvent(msgspec.Struct, frozen=True, kw_only=True):

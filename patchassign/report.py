@@ -77,6 +77,8 @@ class Report:
     journal: str = ""
     results_error: str | None = None
     load_time: float | None = None
+    #: Systems that answered 429: (system, 429 answers, slowdowns).
+    throttled: list[tuple[str, int, int]] = field(default_factory=list)
 
     @property
     def all_applied(self) -> bool:
@@ -119,6 +121,14 @@ class Report:
             lines.append("errors (commonest first):")
             for system, status, error, n in self.errors:
                 lines.append(f"  {n:>7,} x {system} {status}: {error[:160]}")
+        for system, refused, slowdowns in self.throttled:
+            line = f"{system}: {refused:,} answers were 429 (too many requests)"
+            if slowdowns:
+                line += (
+                    f", {slowdowns:,} slowdown(s): a `rate` (requests/s) under the system's "
+                    f"limit in its [systems.{system}] table avoids them"
+                )
+            lines.append(line)
         if not self.dry_run:
             left = sum(n for (_, s), n in self.counts.items() if s in LEFTOVER_STATUSES)
             recovered = sum(n for (_, s), n in self.counts.items() if s == "recovered")
@@ -241,6 +251,8 @@ class Progress:
         interval: Seconds between log lines.
         states: Each system's state now (``running``, ``throttled``, ``paused``,
             ``stopped``), e.g. :meth:`Dispatcher.states`.
+        paces: Requests/s of the systems pacing themselves after 429s, e.g.
+            :meth:`Dispatcher.paces` (shown beside their state).
         left: What is left per system over all workers (a shared journal's
             ``left``): the counts follow the whole plan, not only this worker's part
             (asked every couple of seconds).
@@ -257,6 +269,7 @@ class Progress:
         interval: float = 10.0,
         states: Callable[[], dict[str, str]] | None = None,
         left: Callable[[], dict[str, int]] | None = None,
+        paces: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         if mode == "auto":
             mode = "bar" if _isatty(stream) else "log"
@@ -266,6 +279,7 @@ class Progress:
         self.stream = stream
         self.interval = interval
         self.states = states
+        self.paces = paces
         self.done: Counter[str] = Counter()  # per system
         self.bad: Counter[str] = Counter()  # conflicts + failed, per system
         self.counts: Counter[str] = Counter()  # per status
@@ -315,7 +329,7 @@ class Progress:
         left = self.total - done
         eta = clock(left / rate) if rate > 0 and left > 0 else "-"
         pct = done / self.total if self.total else 1.0
-        states = self.states() if self.states else {}
+        states = self._states()
         parts = [
             f"{done:,}/{self.total:,} ({pct:.0%}) {rate:,.0f}/s ETA {eta}",
             f"conflicts {self.counts['conflict']:,} failed {self.counts['failed']:,}",
@@ -326,11 +340,21 @@ class Progress:
             parts.append(f"{system} {self.done[system]:,}/{self.totals[system]:,}{shown}")
         return " | ".join(parts)
 
+    def _states(self) -> dict[str, str]:
+        """Each system's state, with its pace where it paces itself ("throttled, paced
+        at 48/s"; "paced at 48/s" while it runs)."""
+        states = dict(self.states()) if self.states else {}
+        for system, pace in (self.paces() if self.paces else {}).items():
+            state = states.get(system, "running")
+            paced = f"paced at {pace:,.0f}/s"
+            states[system] = paced if state == "running" else f"{state}, {paced}"
+        return states
+
     def show(self) -> None:
         self._sync()
         if self.mode == "bar" and self._rich is not None:
             self._rates()
-            states = self.states() if self.states else {}
+            states = self._states()
             for system, task in self._ids.items():
                 state = states.get(system, "running")
                 bad = self.bad[system]

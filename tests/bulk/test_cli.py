@@ -449,6 +449,18 @@ async def test_progress_is_bars_on_a_terminal_and_timed_lines_otherwise() -> Non
     assert last.split()[0].startswith("20")  # a timestamp
     assert "1/10 (10%)" in last
     assert "kintone 1/10 paused" in last
+    paced = io.StringIO()
+    shown = Progress(
+        {"kintone": 5, "maxsight": 5, "perscom": 5},
+        paced,
+        "log",
+        states=lambda: {"kintone": "throttled", "maxsight": "running", "perscom": "running"},
+        paces=lambda: {"kintone": 48.4, "maxsight": 1234.5},
+    )
+    line = shown.line()
+    assert "kintone 0/5 throttled, paced at 48/s" in line
+    assert "maxsight 0/5 paced at 1,234/s" in line
+    assert "perscom 0/5 |" in line + " |"
     quiet = io.StringIO()
     none = Progress({"kintone": 1}, quiet, "none")
     none.start()

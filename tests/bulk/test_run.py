@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import sys
@@ -281,6 +282,29 @@ async def test_a_run_with_faults_applies_everything_once(tmp_path: Path) -> None
         for server in s.sb:
             assert max(server.stats.writes.values()) == 1
             assert sum(server.stats.writes.values()) == s.n
+
+
+async def test_a_system_that_answers_429s_is_named_in_the_report_and_its_pace_shown(
+    tmp_path: Path,
+) -> None:
+    """Maxsight behind a rate limit of 60 requests/s: the progress shows the pace the
+    lane learned, and the report how many answers were 429, and that a configured
+    `rate` would avoid them."""
+    limited = {"maxsight": Faults(rate_limit=60.0, burst=5)}
+    async for s in make(tmp_path, 150, limited):
+        code, out, err = await patchassign(
+            s, "run", s.plan, "-c", s.config, "--progress", "log", "--progress-interval", "0.5"
+        )
+        assert code == 0, out + err
+        refused = s.sb.maxsight.stats.count(status=429)
+        assert refused > 0
+        line = next(line for line in out.splitlines() if line.startswith("maxsight: "))
+        assert line.startswith(f"maxsight: {refused:,} answers were 429 (too many requests), ")
+        assert "slowdown(s): a `rate` (requests/s) under the system's limit" in line
+        assert "[systems.maxsight]" in line
+        assert re.search(r"maxsight \d+/150 (paused, |throttled, )?paced at \d+/s", err), err
+        assert not any(line.startswith(("kintone: ", "perscom: ")) for line in out.splitlines())
+        assert demo_mismatches(s.sb, s.n) == []
 
 
 DONE_ITEMS = "SELECT count(*) FROM items WHERE status NOT IN ('pending', 'taken')"

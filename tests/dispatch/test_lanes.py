@@ -674,13 +674,20 @@ async def test_a_lane_learns_the_rate_a_server_allows() -> None:
     the lane paused for a second after every burst."""
     bucket = Bucket(rate=200.0, burst=10)
     route = Route(maxsight=FakeMaxsight(fault=bucket))  # no rate of its own configured
-    async with dispatcher(route, retry=RetryPolicy(deadline=60.0)) as d:
+    hooks = Counting()
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0), hooks=[hooks]) as d:
+        assert d.paces() == {}
         results = [r async for r in d.run(to_maxsight(300))]  # a read and a write each
         lane = d._lanes["maxsight"]
         slowdowns = d.slowdowns()["maxsight"]
         answered = sum(d.counts.values())
+        paces = d.paces()
     assert Counter(r.status for r in results) == {"applied": 300}
     assert lane.learned > 0  # it paced itself
+    assert paces == {"maxsight": pytest.approx(lane.learned)}
+    # The slowdown that learned it says the pace (a first one may have had nothing to go by)
+    assert hooks.slowdowns[-1].rate is not None
+    assert hooks.slowdowns[-1].rate > 0
     assert slowdowns <= 5, slowdowns
     assert bucket.refused < 0.25 * answered, (bucket.refused, answered)
 
