@@ -89,6 +89,9 @@ _FIRST_WINDOW = 4
 _CLIMB_STEP = 0.25
 #: A learned rate measured over less than this many seconds climbs fast.
 _SHORT_MEASURE = 0.5
+#: A paced lane with more than this share of 429s (over 2 s) tries the pace that got
+#: through, and keeps it when the share falls (see ``_Lane._trim_step``).
+_TRIM_ABOVE = 0.05
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 
@@ -445,6 +448,8 @@ class _Lane:
         "_sleepers",
         "_tat",
         "_tolerance",
+        "_trim",
+        "_trim_at",
         "_untracked",
         "_waiters",
         "adapter",
@@ -519,6 +524,9 @@ class _Lane:
         self._climbing = False
         self._climb_at = 0.0
         self._climbed_from = 0.0  # the pace before the climb's last step
+        #: A trial of a slower pace: (when, the share of 429s before, the pace before).
+        self._trim: tuple[float, float, float] | None = None
+        self._trim_at = 0.0  # no trial before this
         self._tat = 0.0
         self._sleepers: set[asyncio.Future[None]] = set()
         self.paused_until = 0.0
@@ -659,8 +667,11 @@ class _Lane:
             # Probe upwards: about two requests/s more for each second of answers, and
             # faster while no 429 has come since a rate measured in a hurry.
             self.learned += 2.0 / self.learned
-            if self._climbing and now >= self._climb_at:
-                self._climb(now)
+            if now >= self._climb_at:
+                if self._climbing:
+                    self._climb(now)
+                else:
+                    self._trim_step(now)
             self._interval = max(self._rate_interval, 1.0 / self.learned)
         self.down = 0
         self.outage_since = None
@@ -693,6 +704,40 @@ class _Lane:
         if self.learned * 1.1 <= 2.0 * answered:
             self._climbed_from = self.learned
             self.learned *= 1.1
+
+    def _trim_step(self, now: float) -> None:
+        """Past the limit, the slow climb would go on until a third of the answers are
+        429s. While more than ``_TRIM_ABOVE`` of them are (over 2 s), try a pace under what
+        got through (slower by that share and 5%) and keep it if the share falls by half
+        or more within a second or so: the 429s follow the pace (a rate limit). If it does not
+        (429s at random), the pace goes back and no trial is made for 30 s."""
+        self._climb_at = now + _CLIMB_STEP
+        trial = self._trim
+        if trial is None:
+            if now < self._trim_at:
+                return
+            taken, refused = _since(self._ok, now - 2.0), _since(self._refused, now - 2.0)
+            if taken + refused < 40 or refused <= _TRIM_ABOVE * (taken + refused):
+                return
+            share = refused / (taken + refused)
+            self._trim = (now, share, self.learned)
+            # What got through, and a little less: a server's bucket empty at the limit
+            # refills only under it.
+            self.learned = max(1.0, self.learned * (0.95 - share))
+            self._interval = max(self._rate_interval, 1.0 / self.learned)
+            return
+        started, before, pace = trial
+        since = started + _CLIMB_STEP  # (answers to requests sent before it: not counted)
+        taken, refused = _since(self._ok, since), _since(self._refused, since)
+        if now - started < 1.0 or (taken + refused < 40 and now - started < 5.0):
+            return
+        self._trim = None
+        if refused < 0.5 * before * (taken + refused):
+            self._trim_at = now  # the 429s followed: slower it stays (and may go on)
+        else:
+            self.learned = max(self.learned, pace)
+            self._interval = max(self._rate_interval, 1.0 / self.learned)
+            self._trim_at = now + 30.0
 
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
@@ -760,6 +805,7 @@ class _Lane:
         # A measure over a short while can be far under what the server takes (a burst
         # refused within milliseconds): from such a measure the pace climbs fast.
         self._climbing = now - since < _SHORT_MEASURE
+        self._trim = None
         self._climbed_from = self.learned
         self._climb_at = max(now, self.paused_until) + _CLIMB_STEP
         ok.clear()
