@@ -708,9 +708,10 @@ class _Lane:
     def _trim_step(self, now: float) -> None:
         """Past the limit, the slow climb would go on until a third of the answers are
         429s. While more than ``_TRIM_ABOVE`` of them are (over 2 s), try a pace under what
-        got through (slower by that share and 5%) and keep it if the share falls by half
-        or more within a second or so: the 429s follow the pace (a rate limit). If it does not
-        (429s at random), the pace goes back and no trial is made for 30 s."""
+        got through (slower by that share and 5%, at most by half) and keep it if the
+        share falls by half or more within a second or so: the 429s follow the pace (a
+        rate limit). If it does not (429s at random), the pace goes back and no trial is
+        made for 30 s."""
         self._climb_at = now + _CLIMB_STEP
         trial = self._trim
         if trial is None:
@@ -722,8 +723,9 @@ class _Lane:
             share = refused / (taken + refused)
             self._trim = (now, share, self.learned)
             # What got through, and a little less: a server's bucket empty at the limit
-            # refills only under it.
-            self.learned = max(1.0, self.learned * (0.95 - share))
+            # refills only under it. (At most half: the share over 2 s can be far above
+            # the recent one that makes slowdowns, as the 429s end.)
+            self.learned = max(1.0, self.learned * max(0.5, 0.95 - share))
             self._interval = max(self._rate_interval, 1.0 / self.learned)
             return
         started, before, pace = trial
