@@ -85,7 +85,8 @@ _new = object.__new__
 #: A lane begins with this many requests in flight (at most its limit) and opens up by
 #: one per answer that is not refused (slow start).
 _FIRST_WINDOW = 4
-#: Seconds between two steps of a learned rate's fast climb (see ``_Lane._climb``).
+#: Seconds between two steps of a learned rate's fast climb or trial of a slower pace
+#: (see ``_Lane._climb`` and ``_Lane._trim_step``).
 _CLIMB_STEP = 0.25
 #: A learned rate measured over less than this many seconds climbs fast.
 _SHORT_MEASURE = 0.5
@@ -434,7 +435,6 @@ class _Lane:
 
     __slots__ = (
         "_burst_tolerance",
-        "_climb_at",
         "_climbed_from",
         "_climbing",
         "_cut_until",
@@ -446,6 +446,7 @@ class _Lane:
         "_relieved",
         "_resumed",
         "_sleepers",
+        "_step_at",
         "_tat",
         "_tolerance",
         "_trim",
@@ -522,7 +523,7 @@ class _Lane:
         #: No 429 since the rate was last learned: the pace climbs by a tenth every
         #: quarter second (a measure can be far under what the server takes).
         self._climbing = False
-        self._climb_at = 0.0
+        self._step_at = 0.0  # the next step of the climb, or of a trial (answered())
         self._climbed_from = 0.0  # the pace before the climb's last step
         #: A trial of a slower pace: (when, the share of 429s before, the pace before).
         self._trim: tuple[float, float, float] | None = None
@@ -667,7 +668,7 @@ class _Lane:
             # Probe upwards: about two requests/s more for each second of answers, and
             # faster while no 429 has come since a rate measured in a hurry.
             self.learned += 2.0 / self.learned
-            if now >= self._climb_at:
+            if now >= self._step_at:
                 if self._climbing:
                     self._climb(now)
                 else:
@@ -696,7 +697,7 @@ class _Lane:
     def _climb(self, now: float) -> None:
         """A step of the climb: a tenth more, while the pace is what holds the lane back
         (at most twice the rate answered since the last pause, over the last second)."""
-        self._climb_at = now + _CLIMB_STEP
+        self._step_at = now + _CLIMB_STEP
         since = max(now - 1.0, self._resumed)
         if now - since < _CLIMB_STEP:
             return  # just resumed: nothing to go by yet
@@ -706,13 +707,14 @@ class _Lane:
             self.learned *= 1.1
 
     def _trim_step(self, now: float) -> None:
-        """Past the limit, the slow climb would go on until a third of the answers are
+        """(Called from :meth:`answered`, which sets ``_interval`` from the pace after.)
+        Past the limit, the slow climb would go on until a third of the answers are
         429s. While more than ``_TRIM_ABOVE`` of them are (over 2 s), try a pace under what
         got through (slower by that share and 5%, at most by half) and keep it if the
         share falls by half or more within a second or so: the 429s follow the pace (a
         rate limit). If it does not (429s at random), the pace goes back and no trial is
         made for 30 s."""
-        self._climb_at = now + _CLIMB_STEP
+        self._step_at = now + _CLIMB_STEP
         trial = self._trim
         if trial is None:
             if now < self._trim_at:
@@ -726,7 +728,6 @@ class _Lane:
             # refills only under it. (At most half: the share over 2 s can be far above
             # the recent one that makes slowdowns, as the 429s end.)
             self.learned = max(1.0, self.learned * max(0.5, 0.95 - share))
-            self._interval = max(self._rate_interval, 1.0 / self.learned)
             return
         started, before, pace = trial
         since = started + _CLIMB_STEP  # (answers to requests sent before it: not counted)
@@ -738,7 +739,6 @@ class _Lane:
             self._trim_at = now  # the 429s followed: slower it stays (and may go on)
         else:
             self.learned = max(self.learned, pace)
-            self._interval = max(self._rate_interval, 1.0 / self.learned)
             self._trim_at = now + 30.0
 
     def throttled(self, after: float | None, now: float) -> float | None:
@@ -809,7 +809,7 @@ class _Lane:
         self._climbing = now - since < _SHORT_MEASURE
         self._trim = None
         self._climbed_from = self.learned
-        self._climb_at = max(now, self.paused_until) + _CLIMB_STEP
+        self._step_at = max(now, self.paused_until) + _CLIMB_STEP
         ok.clear()
         refused.clear()
         self._interval = max(self._rate_interval, 1.0 / self.learned)
