@@ -93,6 +93,10 @@ _SHORT_MEASURE = 0.5
 #: A paced lane with more than this share of 429s (over 2 s) tries the pace that got
 #: through, and keeps it when the share falls (see ``_Lane._trim_step``).
 _TRIM_ABOVE = 0.05
+#: The share of 429s that slows a lane down is of the last ``_FEW`` answers, or of those
+#: of the last ``_RECENT`` seconds when more came in them (see ``_Lane._heard_of``).
+_FEW = 20.0
+_RECENT = 0.25
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 
@@ -438,6 +442,7 @@ class _Lane:
         "_climbed_from",
         "_climbing",
         "_cut_until",
+        "_heard",
         "_interval",
         "_ok",
         "_passed",
@@ -445,6 +450,7 @@ class _Lane:
         "_refused",
         "_relieved",
         "_resumed",
+        "_seen",
         "_sleepers",
         "_step_at",
         "_tat",
@@ -531,7 +537,11 @@ class _Lane:
         self._tat = 0.0
         self._sleepers: set[asyncio.Future[None]] = set()
         self.paused_until = 0.0
+        #: The share of recent answers that were 429s: of the last 20 or so, or of those
+        #: of the last ``_RECENT`` seconds when more came (see :meth:`_heard_of`).
         self.pressure = 0.0
+        self._seen = _FEW  # how many answers ``pressure`` is a share of (weighted)
+        self._heard = 0.0  # when the last answer came (while the lane is not calm)
         self.threshold = threshold
         self._cut_until = 0.0
         self.slowdowns = 0
@@ -687,8 +697,10 @@ class _Lane:
             self.window = min(self.window, float(self.max))
             self._wake()
         if self.pressure:
-            self.pressure = self.pressure * 0.95 if self.pressure > 1e-3 else 0.0
-            if not self.pressure:
+            self._heard_of(0.0, now)
+            if self.pressure <= 1e-3:
+                self.pressure = 0.0
+                self._seen = _FEW
                 self._untracked = False
             elif self.pressure < self.threshold / 3:
                 self._relieved = True
@@ -752,18 +764,35 @@ class _Lane:
         self.down = 0
         self.outage_since = None
         self._refused.append(now)
-        self.pressure = self.pressure * 0.95 + 0.05
+        self._heard_of(1.0, now)
         if self.pressure < self.threshold or now < self._cut_until:
             return None
         pause = after if after is not None else 1.0
         self.window = max(min(1.0, float(self.max)), self.window / 2)
         self.slow_start = False
-        self._learn(now)
         self.paused_until = max(self.paused_until, now + pause)
+        self._learn(now)
         self._resumed = self.paused_until
         self._cut_until = now + max(pause, 1.0)
+        # Another slowdown takes 429s after this one: the few answers after a pause do
+        # not bring the share down from over the threshold, and one chance 429 among
+        # them would pause the lane again, and again.
+        self.pressure = self.threshold / 2
         self.slowdowns += 1
         return pause
+
+    def _heard_of(self, refused: float, now: float) -> None:
+        """One more answer in the share of 429s, ``refused`` 1 for a 429. Each answer
+        weighs a twentieth of the recent ones, or less when more than 20 came in the last
+        ``_RECENT`` seconds: with 10% of 429s at random at 2,000 answers/s, more than 30%
+        of some twenty answers in a row are 429s every few seconds, and each slowdown
+        paused the lane and paced it slower for nothing; of a quarter of a second's 500
+        answers, never."""
+        keep = max(1.0 - 1.0 / _FEW, 1.0 - (now - self._heard) / _RECENT)
+        self._heard = now
+        seen = self._seen * keep
+        self._seen = seen + 1.0
+        self.pressure = (self.pressure * seen + refused) / self._seen
 
     def _learn(self, now: float) -> None:
         """Too many 429s: pace the lane under the rate the system took since it last

@@ -105,7 +105,8 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             change ends by its deadline plus at most one request timeout.
         slowdown: Share of recent answers that are throttled (429) above which the whole
             system is slowed down (its concurrency halves and it pauses for the
-            Retry-After); a moving average over about the last 20 answers.
+            Retry-After); a moving average over about the last 20 answers, or over
+            those of the last quarter of a second when more came in it.
         outage: Seconds a system may stay unreachable (connections refused or timing
             out) before it is stopped: its waiting changes end ``unsent``. ``0``: wait,
             change by change, until each one's deadline.
