@@ -81,6 +81,12 @@ class Options:
     verbose: bool = False
     preflight: bool = True
     format: str | None = None  # jsonl | csv; default: from the file
+    #: What to call the plan where ``plan`` is a copy (of standard input, or a pipe).
+    plan_name: str | None = None
+
+    @property
+    def plan_label(self) -> str:
+        return self.plan_name or str(self.plan)
 
     def journal_path(self) -> Path | str:
         if self.journal is not None:
@@ -237,7 +243,7 @@ def _load_into(journal: JournalLike, opts: Options) -> tuple[Validation, float |
         if v.unusable:
             raise unusable_error(v)
 
-    journal.load(checked(), plan=str(opts.plan), digest=digest)
+    journal.load(checked(), plan=opts.plan_label, digest=digest)
     v.digest = digest.hexdigest()
     return v, time.monotonic() - t0
 
@@ -462,7 +468,7 @@ def _report(
     unconfirmed: int,
 ) -> Report:
     report = Report(
-        plan=str(opts.plan or journal.meta("plan")),
+        plan=opts.plan_label if opts.plan else str(journal.meta("plan")),
         valid=v.valid,
         invalid=v.invalid,
         counts=journal.counts(),

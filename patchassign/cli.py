@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -423,11 +424,11 @@ async def _execute(opts: Options) -> int:
         _print_invalid(v)
         if not v.valid:  # skipping would leave nothing: the file is not a plan as read
             raise UsageError(
-                f"none of the {v.invalid:,} {v.unit}(s) of {opts.plan} is a valid change; "
+                f"none of the {v.invalid:,} {v.unit}(s) of {opts.plan_label} is a valid change; "
                 "nothing was sent (is it a plan? see docs/plan-format.md)"
             ) from None
         raise UsageError(
-            f"{v.invalid:,} invalid {v.unit}(s) in {opts.plan}; nothing was sent "
+            f"{v.invalid:,} invalid {v.unit}(s) in {opts.plan_label}; nothing was sent "
             "(fix them, or pass --skip-invalid)"
         ) from None
     except PreflightFailed as e:
@@ -481,9 +482,15 @@ def _run(args: argparse.Namespace) -> int:
                 f"{', '.join(sorted(known))})"
             )
     opts = _options(args, config, args.plan)
-    if args.plan is not None:
-        _readable(args.plan)
-    return _arun(_cancellable(_execute(opts)))
+    with _plan_file(args.plan) as plan:
+        if plan != args.plan:
+            if opts.journal is None and not opts.dry_run:
+                raise UsageError(
+                    f"a plan read from {_source(args.plan)} needs --journal FILE|URL: "
+                    "where the run keeps its outcomes (and --resume finds them)"
+                )
+            opts.plan, opts.plan_name = plan, str(args.plan)
+        return _arun(_cancellable(_execute(opts)))
 
 
 async def _check(args: argparse.Namespace) -> int:
@@ -492,8 +499,9 @@ async def _check(args: argparse.Namespace) -> int:
     systems = sorted(config.adapters)
     broken = dict(config.broken)
     if args.plan is not None:
-        _readable(args.plan)
-        v = _validated(args.plan, config, None)
+        with _plan_file(args.plan) as plan:
+            assert plan is not None
+            v = _validated(plan, config, None)
         if v.invalid:
             _print_invalid(v)
             raise UsageError(f"{v.invalid:,} invalid line(s) in {args.plan}")
@@ -614,19 +622,52 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
         yield f
 
 
-def _readable(path: Path) -> None:
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory, not a file")
-    if not path.is_file():
-        raise UsageError(f"no such file: {path}")
+def _source(path: Path) -> str:
+    return "standard input" if str(path) == "-" else f"a pipe ({path})"
+
+
+@contextlib.contextmanager
+def _plan_file(path: Path | None) -> Iterator[Path | None]:
+    """The plan to read, as a file: ``path`` itself when it is one. Standard input (``-``)
+    and pipes (the shell's ``<(...)``) are copied to a temporary file first: a plan is
+    read more than once (its format guessed, validated, then loaded)."""
+    if path is None or (str(path) != "-" and path.is_file()):
+        yield path
+        return
+    if str(path) != "-":
+        if path.is_dir():
+            raise UsageError(f"{path} is a directory, not a file")
+        if not path.exists():
+            raise UsageError(f"no such file: {path}")
+    with tempfile.TemporaryDirectory(prefix="patchassign-plan-") as tmp:
+        copy = Path(tmp) / ("stdin" if str(path) == "-" else path.name)
+        try:
+            with contextlib.ExitStack() as stack:
+                source = (
+                    sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))
+                )
+                with open(copy, "wb") as f:
+                    shutil.copyfileobj(source, f, 1 << 20)
+        except OSError as e:
+            raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+        try:
+            yield copy
+        except (PlanError, UsageError) as e:
+            if str(copy) not in str(e):
+                raise
+            raise UsageError(str(e).replace(str(copy), str(path))) from None
 
 
 # -- validate, diff, apply ---------------------------------------------------------------------
 
 
 def _validate(args: argparse.Namespace) -> int:
-    path: Path = args.file
-    _readable(path)
+    with _plan_file(args.file) as path:
+        assert path is not None
+        return _validate_file(args, path, args.file)
+
+
+def _validate_file(args: argparse.Namespace, path: Path, name: Path) -> int:
     as_plan = (
         args.plan
         or args.format is not None
@@ -640,11 +681,11 @@ def _validate(args: argparse.Namespace) -> int:
         except PatchError as e:
             if _array_of_changes(data):
                 raise UsageError(
-                    f"{path}: a JSON array of changes, not a JSON Patch: a plan is JSON Lines, "
+                    f"{name}: a JSON array of changes, not a JSON Patch: a plan is JSON Lines, "
                     "one change per line (jq -c '.[]' turns the array into lines)"
                 ) from None
-            raise UsageError(f"{path}: {e}") from None
-        print(f"{path}: a valid JSON Patch of {len(patch)} operation(s)")
+            raise UsageError(f"{name}: {e}") from None
+        print(f"{name}: a valid JSON Patch of {len(patch)} operation(s)")
         return EXIT_OK
     config = _load(args.config, lazy=True) if args.config else None
     v = _validated(path, config, args.format)
@@ -652,7 +693,7 @@ def _validate(args: argparse.Namespace) -> int:
         _print_invalid(v)
     systems = ", ".join(f"{n:,} {s}" for s, n in sorted(v.by_system.items()))
     print(
-        f"{path}: {v.valid:,} valid change(s) ({systems or 'none'}), {v.invalid:,} invalid"
+        f"{name}: {v.valid:,} valid change(s) ({systems or 'none'}), {v.invalid:,} invalid"
         + ("" if config else " (adapters not checked: give --config to check values)")
     )
     if v.unusable:

@@ -107,6 +107,47 @@ def test_diff_and_apply_read_standard_input_and_pipes(
     assert f"{tmp_path} is a directory" in capsys.readouterr().err
 
 
+def test_validate_reads_a_plan_from_standard_input_and_pipes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plan is read more than once (its format guessed, then validated): standard input
+    and pipes are copied first, and messages name them as given."""
+    import os
+    import threading
+
+    line = b'{"action": "assign", "system": "perscom", "record": 1, "to": "5"}\n'
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(line * 3)))
+    assert main(["validate", "-"]) == 0
+    assert capsys.readouterr().out.startswith("-: 3 valid change(s) (3 perscom), 0 invalid")
+    csv = b"action,system,record,to\nassign,perscom,1,5\nassign,perscom,2,\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(csv)))
+    assert main(["validate", "-"]) == 2  # row 3 has no "to"
+    captured = capsys.readouterr()
+    assert "-: 1 valid change(s) (1 perscom), 1 invalid" in captured.out
+    assert "row 3:" in captured.err
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe{\x00")))
+    assert main(["validate", "--plan", "-"]) == 2
+    err = capsys.readouterr().err
+    assert err == "patchassign validate: - is UTF-16 text: a plan is UTF-8; save it as UTF-8\n"
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(line)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert main(["validate", str(fifo)]) == 0
+    finally:
+        writer.join(10)
+    assert capsys.readouterr().out.startswith(f"{fifo}: 1 valid change(s)")
+    assert main(["validate", str(tmp_path / "nothing.jsonl")]) == 2
+    assert "no such file: " in capsys.readouterr().err
+
+
 def test_a_plan_written_as_a_json_array_is_told_to_be_json_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -20,6 +20,7 @@ import msgspec
 import pytest_asyncio
 
 from patchassign.cli import _demo_config
+from patchassign.journal import Journal
 from patchassign.sandbox import (
     SYSTEMS,
     Faults,
@@ -50,18 +51,19 @@ class Setup:
 
 
 async def patchassign(
-    setup: Setup, *args: str | Path, timeout: float = 120
+    setup: Setup, *args: str | Path, timeout: float = 120, stdin: bytes | None = None
 ) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "patchassign",
         *map(str, args),
+        stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, **setup.env},
     )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -110,6 +112,59 @@ def holders(s: Setup) -> dict[tuple[str, int], Any]:
 
 def writes(sb: Sandbox) -> int:
     return sum(sum(s.stats.writes.values()) for s in sb)
+
+
+async def test_a_plan_from_standard_input_runs_and_resumes(small: Setup) -> None:
+    """``generate | patchassign run -c systems.toml --journal J -``: the plan is copied
+    once (it is read more than once), and named ``-``. Without ``--journal`` it is a
+    usage error: the journal's default place is next to the plan's file."""
+    data = small.plan.read_bytes()
+    code, _, err = await patchassign(small, "run", "-", "-c", small.config, stdin=data)
+    assert code == 2, err
+    assert "a plan read from standard input needs --journal" in err
+    assert writes(small.sb) == 0
+    journal = small.dir / "piped.journal"
+    code, out, err = await patchassign(
+        small, "run", "-", "-c", small.config, "--journal", journal, stdin=data
+    )
+    assert code == 0, err
+    assert "result: every change applied" in out
+    assert demo_mismatches(small.sb, small.n) == []
+    assert "patchassign-plan-" not in out + err  # the copy's name is never shown
+    with Journal(journal) as j:
+        assert j.meta("plan") == "-"
+    # The same plan again: the journal knows it by its content; nothing is sent twice.
+    sent = writes(small.sb)
+    code, out, err = await patchassign(
+        small, "run", "-", "-c", small.config, "--journal", journal, "--resume", stdin=data
+    )
+    assert code == 0, err
+    assert writes(small.sb) == sent
+    # Another plan on that journal is refused, named as given.
+    code, _, err = await patchassign(
+        small,
+        "run",
+        "-",
+        "-c",
+        small.config,
+        "--journal",
+        journal,
+        "--resume",
+        stdin=b"".join(data.splitlines(keepends=True)[1:]),
+    )
+    assert code == 2
+    assert "belongs to another plan (-," in err
+    # The preflight of such a plan reads a record of each of its systems.
+    code, out, err = await patchassign(small, "check", "-c", small.config, "-", stdin=data)
+    assert code == 0, err
+    assert sorted(re.findall(r"^check: (\w+) .*: reachable, authenticated", out, re.M)) == sorted(
+        SYSTEMS
+    ), out
+    # A dry run keeps no journal: it needs none.
+    code, out, err = await patchassign(
+        small, "run", "-", "-c", small.config, "--dry-run", stdin=data
+    )
+    assert code == 0, err
 
 
 async def test_a_run_applies_the_plan_and_reports(small: Setup) -> None:
