@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import sys
 import tempfile
@@ -489,7 +490,9 @@ def _report(
             where = "" if opts.dry_run else f"; every outcome is in the journal {journal.where}"
             report.results_error = (
                 f"the results could not be written to {opts.results} "
-                f"({e.strerror or e}){where}: free space and run again"
+                f"({e.strerror or e}){where}: "
+                + ("free space" if e.errno == errno.ENOSPC else "fix that")
+                + " and run again"
                 + ("" if opts.dry_run else " with --resume --results FILE")
             )
     return report

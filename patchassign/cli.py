@@ -384,8 +384,10 @@ def _check_run_args(args: argparse.Namespace, plan: Path | None) -> Path | str |
         raise UsageError("--concurrency must be between 1 and 10000")
     if args.retry_failed and not (args.resume or args.join):
         raise UsageError("--retry-failed goes with --resume (or --join)")
-    if args.progress_interval <= 0:
-        raise UsageError("--progress-interval must be positive")
+    if not 0 < args.progress_interval < 86_400:
+        raise UsageError("--progress-interval must be between 0 and 86400 seconds")
+    if args.results is not None:
+        _writable(args.results, "--results")
     if not 0.5 <= args.lease <= 3600:
         raise UsageError("--lease must be between 0.5 and 3600 seconds")
     journal: Path | str | None = args.journal
@@ -620,6 +622,17 @@ def _output(path: Path | None) -> Iterator[IO[bytes]]:
         return
     with open(path, "wb") as f:
         yield f
+
+
+def _writable(path: Path, option: str) -> None:
+    """A file the run will write at its end: said wrong now, before anything is sent."""
+    folder = path.parent
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: a directory, not a file")
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: no such directory: {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{option} {path}: not writable")
 
 
 def _source(path: Path) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 import pytest_asyncio
 
 from patchassign.cli import _demo_config
@@ -644,18 +645,40 @@ async def test_results_that_cannot_be_written_name_the_file_and_the_journal(
     small: Setup,
 ) -> None:
     """Issue: results on a full disk exited 2 ("bad input") with "No space left on
-    device:" and no file name, although everything was applied and journaled. A
-    results path that cannot be written plays the full disk."""
-    blocked = small.dir / "no-such-folder" / "results.jsonl"
+    device:" and no file name, although everything was applied and journaled. Linux's
+    /dev/full plays the full disk."""
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full here")
     code, out, err = await patchassign(
-        small, "run", small.plan, "-c", small.config, "--results", blocked
+        small, "run", small.plan, "-c", small.config, "--results", full
     )
     text = out + err
     assert code == 1, text
-    assert f"results could not be written to {blocked}" in text
+    assert f"results could not be written to {full} (No space left on device)" in text
     assert str(small.journal) in text
+    assert "free space and run again with --resume --results FILE" in text
     assert "every change applied" in text  # the report is still there
     assert "Traceback" not in text
+
+
+async def test_a_results_file_that_cannot_be_made_is_said_before_anything_is_sent(
+    small: Setup,
+) -> None:
+    """A results path in a folder that does not exist was found out at the end of the
+    run (the whole plan applied, then "free space and run again")."""
+    for bad, message in [
+        (small.dir / "no-such-folder" / "results.jsonl", "no such directory"),
+        (small.dir, "a directory, not a file"),
+    ]:
+        code, _, err = await patchassign(
+            small, "run", small.plan, "-c", small.config, "--results", bad
+        )
+        assert code == 2, err
+        assert f"patchassign run: --results {bad}: {message}" in err
+        assert "Traceback" not in err
+    assert sum(s.stats.count() for s in small.sb) == 0  # not one request went out
+    assert not small.journal.exists()
 
 
 async def test_a_resume_lets_late_writes_settle_before_reading(tmp_path: Path) -> None:
