@@ -27,7 +27,7 @@ import socket
 import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 from ._base import (
     _COLUMNS,
@@ -154,13 +154,19 @@ def split_url(url: str) -> tuple[str, str, str]:
             rest.append((k, v))
     if not schema.isidentifier() or len(schema) > 63:
         raise JournalError(f"schema must be a plain name (letters, digits, _), got {schema!r}")
-    conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
     netloc = parts.netloc
     if "@" in netloc:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
-    shown = urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
-    return conninfo, schema, shown
+    return _unsplit(parts, parts.netloc, rest), schema, _unsplit(parts, netloc, query)
+
+
+def _unsplit(parts: SplitResult, netloc: str, query: list[tuple[str, str]]) -> str:
+    """The URL again, always with its ``//``: ``urlunsplit`` drops it where the host is
+    empty, and libpq reads ``postgresql:/db?host=/run/postgresql`` (a Unix socket's URL,
+    ``postgresql:///db?...`` as given) as no URL at all."""
+    q = urlencode(query, quote_via=quote)  # %20, not "+": libpq decodes only %XX
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{q}" if q else "")
 
 
 def _key(schema: str, what: str) -> int:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from patchassign.changes import Assign
 from patchassign.dispatch import Result
 from patchassign.journal import JournalError, PgJournal
+from patchassign.journal._postgres import split_url
+
+if TYPE_CHECKING:
+    from patchassign.sandbox.postgres import PostgresServer
 
 
 def plan(url: str, records: list[str]) -> None:
@@ -112,6 +116,33 @@ def test_bad_urls_and_unreachable_servers_are_journal_errors() -> None:
         PgJournal("postgresql://u:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(e.value)
     assert "postgresql://u@127.0.0.1:1/db" in str(e.value)
+
+
+def test_a_unix_socket_url_and_parameters_reach_libpq_as_given(
+    pg_cluster: PostgresServer, pg_url: str
+) -> None:
+    """``postgresql:///db?host=/run/postgresql``: the URL of a server on this machine's
+    Unix socket, with no host before the path. Taking the schema out of it lost the
+    ``//`` (``postgresql:/db?...``), which libpq does not read as a URL; a space in a
+    parameter became a ``+``, which libpq keeps."""
+    import psycopg
+
+    database = pg_url.rsplit("/", 1)[1]
+    url = (
+        f"postgresql:///{database}?host={pg_cluster.dir}&port={pg_cluster.port}"
+        "&user=patchassign&application_name=night%20run&schema=night_3"
+    )
+    plan(url, ["a", "b"])
+    with PgJournal(url) as j:
+        assert j.loaded
+        assert j.count() == 2
+    with psycopg.connect(pg_url) as conn:
+        names = conn.execute("SELECT nspname FROM pg_namespace").fetchall()
+    assert ("night_3",) in names
+    conninfo, schema, _ = split_url(url)
+    assert schema == "night_3"
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SHOW application_name").fetchone() == ("night run",)
 
 
 def test_a_schema_per_plan(pg_url: str) -> None:
