@@ -136,6 +136,16 @@ def base_url(url: str) -> str:
         raise ConfigError("base_url must not embed credentials; use the auth settings")
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"base_url must be an absolute http(s) URL, got {url!r}")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"base_url must not hold spaces or control characters: {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"base_url's port must be a number from 1 to 65535: {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"base_url names no host: {url!r}")
     if parts.query or parts.fragment:
         raise ConfigError(f"base_url must not have a query or fragment: {url!r}")
     return url.rstrip("/")

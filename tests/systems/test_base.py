@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -76,11 +77,34 @@ def test_retry_after_seconds_and_http_dates() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://h", "/relative", "http://h/x?q=1", "http://u:p@h", "http://h\r\n/x", "https://"]
+    ("url", "message"),
+    [
+        ("ftp://h", "absolute http(s) URL"),
+        ("/relative", "absolute http(s) URL"),
+        ("http://h/x?q=1", "query or fragment"),
+        ("http://u:p@h", "credentials"),
+        ("http://h\r\n/x", "CR/LF refused"),
+        ("https://", "absolute http(s) URL"),
+        # Said when the configuration is read, not as a connection error per change:
+        ("http://exa mple.com", "spaces or control characters"),
+        ("https://h.example/api v2", "spaces or control characters"),
+        ("http://h\t/", "spaces or control characters"),
+        ("http://h:abc", "port must be a number from 1 to 65535"),
+        ("http://h:99999", "port must be a number from 1 to 65535"),
+        ("http://h:0", "port must be a number from 1 to 65535"),
+        ("http://:80", "names no host"),
+    ],
 )
-def test_base_urls_are_validated(url: str) -> None:
-    with pytest.raises(ConfigError):
+def test_base_urls_are_validated(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
         base_url(url)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1]:8080/api", "https://h.example/a%20b/", "http://h:", "http://h:65535"]
+)
+def test_base_urls_that_are_fine(url: str) -> None:
+    assert base_url(url) == url.rstrip("/")
 
 
 def test_response_headers_match_case_insensitively() -> None:
