@@ -187,8 +187,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """
 
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 32
-    rate: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    burst: Annotated[int, msgspec.Meta(ge=1)] = 1
+    # From one request in about three hours to a million a second: past either end a
+    # value is a slip (``inf``, ``1e-9``), not a limit.
+    rate: Annotated[float, msgspec.Meta(ge=1e-4, le=1_000_000)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
     batch: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     linger: Annotated[float, msgspec.Meta(ge=0, le=10)] = 0.02
 
@@ -212,8 +214,8 @@ class SystemConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     url: str
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
-    rate: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    burst: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    rate: Annotated[float, msgspec.Meta(ge=0, le=1_000_000)] | None = None
+    burst: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     batch: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
     linger: Annotated[float, msgspec.Meta(ge=0, le=10)] | None = None
 

@@ -305,7 +305,9 @@ def test_a_limit_for_a_system_the_configuration_does_not_name_is_a_usage_error(
         ("perscom=a:b", "expected SYSTEM=CONCURRENCY[:RATE[:BURST]]"),
         ("perscom=1:2:3:4", "expected SYSTEM=CONCURRENCY[:RATE[:BURST]]"),
         ("perscom=0", "--limit 'perscom=0': concurrency: Expected `int` >= 1"),
-        ("perscom=5:-1", "--limit 'perscom=5:-1': rate: Expected `float` > 0.0"),
+        ("perscom=5:-1", "--limit 'perscom=5:-1': rate: Expected `float` >= 0.0001"),
+        ("perscom=5:inf", "--limit 'perscom=5:inf': rate: Expected `float` <= 1000000.0"),
+        ("perscom=5:1e-9", "rate: Expected `float` >= 0.0001"),
     ],
 )
 def test_a_bad_limit_says_the_form_or_the_bound(
@@ -335,6 +337,15 @@ def test_a_bad_limit_says_the_form_or_the_bound(
             'unknown field `token` (secrets are read from the environment: token_env = "VARIABLE"',
         ),
         ({"concurrency": 0, "systems": {}}, "concurrency"),
+        # A rate past either end is a slip, not a limit (0 turns the system's own off):
+        (
+            {"systems": {"findable": {"url": "https://f", "token_env": "T", "rate": 1e-9}}},
+            "systems.findable: rate: Expected `float` >= 0.0001",
+        ),
+        (
+            {"systems": {"findable": {"url": "https://f", "token_env": "T", "rate": float("inf")}}},
+            "systems.findable: rate: Expected `float` <= 1000000.0",
+        ),
         # A misplaced or misspelt key is answered with where it goes or what is known.
         (
             {"perscom": {"url": "https://p"}, "systems": {}},

@@ -970,7 +970,11 @@ async def test_an_item_that_is_not_a_change_is_an_invalid_change(source: Any) ->
     ("kw", "words"),
     [
         ({"limits": {"perscom": Limits(concurrency=0)}}, "limits['perscom']: Expected `int` >= 1"),
-        ({"limits": {"perscom": Limits(rate=-1.0)}}, "limits['perscom']: Expected `float` > 0"),
+        (
+            {"limits": {"perscom": Limits(rate=-1.0)}},
+            "limits['perscom']: Expected `float` >= 0.0001",
+        ),
+        ({"limits": {"perscom": Limits(rate=float("inf"))}}, "Expected `float` <= 1000000.0"),
         ({"retry": RetryPolicy(attempts=0)}, "retry: Expected `int` >= 1 - at `$.attempts`"),
         ({"retry": RetryPolicy(deadline=0.0)}, "retry: Expected `float` > 0.0 - at `$.deadline`"),
         # a number of the wrong type is a ConfigError too, not a TypeError from a comparison
