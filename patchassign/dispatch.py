@@ -162,6 +162,11 @@ def _whole(n: object) -> bool:
     return isinstance(n, int) and not isinstance(n, bool)
 
 
+def _number(x: object) -> bool:
+    """An ``int`` or ``float`` and not a ``bool`` (NaN fails the bounds checked after)."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 class _Flag:
     """A run's stop switch: set once, read for every change (an attribute read where
     ``asyncio.Event.is_set`` is a call; nothing waits on it)."""
@@ -1214,11 +1219,23 @@ class Dispatcher:
         until they are under it. For limits shared with other processes
         (:class:`patchassign.journal.SharedLimits`); a plain dispatcher's limits are
         its ``limits`` argument."""
-        if concurrency < 0 or burst < 1 or (rate is not None and rate <= 0):
+        lane = self._lanes.get(system)
+        if lane is None:
             raise ConfigError(
-                f"limits of {system!r}: concurrency >= 0, burst >= 1, rate > 0 or None"
+                f"no system {system!r} to resize (systems: {', '.join(sorted(self._lanes))})"
             )
-        self._lanes[system].resize(concurrency, rate, burst)
+        if not (
+            _whole(concurrency)
+            and 0 <= concurrency <= 10_000
+            and _whole(burst)
+            and burst >= 1
+            and (rate is None or (_number(rate) and 0 < rate <= 1_000_000))
+        ):
+            raise ConfigError(
+                f"limits of {system!r}: concurrency 0 to 10000, burst >= 1, rate > 0 (at "
+                f"most 1000000) or None; got {concurrency!r}, {rate!r}, {burst!r}"
+            )
+        lane.resize(concurrency, rate, burst)
 
     def in_flight(self, system: str) -> int:
         """Requests (or waits for a send slot) of ``system`` in flight now."""

@@ -618,6 +618,13 @@ async def test_resize_changes_a_lanes_limits_while_it_runs() -> None:
     assert max(seen[3:]) <= 1  # after the three, one at a time
     with pytest.raises(ConfigError):
         d.resize("maxsight", -1, None)
+    # NaN passed every "<= 0" check and paced the lane at NaN; a name it has no lane
+    # for was a KeyError, a string a TypeError.
+    for args in [(4, float("nan")), (4, float("inf")), ("4", None), (True, None)]:
+        with pytest.raises(ConfigError, match="limits of 'maxsight': concurrency 0 to 10000"):
+            d.resize("maxsight", *args)
+    with pytest.raises(ConfigError, match=r"no system 'jira' to resize \(systems: maxsight, "):
+        d.resize("jira", 4, None)
 
 
 async def _collect(run: Any, out: list[Result]) -> None:
