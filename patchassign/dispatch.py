@@ -1170,7 +1170,13 @@ class Dispatcher:
         return Run(self, changes, read_first, checked)
 
     async def send(self, change: Change, *, read_first: bool = False) -> Result:
-        """Send one change and return its result."""
+        """Send one change and return its result.
+
+        Raises:
+            InvalidChange: ``change`` is not a change (a dict, a plan line's text).
+        """
+        if not isinstance(change, _Change):
+            raise _not_a_change(change, 0)
         lane = self._lanes.get(change.system)
         if lane is None:
             return self._no_adapter(0, change)
@@ -1222,7 +1228,7 @@ class Dispatcher:
         lane = self._lanes.get(system)
         if lane is None:
             raise ConfigError(
-                f"no system {system!r} to resize (systems: {', '.join(sorted(self._lanes))})"
+                f"no system {system!r} here (systems: {', '.join(sorted(self._lanes))})"
             )
         if not (
             _whole(concurrency)
@@ -1239,7 +1245,12 @@ class Dispatcher:
 
     def in_flight(self, system: str) -> int:
         """Requests (or waits for a send slot) of ``system`` in flight now."""
-        return self._lanes[system].in_flight
+        lane = self._lanes.get(system)
+        if lane is None:
+            raise ConfigError(
+                f"no system {system!r} here (systems: {', '.join(sorted(self._lanes))})"
+            )
+        return lane.in_flight
 
     @property
     def counts(self) -> Counter[tuple[str, int]]:

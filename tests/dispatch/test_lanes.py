@@ -620,11 +620,14 @@ async def test_resize_changes_a_lanes_limits_while_it_runs() -> None:
         d.resize("maxsight", -1, None)
     # NaN passed every "<= 0" check and paced the lane at NaN; a name it has no lane
     # for was a KeyError, a string a TypeError.
-    for args in [(4, float("nan")), (4, float("inf")), ("4", None), (True, None)]:
+    bad: list[tuple[Any, Any]] = [(4, float("nan")), (4, float("inf")), ("4", None), (True, None)]
+    for args in bad:
         with pytest.raises(ConfigError, match="limits of 'maxsight': concurrency 0 to 10000"):
             d.resize("maxsight", *args)
-    with pytest.raises(ConfigError, match=r"no system 'jira' to resize \(systems: maxsight, "):
+    with pytest.raises(ConfigError, match=r"no system 'jira' here \(systems: maxsight, "):
         d.resize("jira", 4, None)
+    with pytest.raises(ConfigError, match=r"no system 'jira' here"):
+        d.in_flight("jira")
 
 
 async def _collect(run: Any, out: list[Result]) -> None:
@@ -971,6 +974,16 @@ async def test_an_item_that_is_not_a_change_is_an_invalid_change(source: Any) ->
                 pass
     await asyncio.sleep(0)
     assert _alive() == []
+
+
+async def test_send_of_something_that_is_not_a_change_is_an_invalid_change() -> None:
+    """``d.send({...})`` raised a bare ``AttributeError`` ('dict' object has no attribute
+    'system'), where ``run`` says what is wrong."""
+    route = Route(perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        with pytest.raises(InvalidChange, match=r"is not a change but a dict: \{'system'"):
+            await d.send({"system": "perscom", "record": 2})  # type: ignore[arg-type]
+    assert route.order == []
 
 
 @pytest.mark.parametrize(
