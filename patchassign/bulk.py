@@ -59,6 +59,8 @@ POLL = 0.5
 #: journal is the queue; a killed run leaves at most this many (plus a batch) per system
 #: ``taken``, which the next run reads before writing.
 AHEAD = 256
+#: Seconds between two notes of the systems' paces in a SQLite journal.
+PACES_EVERY = 5.0
 
 
 @dataclass
@@ -348,7 +350,11 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
     def read_first(system: str, index: int) -> bool:
         return inflight[system][index].doubt
 
+    keep_paces = not journal.shared and not opts.dry_run
+    paces_kept = time.monotonic()
+
     def record(r: Result) -> None:
+        nonlocal paces_kept
         item = inflight[r.system].pop(r.index)
         if r.error is not None:
             r = msgspec.structs.replace(r, error=cfg.scrub(r.error))
@@ -364,6 +370,9 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             progress.update(r.system, status)
         if opts.dry_run:
             _show_planned(out, item.line, r)
+        if keep_paces and time.monotonic() - paces_kept > PACES_EVERY:
+            paces_kept = time.monotonic()
+            _keep_paces(journal, dispatcher)
 
     dispatcher = Dispatcher(
         adapters,
@@ -374,6 +383,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
         dry_run=opts.dry_run,
         buffer=SHARED_AHEAD if journal.shared else AHEAD,
         hooks=[ScrubbedLog(cfg)] if opts.verbose else [],
+        paces={s: p for s, p in _kept_paces(journal).items() if s in adapters},
     )
     started = False
     skipped = 0
@@ -439,6 +449,8 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
                 await progress.aclose()
     finally:
         if started:
+            if keep_paces:
+                _keep_paces(journal, dispatcher)
             journal.finish(interrupted=interrupted)
             report = _report(opts, v, journal, run_counts, t0, interrupted, skipped, unconfirmed)
             report.load_time = load_time
@@ -446,6 +458,24 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             if interrupted:
                 out.write(report.render() + "\n")
     return report
+
+
+def _keep_paces(journal: JournalLike, d: Dispatcher) -> None:
+    """The pace each throttled system has held, for a resume to start at (a SQLite
+    journal: with PostgreSQL a worker's pace is its share of the system's limit)."""
+    journal.set_meta("paces", msgspec.json.encode(d.settled_paces()).decode())
+
+
+def _kept_paces(journal: JournalLike) -> dict[str, float]:
+    """The paces an earlier run on this journal kept (``{}``: none, or not readable)."""
+    raw = None if journal.shared else journal.meta("paces")
+    if not raw:
+        return {}
+    try:
+        paces = msgspec.json.decode(raw, type=dict[str, float])
+    except msgspec.DecodeError:
+        return {}
+    return {s: p for s, p in paces.items() if 0 < p <= 1_000_000}
 
 
 def _throttled(d: Dispatcher) -> list[tuple[str, int, int]]:

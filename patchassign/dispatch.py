@@ -676,6 +676,29 @@ class _Lane:
             handle.cancel()
             self._sleepers.discard(fut)
 
+    def held(self, now: float) -> float | None:
+        """The pace, or the rate answered over the last 2 s (since the last pause) where
+        that is lower and was measured over half a second or more."""
+        pace = self.pace
+        if pace is None:
+            return None
+        since = max(now - 2.0, self._resumed)
+        if now - since >= 0.5:
+            pace = min(pace, _since(self._ok, since) / (now - since))
+        return pace if pace >= 1e-3 else None
+
+    def seed(self, rate: float) -> None:
+        """Start paced at ``rate`` requests/s, as if learned (an earlier run's pace): it
+        climbs fast from there until the first 429, as from a measure taken in a hurry
+        (the server may take more by now)."""
+        self.learned = rate
+        self._climbing = True
+        self._climbed_from = rate
+        self._relieved = True  # nothing says yet that pacing does not help
+        self._interval = max(self._rate_interval, 1.0 / rate)
+        self._tolerance = 0.0
+        self.calm = False
+
     def answered(self, now: float) -> None:
         """An answer that is not a refusal: the system is up and takes our credentials."""
         self._ok.append(now)
@@ -1008,6 +1031,10 @@ class Dispatcher:
         hooks: :class:`~patchassign.hooks.Hooks` to tell of results, retries, slowdowns
             and stops.
         seed: Seed for the backoff jitter (tests).
+        paces: Requests/s to start systems at, as if learned from their 429s: what
+            :meth:`paces` said at the end of an earlier run. The lane sends at that pace
+            from its first request (no burst of 429s to learn it again) and climbs from
+            there until its first 429, as it does from a rate measured in a hurry.
     """
 
     def __init__(
@@ -1024,6 +1051,7 @@ class Dispatcher:
         buffer: int = 10_000,
         hooks: Iterable[Hooks] = (),
         seed: int | None = None,
+        paces: Mapping[str, float] | None = None,
     ) -> None:
         if isinstance(adapters, Mapping):
             self.adapters: dict[str, Adapter] = dict(adapters)
@@ -1087,6 +1115,15 @@ class Dispatcher:
                     for k in (0, 1)
                 ),
             )
+        for name, pace in (paces or {}).items():
+            if not (_number(pace) and 0 < pace <= 1_000_000):
+                raise ConfigError(
+                    f"paces[{name!r}] must be requests/s above 0 (at most 1000000), got {pace!r}"
+                )
+            if name in self._lanes:
+                self._lanes[name].seed(float(pace))
+            else:
+                log.warning("pace for %r ignored: no adapter for that system here", name)
         hooks = list(hooks)
         self._on_result = [h.on_result for h in hooks if _overrides(h, "on_result")]
         self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
@@ -1271,6 +1308,15 @@ class Dispatcher:
         """Requests/s each system is paced at now, learned from its 429s (the systems
         that are not pacing themselves are absent; a configured ``rate`` is a ceiling)."""
         return {name: pace for name, lane in self._lanes.items() if (pace := lane.pace)}
+
+    def settled_paces(self) -> dict[str, float]:
+        """What a later run should start each paced system at (``Dispatcher(paces=...)``):
+        the lower of its pace and the rate its answers got through at over the last two
+        seconds. A pace climbing when the run stopped may be past the server's limit; a
+        resume started there would meet a burst of 429s and a pause. Lower is cheap: the
+        pace climbs from there."""
+        now = asyncio.get_running_loop().time() if _loop_running() else time.monotonic()
+        return {name: pace for name, lane in self._lanes.items() if (pace := lane.held(now))}
 
     def states(self) -> dict[str, str]:
         """Each system's state now, for a progress display: ``stopped`` (fail-fast),

@@ -411,6 +411,45 @@ async def kill_at_random(setup: Setup, rng: random.Random, *extra: str) -> tuple
     return await proc.wait(), int(seen)
 
 
+async def test_a_resume_starts_at_the_pace_the_stopped_run_had_learned(tmp_path: Path) -> None:
+    """A system with its own rate limit (Maxsight, 60 requests/s): the first run learns
+    it from a burst of 429s and a pause. The journal keeps the pace, and a resume starts
+    at it: no slowdown, no pause."""
+    faults = {"maxsight": Faults(rate_limit=60.0, burst=5)}
+    async for s in make(tmp_path, 150, faults):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "patchassign",
+            "run",
+            str(s.plan),
+            "-c",
+            str(s.config),
+            "--progress",
+            "none",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, **s.env},
+        )
+        stats = s.sb.maxsight.stats
+        for _ in range(300):  # until it paced itself and went on for a while
+            await asyncio.sleep(0.1)
+            if stats.count(status=429) and stats.count() > 150:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 130
+        with Journal(s.journal) as j:
+            kept = json.loads(j.meta("paces") or "{}")
+        assert 10.0 < kept.get("maxsight", 0.0) < 200.0, kept
+        code, out, err = await patchassign(s, "run", s.plan, "-c", s.config, "--resume")
+        assert code == 0, err
+        assert demo_mismatches(s.sb, s.n) == []
+        throttled = [line for line in out.splitlines() if line.startswith("maxsight: ")]
+        assert not any("slowdown" in line for line in throttled), out
+        with Journal(s.journal) as j:
+            assert "maxsight" in json.loads(j.meta("paces") or "{}")
+
+
 async def test_killed_runs_resume_without_applying_anything_twice(tmp_path: Path) -> None:
     """kill -9 at random points, three times, then finish: same state, nothing twice."""
     faults = Faults(latency=0.02, jitter=0.02, drop=0.02, seed=3)

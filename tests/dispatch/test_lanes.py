@@ -702,6 +702,37 @@ async def test_a_lane_learns_the_rate_a_server_allows() -> None:
     assert bucket.refused < 0.25 * answered, (bucket.refused, answered)
 
 
+async def test_a_pace_from_an_earlier_run_starts_the_lane_paced() -> None:
+    """A resumed run learned its system's rate again from a burst of 429s and a pause.
+    Given the pace an earlier run ended with, the lane starts at it, with no slowdown,
+    and still climbs to what the server takes now (here more than that pace)."""
+    runs = []
+    for paces in ({}, {"maxsight": 150.0}):
+        bucket = Bucket(rate=200.0, burst=10)
+        route = Route(maxsight=FakeMaxsight(fault=bucket))
+        async with dispatcher(route, retry=RetryPolicy(deadline=60.0), paces=paces) as d:
+            assert d.paces() == paces  # said from the start
+            results = [r async for r in d.run(to_maxsight(300))]
+            runs.append((d.slowdowns()["maxsight"], bucket.refused, d.paces()["maxsight"]))
+            # What to keep for the next run: never past what got through (the server's
+            # 200/s and its burst of 10, over the last 2 s), nor past the pace.
+            settled = d.settled_paces()["maxsight"]
+            assert settled <= min(205.0, d.paces()["maxsight"]), (settled, d.paces())
+            assert settled > 100.0
+        assert Counter(r.status for r in results) == {"applied": 300}
+    (cold_slowdowns, _, _), (slowdowns, refused, pace) = runs
+    assert cold_slowdowns >= 1  # without it: a burst, 429s, a pause for the Retry-After
+    assert slowdowns == 0, runs  # no pause
+    assert refused < 0.05 * 600, runs  # (the climb's last step, and the slow climb's)
+    assert pace > 170.0, runs  # it climbed from 150 towards the server's 200
+
+
+@pytest.mark.parametrize("pace", [0.0, -1.0, float("nan"), float("inf"), "fast"])
+def test_a_pace_that_is_not_a_rate_is_refused(pace: Any) -> None:
+    with pytest.raises(ConfigError, match=r"paces\['maxsight'\] must be requests/s above 0"):
+        Dispatcher([FakeMaxsight().adapter()], paces={"maxsight": pace})
+
+
 class Unlucky:
     """429s at random, on a share of the requests whatever the rate (``Retry-After: 0``):
     sending slower lets no larger share through."""
