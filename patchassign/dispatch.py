@@ -1032,9 +1032,9 @@ class Dispatcher:
             and stops.
         seed: Seed for the backoff jitter (tests).
         paces: Requests/s to start systems at, as if learned from their 429s: what
-            :meth:`paces` said at the end of an earlier run. The lane sends at that pace
-            from its first request (no burst of 429s to learn it again) and climbs from
-            there until its first 429, as it does from a rate measured in a hurry.
+            :meth:`settled_paces` said at the end of an earlier run. The lane sends at
+            that pace from its first request (no burst of 429s to learn it again) and
+            climbs from there until its first 429, as from a rate measured in a hurry.
     """
 
     def __init__(
