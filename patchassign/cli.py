@@ -652,6 +652,10 @@ def _plan_file(path: Path | None) -> Iterator[Path | None]:
             raise UsageError(f"{path} is a directory, not a file")
         if not path.exists():
             raise UsageError(f"no such file: {path}")
+    elif sys.stdin is None or sys.stdin.isatty():
+        raise UsageError(
+            "- reads the plan from standard input: pipe one in (... | patchassign ...)"
+        )
     with tempfile.TemporaryDirectory(prefix="patchassign-plan-") as tmp:
         copy = Path(tmp) / ("stdin" if str(path) == "-" else path.name)
         try:

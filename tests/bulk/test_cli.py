@@ -147,6 +147,14 @@ def test_validate_reads_a_plan_from_standard_input_and_pipes(
     assert main(["validate", str(tmp_path / "nothing.jsonl")]) == 2
     assert "no such file: " in capsys.readouterr().err
 
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal())  # nothing piped: said, not waited for
+    assert main(["validate", "-"]) == 2
+    assert "- reads the plan from standard input: pipe one in" in capsys.readouterr().err
+
 
 def test_a_plan_written_as_a_json_array_is_told_to_be_json_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
