@@ -744,6 +744,8 @@ def _json_file(path: Path) -> Any:
     """A JSON document from ``path``: a file, a pipe (the shell's ``<(...)``), or ``-`` for
     standard input; read once."""
     if str(path) == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("- reads a JSON document from standard input: pipe one in")
         data = sys.stdin.buffer.read()
     else:
         if path.is_dir():

@@ -154,6 +154,8 @@ def test_validate_reads_a_plan_from_standard_input_and_pipes(
     monkeypatch.setattr(sys, "stdin", Terminal())  # nothing piped: said, not waited for
     assert main(["validate", "-"]) == 2
     assert "- reads the plan from standard input: pipe one in" in capsys.readouterr().err
+    assert main(["diff", "-", str(fifo)]) == 2
+    assert "- reads a JSON document from standard input: pipe one in" in capsys.readouterr().err
 
 
 def test_a_plan_written_as_a_json_array_is_told_to_be_json_lines(
