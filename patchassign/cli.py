@@ -635,6 +635,13 @@ def _writable(path: Path, option: str) -> None:
         raise UsageError(f"{option} {path}: not writable")
 
 
+def _piped(what: str) -> IO[bytes]:
+    """Standard input, where something is piped in (a terminal would wait, silently)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError(f"- reads {what} from standard input: pipe one in (... | patchassign ...)")
+    return sys.stdin.buffer
+
+
 def _source(path: Path) -> str:
     return "standard input" if str(path) == "-" else f"a pipe ({path})"
 
@@ -644,25 +651,20 @@ def _plan_file(path: Path | None) -> Iterator[Path | None]:
     """The plan to read, as a file: ``path`` itself when it is one. Standard input (``-``)
     and pipes (the shell's ``<(...)``) are copied to a temporary file first: a plan is
     read more than once (its format guessed, validated, then loaded)."""
-    if path is None or (str(path) != "-" and path.is_file()):
+    stdin = str(path) == "-"
+    if path is None or (not stdin and path.is_file()):
         yield path
         return
-    if str(path) != "-":
+    if not stdin:
         if path.is_dir():
             raise UsageError(f"{path} is a directory, not a file")
         if not path.exists():
             raise UsageError(f"no such file: {path}")
-    elif sys.stdin is None or sys.stdin.isatty():
-        raise UsageError(
-            "- reads the plan from standard input: pipe one in (... | patchassign ...)"
-        )
     with tempfile.TemporaryDirectory(prefix="patchassign-plan-") as tmp:
-        copy = Path(tmp) / ("stdin" if str(path) == "-" else path.name)
+        copy = Path(tmp) / ("stdin" if stdin else path.name)
         try:
             with contextlib.ExitStack() as stack:
-                source = (
-                    sys.stdin.buffer if str(path) == "-" else stack.enter_context(open(path, "rb"))
-                )
+                source = _piped("the plan") if stdin else stack.enter_context(open(path, "rb"))
                 with open(copy, "wb") as f:
                     shutil.copyfileobj(source, f, 1 << 20)
         except OSError as e:
@@ -744,9 +746,7 @@ def _json_file(path: Path) -> Any:
     """A JSON document from ``path``: a file, a pipe (the shell's ``<(...)``), or ``-`` for
     standard input; read once."""
     if str(path) == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise UsageError("- reads a JSON document from standard input: pipe one in")
-        data = sys.stdin.buffer.read()
+        data = _piped("a JSON document").read()
     else:
         if path.is_dir():
             raise UsageError(f"{path} is a directory, not a JSON file")

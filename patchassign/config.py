@@ -163,15 +163,15 @@ def parse_config(
                 continue
             raise ConfigError(f"{source}: systems.{name}: {e}") from None
         base = adapters[name].limits
-        chosen = Limits(
-            concurrency=conf.concurrency or base.concurrency,
-            rate=(conf.rate or None) if conf.rate is not None else base.rate,
-            burst=conf.burst or base.burst,
-            batch=conf.batch if conf.batch is not None else base.batch,
-            linger=conf.linger if conf.linger is not None else base.linger,
-        )
-        try:  # a struct built in Python is not checked against its bounds
-            limits[name] = msgspec.convert(msgspec.structs.asdict(chosen), Limits)
+        chosen = {
+            "concurrency": conf.concurrency or base.concurrency,
+            "rate": (conf.rate or None) if conf.rate is not None else base.rate,
+            "burst": conf.burst or base.burst,
+            "batch": conf.batch if conf.batch is not None else base.batch,
+            "linger": conf.linger if conf.linger is not None else base.linger,
+        }
+        try:  # converted, not built: ``Limits(...)`` would not check the bounds
+            limits[name] = msgspec.convert(chosen, Limits)
         except msgspec.ValidationError as e:
             raise ConfigError(f"{source}: systems.{name}: {plain(str(e))}") from None
     if not adapters and not broken:

@@ -1262,11 +1262,7 @@ class Dispatcher:
         until they are under it. For limits shared with other processes
         (:class:`patchassign.journal.SharedLimits`); a plain dispatcher's limits are
         its ``limits`` argument."""
-        lane = self._lanes.get(system)
-        if lane is None:
-            raise ConfigError(
-                f"no system {system!r} here (systems: {', '.join(sorted(self._lanes))})"
-            )
+        lane = self._lane(system)
         if not (
             _whole(concurrency)
             and 0 <= concurrency <= 10_000
@@ -1282,12 +1278,16 @@ class Dispatcher:
 
     def in_flight(self, system: str) -> int:
         """Requests (or waits for a send slot) of ``system`` in flight now."""
+        lane = self._lane(system)
+        return lane.in_flight
+
+    def _lane(self, system: str) -> _Lane:
         lane = self._lanes.get(system)
         if lane is None:
             raise ConfigError(
                 f"no system {system!r} here (systems: {', '.join(sorted(self._lanes))})"
             )
-        return lane.in_flight
+        return lane
 
     @property
     def counts(self) -> Counter[tuple[str, int]]:
