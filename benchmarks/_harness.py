@@ -148,3 +148,37 @@ def reexec_with_fastjsonpatch(module: str) -> bool:
     env = {**os.environ, _REEXEC: "1"}
     subprocess.run([str(vpy), "-m", module, *sys.argv[1:]], check=True, cwd=ROOT, env=env)
     return True
+
+
+def sandbox_process(per_system: int, config: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """``patchassign sandbox`` in its own process with ``per_system`` demo records each,
+    and a systems.toml for it written to ``config`` (``--write-config``): the process and
+    the environment that holds its tokens (the ``export`` lines it prints to stderr, all
+    written before its URLs come on stdout)."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patchassign",
+            "sandbox",
+            "--json",
+            "--demo",
+            str(per_system),
+            "--write-config",
+            str(config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stderr is not None
+    "".join(iter(server.stdout.readline, "}\n"))  # serving: the URLs, as JSON
+    os.set_blocking(server.stderr.fileno(), False)
+    said = os.read(server.stderr.fileno(), 1 << 16).decode()
+    env = dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in said.splitlines()
+        if line.startswith("export ")
+    )
+    return server, env

@@ -1,7 +1,7 @@
 """``patchassign run`` on plans of growing length: time and peak memory of the run process.
 
 For each size, the sandbox (``patchassign sandbox``, a separate process) is seeded with
-``size / 5`` records per system, the demo plan that moves all of them to team B is written
+``size / 6`` records per system (six systems), the demo plan that moves all of them to team B is written
 to a file, and ``patchassign run`` runs it in a fresh process (journal, results file,
 report, everything as a user runs it), which reports its own peak resident memory.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import msgspec
 
-from benchmarks._harness import machine
+from benchmarks._harness import machine, sandbox_process
 
 
 def _child(args: list[str]) -> None:
@@ -36,26 +36,11 @@ def _child(args: list[str]) -> None:
 
 
 def one(size: int, concurrency: int, folder: Path) -> dict[str, float | int]:
-    from patchassign.cli import _demo_config
-    from patchassign.sandbox import demo_plan
+    from patchassign.sandbox import SYSTEMS, demo_plan
 
-    per_system = size // 5
-    server = subprocess.Popen(
-        [sys.executable, "-m", "patchassign", "sandbox", "--json", "--demo", str(per_system)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    per_system = size // len(SYSTEMS)  # the plan has ``size`` lines
+    server, env = sandbox_process(per_system, folder / "systems.toml")
     try:
-        assert server.stdout is not None
-        described: dict[str, dict[str, str]] = json.loads(
-            "".join(iter(server.stdout.readline, "}\n")) + "}"
-        )
-
-        class _Described:
-            def describe(self) -> dict[str, dict[str, str]]:
-                return described
-
-        env = _demo_config(_Described(), folder / "systems.toml")
         plan = folder / f"plan-{size}.jsonl"
         with open(plan, "wb") as f:
             for change in demo_plan(per_system):

@@ -18,7 +18,6 @@ Run: python -m benchmarks.night [--lines 200000] [--slow superoffice] [--rate 25
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sqlite3
@@ -30,22 +29,9 @@ from pathlib import Path
 
 import msgspec
 
-from benchmarks._harness import machine
+from benchmarks._harness import machine, sandbox_process
 
 SYSTEMS = ("perscom", "maxsight", "kintone", "superoffice", "findable")
-
-
-def _sandbox(per_system: int) -> tuple[subprocess.Popen[str], dict[str, dict[str, str]]]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "patchassign", "sandbox", "--json", "--demo", str(per_system)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    described: dict[str, dict[str, str]] = json.loads(
-        "".join(iter(server.stdout.readline, "}\n")) + "}"
-    )
-    return server, described
 
 
 def _finish_times(journal: Path) -> tuple[dict[str, float], dict[str, int]]:
@@ -62,17 +48,10 @@ def _finish_times(journal: Path) -> tuple[dict[str, float], dict[str, int]]:
 def one(
     folder: Path, per_system: int, systems: tuple[str, ...], slow: str, rate: float
 ) -> tuple[dict[str, float], dict[str, int], float]:
-    from patchassign.cli import _demo_config
     from patchassign.sandbox import demo_plan
 
-    server, described = _sandbox(per_system)
+    server, env = sandbox_process(per_system, folder / "systems.toml")
     try:
-
-        class _Described:
-            def describe(self) -> dict[str, dict[str, str]]:
-                return described
-
-        env = _demo_config(_Described(), folder / "systems.toml")
         plan = folder / "plan.jsonl"
         with open(plan, "wb") as f:
             for change in demo_plan(per_system, systems):
