@@ -14,7 +14,6 @@ hands it; nothing sends a request.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from typing import IO, TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
+from ._aio import cancel_and_wait
 from ._json import json_equal
 
 if TYPE_CHECKING:
@@ -411,11 +411,9 @@ class Progress:
 
     async def aclose(self) -> None:
         """Stop drawing; leave the final state on screen."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
         self.close()
 
     def close(self) -> None:

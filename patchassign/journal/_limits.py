@@ -13,7 +13,7 @@ of the slots it uses.
 
 A process that stops renewing (killed, cut off) loses its slots when their lease ends;
 one that cannot reach the database for most of a lease stops sending until it can, as
-its slots may go to others. Costs: one round of queries per beat per process, nothing
+its slots may go to others (a lost connection is opened again at the next beat). Costs: one round of queries per beat per process, nothing
 per request. The limits in force are those of the process that joined last (a new
 deployment's configuration wins).
 """
@@ -29,6 +29,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Self
 
+from .._aio import cancel_and_wait
 from ._base import JournalError
 from ._postgres import NOW, _reason, connect, split_url
 
@@ -90,6 +91,7 @@ class SharedLimits:
         self._paused = False
         self._owed = False  # slots above the fair share still held (in flight)
         self._where = split_url(url)[2]
+        self._schema = ""
 
     def __repr__(self) -> str:
         return f"<SharedLimits {self._where} member={self.name}>"
@@ -104,18 +106,11 @@ class SharedLimits:
     async def start(self) -> None:
         """Join: register this process's limits, claim a first share, start renewing."""
         import psycopg
-        from psycopg import sql
 
-        conn, schema, _ = await asyncio.to_thread(connect, self.url)
+        conn, self._schema, _ = await asyncio.to_thread(connect, self.url)
         conn.close()
-        conninfo = split_url(self.url)[0]
         try:
-            self._conn = await psycopg.AsyncConnection.connect(
-                conninfo, autocommit=True, connect_timeout=10
-            )
-            await self._conn.execute(
-                sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
-            )
+            self._conn = await self._open()
         except psycopg.Error as e:
             raise JournalError(f"{self._where}: cannot connect ({_reason(e, self.url)})") from None
         for system in self.systems:
@@ -136,12 +131,6 @@ class SharedLimits:
                         "SELECT %s, g FROM generate_series(0, %s - 1) g ON CONFLICT DO NOTHING",
                         (system, lim.concurrency),
                     )
-                await self._conn.execute(
-                    "INSERT INTO limit_members (member, systems, expires) "  # noqa: S608
-                    f"VALUES (%s, %s, {NOW} + %s) ON CONFLICT (member) DO UPDATE "
-                    "SET systems = excluded.systems, expires = excluded.expires",
-                    (self.name, self.systems, self.lease),
-                )
             await self.rebalance()
         except psycopg.Error as e:
             await self.close()
@@ -150,14 +139,28 @@ class SharedLimits:
             ) from None
         self._task = asyncio.create_task(self._renew(), name="patchassign-shared-limits")
 
+    async def _open(self) -> psycopg.AsyncConnection[Any]:
+        import psycopg
+        from psycopg import sql
+
+        conn = await psycopg.AsyncConnection.connect(
+            split_url(self.url)[0], autocommit=True, connect_timeout=10
+        )
+        try:
+            await conn.execute(
+                sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema))
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
     async def close(self) -> None:
         """Leave: stop renewing, give every slot back, restore the dispatcher's own
         limits."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await cancel_and_wait(task)
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -182,9 +185,13 @@ class SharedLimits:
             # are done, not a whole beat later: a joining process waits less.
             await asyncio.sleep(min(self.beat, 0.25) if self._owed else self.beat)
             try:
-                await asyncio.wait_for(self.rebalance(), timeout=self.lease / 2)
-            except asyncio.CancelledError:
-                raise
+                # asyncio.timeout, not wait_for: on Python 3.11, wait_for swallows a
+                # cancellation that comes as the query ends, and close() waited forever.
+                async with asyncio.timeout(self.lease / 2):
+                    if self._conn is None or self._conn.closed:
+                        # Lost (the server restarted, the connection was cut): a new one.
+                        self._conn = await self._open()
+                    await self.rebalance()
             except Exception as e:  # the database is unreachable, slow, restarting...
                 text = _reason(e, self.url)
                 if time.monotonic() + self.beat >= self._valid_until and not self._paused:
@@ -207,9 +214,12 @@ class SharedLimits:
             return
         asked = time.monotonic()
         async with conn.transaction():
+            # An upsert: membership comes back after a cut longer than a lease.
             await conn.execute(
-                f"UPDATE limit_members SET expires = {NOW} + %s WHERE member = %s",  # noqa: S608
-                (self.lease, self.name),
+                "INSERT INTO limit_members (member, systems, expires) "  # noqa: S608
+                f"VALUES (%s, %s, {NOW} + %s) ON CONFLICT (member) DO UPDATE "
+                "SET systems = excluded.systems, expires = excluded.expires",
+                (self.name, self.systems, self.lease),
             )
             await conn.execute(
                 f"UPDATE limit_slots SET expires = {NOW} + %s WHERE holder = %s",  # noqa: S608
