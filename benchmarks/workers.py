@@ -12,7 +12,7 @@ write counters), and the most requests in flight to each fake never exceeded its
 limit.
 
 Run: python -m benchmarks.workers scale [--records 1000] [--workers 1,2,4]
-     python -m benchmarks.workers chaos [--records 4000] [--workers 4] [--kills 10]
+     python -m benchmarks.workers chaos [--records 4000] [--workers 4] [--kills 10] [--cuts 5]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psycopg
 
 from benchmarks._harness import machine
 from patchassign.cli import _demo_config
@@ -149,7 +150,7 @@ async def scale(records: int, counts: list[int], only: str | None = None) -> Non
                     print(r["errors"][:2], r["wrong"], r["twice"], file=sys.stderr)
 
 
-async def chaos(records: int, workers: int, kills: int) -> None:
+async def chaos(records: int, workers: int, kills: int, cuts: int) -> None:
     print(machine())
     rng = random.Random(11)
     faults = Faults(
@@ -178,6 +179,23 @@ async def chaos(records: int, workers: int, kills: int) -> None:
             procs = [await _worker(d, env, url, limits, plan)]
             await asyncio.sleep(1.0)
             procs += [await _worker(d, env, url, limits, None) for _ in range(workers - 1)]
+            cut = 0
+
+            async def cutter() -> None:
+                # The database ends every connection of the workers (a restart, a
+                # failover): each connects again and goes on.
+                nonlocal cut
+                when = random.Random(12)  # (the kills keep their own schedule)
+                with psycopg.connect(url, autocommit=True) as admin:
+                    while cut < cuts and any(p.returncode is None for p in procs):
+                        await asyncio.sleep(when.uniform(2.0, 4.0))
+                        admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+                        )
+                        cut += 1
+
+            cutting = asyncio.create_task(cutter())
             killed = 0
             while killed < kills:
                 await asyncio.sleep(rng.uniform(1.0, 3.0))
@@ -190,11 +208,14 @@ async def chaos(records: int, workers: int, kills: int) -> None:
                 killed += 1
                 procs.append(await _worker(d, env, url, limits, None))
             codes = []
+            again = 0
             for p in procs:
                 _, err = await p.communicate()
                 codes.append(p.returncode)
+                again += err.decode(errors="replace").count("connecting again")
                 if p.returncode not in (0, -signal.SIGKILL):
                     print(err.decode()[-600:], file=sys.stderr)
+            await cutting
             elapsed = time.perf_counter() - t0
             with PgJournal(url) as j:
                 counts = j.counts()
@@ -205,10 +226,11 @@ async def chaos(records: int, workers: int, kills: int) -> None:
             peaks = {type(s).__name__.removesuffix("Server").lower(): s.stats.peak for s in sb}
             over = {k: v for k, v in peaks.items() if v > conc}
             print(
-                f"\n### Chaos: {workers} workers, {len(SYSTEMS) * records:,} changes, {killed} kill -9s\n"
+                f"\n### Chaos: {workers} workers, {len(SYSTEMS) * records:,} changes, {killed} kill -9s, "
+                f"{cut} cuts of every connection\n"
             )
             print(f"outcomes: {dict(outcomes)} ({rows:,} items)")
-            print(f"worker exits: {Counter(codes)}")
+            print(f"worker exits: {Counter(codes)}; journal reconnections: {again}")
             print(
                 f"records not as planned: {len(wrong)}; changes applied twice: {twice}; "
                 f"most in flight per fake (limit {conc}): {peaks}; time {elapsed:,.1f} s"
@@ -221,7 +243,8 @@ async def chaos(records: int, workers: int, kills: int) -> None:
             )
             done = sum(n for s, n in outcomes.items() if s in ("applied", "recovered"))
             ok = done == len(SYSTEMS) * records and not wrong and not twice and not over
-            ok = ok and killed == kills
+            ok = ok and killed == kills and cut == cuts
+            ok = ok and all(c in (0, -signal.SIGKILL) for c in codes)
             print("PASS" if ok else "FAIL")
             sys.exit(0 if ok else 1)
 
@@ -237,11 +260,12 @@ def main() -> None:
     c.add_argument("--records", type=int, default=4000, help="per system")
     c.add_argument("--workers", type=int, default=4)
     c.add_argument("--kills", type=int, default=10)
+    c.add_argument("--cuts", type=int, default=5, help="times every connection is cut")
     args = parser.parse_args()
     if args.what == "scale":
         asyncio.run(scale(args.records, [int(n) for n in args.workers.split(",")], args.only))
     else:
-        asyncio.run(chaos(args.records, args.workers, args.kills))
+        asyncio.run(chaos(args.records, args.workers, args.kills, args.cuts))
 
 
 if __name__ == "__main__":

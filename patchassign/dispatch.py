@@ -678,12 +678,14 @@ class _Lane:
 
     def held(self, now: float) -> float | None:
         """The pace, or the rate answered over the last 2 s (since the last pause) where
-        that is lower and was measured over half a second or more."""
+        that is lower, was measured over half a second or more and 429s came in it (the
+        pace was past the server's limit). A lane with little or no work left, its
+        answers a trickle, keeps its pace."""
         pace = self.pace
         if pace is None:
             return None
         since = max(now - 2.0, self._resumed)
-        if now - since >= 0.5:
+        if now - since >= 0.5 and _since(self._refused, since):
             pace = min(pace, _since(self._ok, since) / (now - since))
         return pace if pace >= 1e-3 else None
 
@@ -1311,10 +1313,11 @@ class Dispatcher:
 
     def settled_paces(self) -> dict[str, float]:
         """What a later run should start each paced system at (``Dispatcher(paces=...)``):
-        the lower of its pace and the rate its answers got through at over the last two
-        seconds. A pace climbing when the run stopped may be past the server's limit; a
-        resume started there would meet a burst of 429s and a pause. Lower is cheap: the
-        pace climbs from there."""
+        its pace, or the rate its answers got through at over the last two seconds where
+        that is lower and 429s came. A pace climbing when the run stopped may be past the
+        server's limit; a resume started there would meet a burst of 429s and a pause.
+        Lower is cheap: the pace climbs from there. A system with no work left keeps its
+        pace (its answers over the last seconds are a trickle, or none)."""
         now = asyncio.get_running_loop().time() if _loop_running() else time.monotonic()
         return {name: pace for name, lane in self._lanes.items() if (pace := lane.held(now))}
 

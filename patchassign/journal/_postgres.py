@@ -21,12 +21,13 @@ have to agree. The tables live in their own schema (``patchassign`` by default,
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Self
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit
 
 from ._base import (
@@ -60,6 +61,9 @@ _UPGRADES = {
     "1": "ALTER TABLE items ADD COLUMN IF NOT EXISTS batch TEXT, "
     "ADD COLUMN IF NOT EXISTS position INTEGER"
 }
+log = logging.getLogger("patchassign")
+_T = TypeVar("_T")
+
 #: The database's clock, as Unix time.
 NOW = "extract(epoch FROM clock_timestamp())"
 
@@ -292,6 +296,7 @@ class PgJournal:
         self._buffer: list[tuple[Any, ...]] = []
         self._last = time.monotonic()
         self._closed = False
+        self._locks = 0  # advisory locks held (they go with the connection)
         #: Set when this worker's lease was found lost (it must stop).
         self.lost: JournalError | None = None
 
@@ -323,10 +328,7 @@ class PgJournal:
         )
 
     def _execute(self, query: str, args: Any = None) -> psycopg.Cursor[Any]:
-        try:
-            return self._conn.execute(query, args)
-        except self._psycopg.Error as e:
-            raise self._failed(e) from None
+        return self._again(lambda: self._conn.execute(query, args))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -336,15 +338,77 @@ class PgJournal:
         except self._psycopg.Error as e:
             raise self._failed(e) from None
 
+    def _atomic(self, body: Callable[[], _T]) -> _T:
+        """``body`` in one transaction (run again on a new connection if the one it ran
+        on was lost: see :meth:`_again`)."""
+
+        def transaction() -> _T:
+            with self._conn.transaction():
+                return body()
+
+        return self._again(transaction)
+
+    def _again(self, run: Callable[[], _T]) -> _T:
+        """``run()``; if the connection was lost (the server restarted, a failover or a
+        proxy cut it), connect again and run it once more, except while a lock that went
+        with it was held (loading a plan). What a lost transaction did was rolled back,
+        and every statement can run twice: an outcome is written only over an item
+        still taken by this worker; items taken by a transaction that committed as the
+        connection was lost go back to the pool when the worker finishes, or its lease
+        ends; a worker registered so has no items and its lease ends."""
+        try:
+            return run()
+        except self._psycopg.Error as e:
+            if self._closed or self._locks or not self._conn.closed:
+                raise self._failed(e) from None
+            self._reconnect(e)
+        try:
+            return run()
+        except self._psycopg.Error as e:
+            raise self._failed(e) from None
+
+    def _reconnect(self, lost: Exception) -> None:
+        """A new connection, tried for up to a third of the lease (the lease holds
+        meanwhile; past it other workers take this one's items back, as from a stalled
+        worker, and :meth:`beat` says so)."""
+        psycopg = self._psycopg
+        from psycopg import sql
+
+        log.warning(
+            "journal: the connection to %s was lost (%s): connecting again",
+            self.where,
+            _reason(lost, self.url),
+        )
+        conninfo, schema, _ = split_url(self.url)
+        give_up = time.monotonic() + self.lease / 3
+        wait = 0.1
+        while True:
+            conn = None
+            try:
+                conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            except psycopg.Error as e:
+                if conn is not None:
+                    conn.close()
+                if time.monotonic() + wait > give_up:
+                    raise self._failed(e) from None
+                time.sleep(wait)
+                wait = min(2 * wait, 1.0)
+                continue
+            self._conn = conn
+            return
+
     @contextlib.contextmanager
     def exclusive(self, what: str) -> Iterator[None]:
         """Hold a lock named ``what`` (in this journal's schema) for the block: a second
         loader of the plan waits here until the first one's load is committed."""
         key = _key(self.schema, what)
         self._execute("SELECT pg_advisory_lock(%s)", (key,))
+        self._locks += 1  # (a new connection would not hold it: none is made meanwhile)
         try:
             yield
         finally:
+            self._locks -= 1
             with contextlib.suppress(JournalError):
                 self._execute("SELECT pg_advisory_unlock(%s)", (key,))
 
@@ -433,7 +497,8 @@ class PgJournal:
     def reclaim(self) -> int:
         """Mark workers whose lease ended as lost and put their taken items back, in
         doubt; returns how many items came back."""
-        with self._transaction():
+
+        def body() -> int:
             lost = self._conn.execute(
                 "UPDATE workers SET lost = true "  # noqa: S608 - constants
                 f"WHERE finished IS NULL AND NOT lost AND lease_until < {NOW} "
@@ -449,6 +514,8 @@ class PgJournal:
                 [[r for r, _ in lost], [t for _, t in lost]],
             )
             return cur.rowcount
+
+        return self._atomic(body)
 
     def beat(self) -> None:
         """Renew this worker's lease, write buffered outcomes, and take back the items of
@@ -475,7 +542,8 @@ class PgJournal:
         """Leave the plan: write buffered outcomes and give back the items taken and
         without an outcome, in doubt (as a killed run's, they are read before writing)."""
         self.flush()
-        with self._transaction():
+
+        def body() -> None:
             self._conn.execute(
                 f"UPDATE items SET status = 'pending', worker = NULL, doubt = true, hold = {NOW} "  # noqa: S608
                 "WHERE worker = %s AND status = 'taken'",
@@ -486,6 +554,8 @@ class PgJournal:
                 "WHERE run = %s",
                 (interrupted, self.run_id),
             )
+
+        self._atomic(body)
 
     def last_alive(self) -> float | None:
         """Unused with a shared journal: a lost worker's items carry their own hold."""
@@ -597,7 +667,8 @@ class PgJournal:
         rows, self._buffer = self._buffer, []
         columns = [list(c) for c in zip(*rows, strict=True)]
         columns[6] = [bool(u) for u in columns[6]]  # unconfirmed
-        with self._transaction():
+
+        def body() -> None:
             # One statement for the whole batch (a row per outcome would be a round trip
             # each: a millisecond per outcome).
             self._conn.execute(
@@ -632,6 +703,12 @@ class PgJournal:
                 f"UPDATE workers SET alive = {NOW} WHERE run = %s",  # noqa: S608
                 (self.run_id,),
             )
+
+        try:
+            self._atomic(body)
+        except JournalError:
+            self._buffer = rows + self._buffer  # not written: kept for another try
+            raise
 
     # -- reading ------------------------------------------------------------------------
 

@@ -727,6 +727,27 @@ async def test_a_pace_from_an_earlier_run_starts_the_lane_paced() -> None:
     assert pace > 170.0, runs  # it climbed from 150 towards the server's 200
 
 
+async def test_a_system_with_little_work_left_keeps_its_pace_for_the_next_run() -> None:
+    """The answers of the last 2 s say what got through only while 429s came: a system
+    whose work ran out (its answers a trickle, as at the end of a run, or none) keeps
+    the pace it learned. Taking the trickle for the rate made a resume start at a few
+    requests/s, or unpaced when nothing had come for 2 s."""
+    bucket = Bucket(rate=200.0, burst=10)
+    route = Route(maxsight=FakeMaxsight(fault=bucket))
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0)) as d:
+        results = await d.send_all(to_maxsight(300))
+        assert d._lanes["maxsight"].learned > 0  # it paced itself
+        for i in range(300, 312):  # the tail: one change now and then
+            results.append(await d.send(to_maxsight(1, first=i)[0]))
+            await asyncio.sleep(0.15)
+        pace = d.paces()["maxsight"]
+        assert d.settled_paces() == {"maxsight": pytest.approx(pace)}
+        await asyncio.sleep(2.1)
+        assert d.settled_paces() == {"maxsight": pytest.approx(pace)}  # none for 2 s
+    assert Counter(r.status for r in results) == {"applied": 312}
+    assert pace > 100.0
+
+
 @pytest.mark.parametrize("pace", [0.0, -1.0, float("nan"), float("inf"), "fast"])
 def test_a_pace_that_is_not_a_rate_is_refused(pace: Any) -> None:
     with pytest.raises(ConfigError, match=r"paces\['maxsight'\] must be requests/s above 0"):

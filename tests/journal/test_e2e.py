@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest_asyncio
 
 from patchassign.journal import PgJournal
@@ -124,6 +125,43 @@ async def test_killed_workers_items_go_to_the_others(slow: Setup, pg_url: str) -
         assert code in (0, -signal.SIGKILL), text
     assert kills == 3
     assert codes.count(0) >= 1
+    check_outcome(slow, pg_url)
+
+
+def joined(admin: psycopg.Connection[Any]) -> int:
+    """How many workers have joined the plan so far."""
+    try:
+        row = admin.execute("SELECT count(*) FROM patchassign.workers").fetchone()
+    except psycopg.errors.UndefinedTable:  # the first is still making the journal
+        return 0
+    return 0 if row is None else int(row[0])
+
+
+async def test_workers_ride_out_their_connections_cut(slow: Setup, pg_url: str) -> None:
+    """The database cuts every connection of the workers, three times (a restart, a
+    failover, a proxy): each worker connects again, journal and shared limits alike,
+    and goes on. They stopped with "the journal cannot be used" (and the shared limits
+    of a service replica sent nothing ever after)."""
+    procs = [await worker(slow, pg_url, str(slow.plan))]
+    await asyncio.sleep(0.5)
+    procs += [await worker(slow, pg_url, "--join") for _ in range(2)]
+    cuts = 0
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        async with asyncio.timeout(60):  # all three at work (one may be done by then)
+            while joined(admin) < 3:
+                await asyncio.sleep(0.05)
+        while cuts < 3 and any(p.returncode is None for p in procs):
+            await asyncio.sleep(0.4)
+            (n,) = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            ).fetchone() or (0,)
+            cuts += n > 0
+    assert cuts == 3
+    outs = [await finish(proc) for proc in procs]
+    for code, text in outs:
+        assert code == 0, text
+    assert sum(text.count("connecting again") for _, text in outs) >= 3, outs
     check_outcome(slow, pg_url)
 
 

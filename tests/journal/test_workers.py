@@ -7,6 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 import pytest
 
 from patchassign.changes import Assign
@@ -179,3 +180,36 @@ def test_what_is_left_is_a_tally_kept_by_the_outcomes(pg_url: str) -> None:
     assert not b.unfinished("s")
     a.close()
     b.close()
+
+
+def cut(url: str) -> None:
+    """The database ends every other connection to it (a restart, a failover)."""
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+        )
+
+
+def test_a_worker_connects_again_when_its_connection_is_cut(pg_url: str) -> None:
+    plan(pg_url, ["a", "b", "c"])
+    with PgJournal(pg_url, batch=1000) as w:
+        w.start()
+        cut(pg_url)
+        assert [i.line for i in w.take("s", 0, 2)] == [1, 2]
+        w.record(1, done(1))
+        w.record(2, done(2))
+        cut(pg_url)
+        w.flush()  # written on a new connection, not lost with the old one
+        cut(pg_url)
+        w.beat()
+        assert w.counts() == {("s", "applied"): 2, ("s", "pending"): 1}
+
+
+def test_a_cut_while_loading_a_plan_is_not_retried(pg_url: str) -> None:
+    # The lock that keeps a second loader waiting went with the connection: loading on
+    # a new one could load the plan twice.
+    with PgJournal(pg_url) as j, j.exclusive("load"):
+        cut(pg_url)
+        with pytest.raises(JournalError, match="cannot be used"):
+            j.meta("plan")
