@@ -116,28 +116,41 @@ class SharedLimits:
         for system in self.systems:
             self.dispatcher.resize(system, 0, None, 1)
         try:
-            async with self._conn.transaction():
-                for system in self.systems:
-                    lim = self.dispatcher.limits[system]
-                    await self._conn.execute(
-                        "INSERT INTO limits (system, concurrency, rate, burst) "
-                        "VALUES (%s, %s, %s, %s) ON CONFLICT (system) DO UPDATE SET "
-                        "concurrency = excluded.concurrency, rate = excluded.rate, "
-                        "burst = excluded.burst",
-                        (system, lim.concurrency, lim.rate, lim.burst),
-                    )
-                    await self._conn.execute(
-                        "INSERT INTO limit_slots (system, slot) "
-                        "SELECT %s, g FROM generate_series(0, %s - 1) g ON CONFLICT DO NOTHING",
-                        (system, lim.concurrency),
-                    )
-            await self.rebalance()
+            try:
+                await self._join()
+            except psycopg.OperationalError:
+                if not self._conn.closed:
+                    raise
+                # The database ended the connection (a restart, a failover): once more.
+                self._conn = await self._open()
+                await self._join()
         except psycopg.Error as e:
             await self.close()
             raise JournalError(
                 f"{self._where}: cannot share limits ({_reason(e, self.url)})"
             ) from None
         self._task = asyncio.create_task(self._renew(), name="patchassign-shared-limits")
+
+    async def _join(self) -> None:
+        """Register this process's limits (a new deployment's win) and claim a share."""
+        conn = self._conn
+        assert conn is not None
+        async with conn.transaction():
+            for system in self.systems:
+                lim = self.dispatcher.limits[system]
+                await conn.execute(
+                    "INSERT INTO limits (system, concurrency, rate, burst) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT (system) DO UPDATE SET "
+                    "concurrency = excluded.concurrency, rate = excluded.rate, "
+                    "burst = excluded.burst",
+                    (system, lim.concurrency, lim.rate, lim.burst),
+                )
+                await conn.execute(
+                    "INSERT INTO limit_slots (system, slot) "
+                    "SELECT %s, g FROM generate_series(0, %s - 1) g ON CONFLICT DO NOTHING",
+                    (system, lim.concurrency),
+                )
+        await self.rebalance()
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         import psycopg

@@ -186,68 +186,80 @@ def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
     ``(connection, schema, shown URL)``."""
     try:
         import psycopg
-        from psycopg import sql
     except ImportError:  # pragma: no cover - the extra is not installed
         raise JournalError(
             "a PostgreSQL journal needs psycopg: pip install 'patchassign[postgres]'"
         ) from None
     conninfo, schema, shown = split_url(url)
-    try:
-        conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
-    except psycopg.Error as e:
-        raise JournalError(f"{shown}: cannot connect ({_reason(e, url)})") from None
-    try:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(schema, "schema"),))
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
-            exists = conn.execute(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                "AND table_name = 'meta'",
+    retried = False
+    while True:
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error as e:
+            raise JournalError(f"{shown}: cannot connect ({_reason(e, url)})") from None
+        try:
+            _set_up(conn, schema, shown)
+        except psycopg.Error as e:
+            lost = conn.closed
+            conn.close()
+            if lost and not retried:  # the database ended the connection: once more
+                retried = True
+                continue
+            raise JournalError(f"{shown}: cannot set up the journal ({_reason(e, url)})") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn, schema, shown
+
+
+def _set_up(conn: psycopg.Connection[Any], schema: str, shown: str) -> None:
+    """Create the journal's schema and tables (or check and upgrade them)."""
+    from psycopg import sql
+
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(schema, "schema"),))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        exists = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = 'meta'",
+            (schema,),
+        ).fetchone()
+        version = None
+        if exists:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
+            version = None if row is None else str(row[0])
+        if version is None:
+            # A journal is only made in a new or empty schema, never added to tables
+            # of someone else's (a `?schema=public` of an application's database).
+            names = conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
                 (schema,),
-            ).fetchone()
-            version = None
-            if exists:
-                row = conn.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()
-                version = None if row is None else str(row[0])
-            if version is None:
-                # A journal is only made in a new or empty schema, never added to tables
-                # of someone else's (a `?schema=public` of an application's database).
-                names = conn.execute(
-                    "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-                    (schema,),
-                ).fetchall()
-                foreign = sorted({str(r[0]) for r in names} - _OURS)
-                if foreign:
-                    shown_tables = ", ".join(foreign[:5]) + (
-                        f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-                    )
-                    raise JournalError(
-                        f"{shown}: schema {schema!r} is not a patchassign journal (it holds the "
-                        f"tables {shown_tables}); nothing was written to it: choose another "
-                        "?schema="
-                    )
-            if version in _UPGRADES:
-                conn.execute(_UPGRADES[version])
-                conn.execute("UPDATE meta SET value = %s WHERE key = 'version'", (_VERSION,))
-                version = _VERSION
-            if version is not None and version != _VERSION:
-                raise JournalError(
-                    f"{shown}: a journal of format {version}; this patchassign reads format "
-                    f"{_VERSION}: use the version that started it, or another ?schema="
+            ).fetchall()
+            foreign = sorted({str(r[0]) for r in names} - _OURS)
+            if foreign:
+                shown_tables = ", ".join(foreign[:5]) + (
+                    f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
                 )
-            conn.execute(_SCHEMA)
-            conn.execute(
-                "INSERT INTO meta (key, value) VALUES ('version', %s) ON CONFLICT DO NOTHING",
-                (_VERSION,),
+                raise JournalError(
+                    f"{shown}: schema {schema!r} is not a patchassign journal (it holds the "
+                    f"tables {shown_tables}); nothing was written to it: choose another "
+                    "?schema="
+                )
+        if version in _UPGRADES:
+            conn.execute(_UPGRADES[version])
+            conn.execute("UPDATE meta SET value = %s WHERE key = 'version'", (_VERSION,))
+            version = _VERSION
+        if version is not None and version != _VERSION:
+            raise JournalError(
+                f"{shown}: a journal of format {version}; this patchassign reads format "
+                f"{_VERSION}: use the version that started it, or another ?schema="
             )
-    except psycopg.Error as e:
-        conn.close()
-        raise JournalError(f"{shown}: cannot set up the journal ({_reason(e, url)})") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn, schema, shown
+        conn.execute(_SCHEMA)
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('version', %s) ON CONFLICT DO NOTHING",
+            (_VERSION,),
+        )
 
 
 def _reason(e: BaseException, url: str) -> str:
@@ -475,7 +487,8 @@ class PgJournal:
         """Join the plan as a worker: register with a lease, take back the items of
         workers whose lease ended, and make pending again what earlier workers left
         ``cancelled`` or ``unsent`` (and ``failed`` with ``retry_failed``)."""
-        with self._transaction():
+
+        def body() -> None:
             row = self._conn.execute(
                 f"INSERT INTO workers (name, started, alive, lease_until) "  # noqa: S608 - constants
                 f"VALUES (%s, {NOW}, {NOW}, {NOW} + %s) RETURNING run",
@@ -492,6 +505,8 @@ class PgJournal:
                 "(SELECT system, count(*) AS n FROM again GROUP BY system) c "
                 "WHERE tally.system = c.system"
             )
+
+        self._atomic(body)
         self.reclaim()
 
     def reclaim(self) -> int:

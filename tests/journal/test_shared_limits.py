@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import psycopg
@@ -112,6 +113,30 @@ async def test_closing_never_waits_on_a_renewal_it_cut_off(pg_url: str) -> None:
             assert not bound.expired()  # (a cancellation swallowed in close() hid it)
             assert renewing is not None
             assert renewing.done()
+
+
+async def test_a_cut_as_a_replica_joins_is_tried_once_more(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    join = SharedLimits._join
+    calls = []
+
+    async def cut_first(self: SharedLimits) -> None:
+        calls.append(self.name)
+        if len(calls) == 1:  # the server ends the connection as it joins (a restart)
+            assert self._conn is not None
+            with contextlib.suppress(psycopg.OperationalError):
+                await self._conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        await join(self)
+
+    monkeypatch.setattr(SharedLimits, "_join", cut_first)
+    async with (
+        Sandbox(demo=1, systems=["kintone"]) as sb,
+        Dispatcher(sb.adapters(), limits={"kintone": Limits(concurrency=LIMIT)}) as d,
+        SharedLimits(pg_url, d, beat=0.2, lease=1.0) as shared,
+    ):
+        assert shared.held["kintone"] == LIMIT
+    assert len(calls) == 2
 
 
 def test_a_beat_must_fit_in_the_lease() -> None:

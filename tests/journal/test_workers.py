@@ -12,7 +12,7 @@ import pytest
 
 from patchassign.changes import Assign
 from patchassign.dispatch import Result
-from patchassign.journal import JournalError, PgJournal
+from patchassign.journal import JournalError, PgJournal, _postgres
 from patchassign.journal._postgres import split_url
 
 if TYPE_CHECKING:
@@ -213,3 +213,21 @@ def test_a_cut_while_loading_a_plan_is_not_retried(pg_url: str) -> None:
         cut(pg_url)
         with pytest.raises(JournalError, match="cannot be used"):
             j.meta("plan")
+
+
+def test_a_cut_while_the_journal_is_set_up_is_tried_once_more(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_up = _postgres._set_up
+    calls = []
+
+    def cut_first(conn: psycopg.Connection[Any], schema: str, shown: str) -> None:
+        calls.append(schema)
+        if len(calls) == 1:  # the server ends this connection as it starts (a restart)
+            conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        set_up(conn, schema, shown)
+
+    monkeypatch.setattr(_postgres, "_set_up", cut_first)
+    with PgJournal(pg_url) as j:
+        assert j.count() == 0
+    assert len(calls) == 2
