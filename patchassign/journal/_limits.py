@@ -13,9 +13,9 @@ of the slots it uses.
 
 A process that stops renewing (killed, cut off) loses its slots when their lease ends;
 one that cannot reach the database for most of a lease stops sending until it can, as
-its slots may go to others (a lost connection is opened again at the next beat). Costs: one round of queries per beat per process, nothing
-per request. The limits in force are those of the process that joined last (a new
-deployment's configuration wins).
+its slots may go to others (a lost connection is opened again at the next beat). Costs:
+one round of queries per beat per process, nothing per request. The limits in force are
+those of the process that joined last (a new deployment's configuration wins).
 """
 
 from __future__ import annotations

@@ -147,7 +147,10 @@ def is_url(where: object) -> bool:
 def split_url(url: str) -> tuple[str, str, str]:
     """``(conninfo, schema, shown)``: the URL for libpq (without ``schema``), the schema,
     and the URL as messages may show it (without its password)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # a bracketed host that is not an IPv6 address
+        raise JournalError("not a PostgreSQL URL (postgresql://user@host:port/dbname)") from None
     query = parse_qsl(parts.query, keep_blank_values=True)
     schema = "patchassign"
     rest = []

@@ -127,7 +127,10 @@ def base_url(url: str) -> str:
         ConfigError: Not an absolute http(s) URL, or it carries a query or fragment.
     """
     check_header("base_url", url)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # brackets that do not hold an IPv6 address: "http://[::1", "[zz]"
+        raise ConfigError(f"base_url is not a URL: {url!r}") from None
     try:
         has_userinfo = bool(parts.username or parts.password) or "@" in parts.netloc
     except ValueError:

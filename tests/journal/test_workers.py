@@ -117,6 +117,9 @@ def test_bad_urls_and_unreachable_servers_are_journal_errors() -> None:
         PgJournal("postgresql://u:s3cret@127.0.0.1:1/db")
     assert "s3cret" not in str(e.value)
     assert "postgresql://u@127.0.0.1:1/db" in str(e.value)
+    with pytest.raises(JournalError, match="not a PostgreSQL URL") as e:
+        PgJournal("postgresql://u:s3cret@[::1:5432/db")  # (a bare ValueError)
+    assert "s3cret" not in str(e.value)
 
 
 def test_a_unix_socket_url_and_parameters_reach_libpq_as_given(

@@ -93,6 +93,9 @@ def test_retry_after_seconds_and_http_dates() -> None:
         ("http://h:99999", "port must be a number from 1 to 65535"),
         ("http://h:0", "port must be a number from 1 to 65535"),
         ("http://:80", "names no host"),
+        # (bare ValueErrors from urllib, and a traceback from the CLI)
+        ("http://[::1", "is not a URL"),
+        ("http://[zz]/", "is not a URL"),
     ],
 )
 def test_base_urls_are_validated(url: str, message: str) -> None:
