@@ -312,6 +312,7 @@ class PgJournal:
         self._last = time.monotonic()
         self._closed = False
         self._locks = 0  # advisory locks held (they go with the connection)
+        self._handed: set[int] = set()  # items taken and handed out, without an outcome
         #: Set when this worker's lease was found lost (it must stop).
         self.lost: JournalError | None = None
 
@@ -363,14 +364,15 @@ class PgJournal:
 
         return self._again(transaction)
 
-    def _again(self, run: Callable[[], _T]) -> _T:
+    def _again(self, run: Callable[[], _T], instead: Callable[[], _T] | None = None) -> _T:
         """``run()``; if the connection was lost (the server restarted, a failover or a
         proxy cut it), connect again and run it once more, except while a lock that went
         with it was held (loading a plan). What a lost transaction did was rolled back,
         and every statement can run twice: an outcome is written only over an item
         still taken by this worker; items taken by a transaction that committed as the
         connection was lost go back to the pool when the worker finishes, or its lease
-        ends; a worker registered so has no items and its lease ends."""
+        ends; a worker registered so has no items and its lease ends. ``instead``, if
+        given, is what runs on the new connection."""
         try:
             return run()
         except self._psycopg.Error as e:
@@ -378,7 +380,7 @@ class PgJournal:
                 raise self._failed(e) from None
             self._reconnect(e)
         try:
-            return run()
+            return (instead or run)()
         except self._psycopg.Error as e:
             raise self._failed(e) from None
 
@@ -647,7 +649,7 @@ class PgJournal:
         An item waits while an earlier item of the same record is pending or taken by
         another worker, so changes to one record keep their order. ``after`` is
         ignored: items can come back to the pool behind any position."""
-        cur = self._execute(
+        take = (
             "WITH c AS (SELECT line FROM items i WHERE system = %(s)s AND status = 'pending' "  # noqa: S608
             "AND NOT EXISTS (SELECT 1 FROM items e WHERE e.system = i.system "
             "AND e.key = i.key AND e.line < i.line AND (e.status = 'pending' "
@@ -658,11 +660,26 @@ class PgJournal:
             "ORDER BY line + 0 LIMIT %(n)s FOR UPDATE SKIP LOCKED) "
             "UPDATE items SET status = 'taken', worker = %(w)s, run = %(w)s FROM c "
             "WHERE items.line = c.line "
-            f"RETURNING items.line, items.change, items.doubt, items.hold - {NOW}",
-            {"s": system, "w": self.run_id, "n": limit},
+            f"RETURNING items.line, items.change, items.doubt, items.hold - {NOW}"
         )
+        args = {"s": system, "w": self.run_id, "n": limit}
+
+        def taken_unknown() -> psycopg.Cursor[Any]:
+            # The take lost with the connection may have committed: the items it took
+            # are this worker's and it does not know them. They come first (left
+            # taken, an earlier change to a record would be written after a later one).
+            cur = self._conn.execute(
+                f"SELECT line, change, doubt, hold - {NOW} FROM items "  # noqa: S608
+                "WHERE system = %s AND worker = %s AND status = 'taken' "
+                "AND NOT line = ANY(%s::bigint[])",
+                (system, self.run_id, list(self._handed)),
+            )
+            return cur if cur.rowcount else self._conn.execute(take, args)
+
+        cur = self._again(lambda: self._conn.execute(take, args), taken_unknown)
         decode = _decode_change
         rows = sorted(cur.fetchall())
+        self._handed.update(row[0] for row in rows)
         return [
             Item(line, decode(change), bool(doubt), None if hold is None else float(hold))
             for line, change, doubt, hold in rows
@@ -672,6 +689,7 @@ class PgJournal:
 
     def record(self, line: int, result: Result, status: str | None = None) -> None:
         """Buffer one outcome (written by the next :meth:`flush`)."""
+        self._handed.discard(line)
         self._buffer.append((*_outcome(result, status), self.run_id, line, self.run_id))
         if len(self._buffer) >= self.batch or time.monotonic() - self._last >= self.interval:
             self.flush()

@@ -209,6 +209,27 @@ def test_a_worker_connects_again_when_its_connection_is_cut(pg_url: str) -> None
         assert w.counts() == {("s", "applied"): 2, ("s", "pending"): 1}
 
 
+def test_items_a_take_lost_with_its_connection_took_come_first(pg_url: str) -> None:
+    """A take that committed as the connection was cut: its items are the worker's, and
+    it does not know them. Left taken until the worker ends, an earlier change to a
+    record would be written after a later one, which the retried take may hand out."""
+    plan(pg_url, ["a", "b", "a"])  # lines 1 and 3 change record a, in that order
+    with PgJournal(pg_url, batch=1000) as w:
+        w.start()
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            # What the lost take did: line 1 (and 2) taken by this worker...
+            db.execute(
+                "UPDATE patchassign.items SET status = 'taken', worker = %s, run = %s "
+                "WHERE line IN (1, 2)",
+                (w.run_id, w.run_id),
+            )
+        cut(pg_url)  # ...and the answer lost with the connection
+        assert [i.line for i in w.take("s", 0, 10)] == [1, 2]  # not 3 before 1
+        w.record(1, done(1))
+        w.record(2, done(2))
+        assert [i.line for i in w.take("s", 0, 10)] == [3]
+
+
 def test_a_cut_while_loading_a_plan_is_not_retried(pg_url: str) -> None:
     # The lock that keeps a second loader waiting went with the connection: loading on
     # a new one could load the plan twice.
