@@ -7,6 +7,10 @@ removed when stopped::
 
 ``initdb`` refuses to run as root: as root, the server runs as the ``postgres`` system
 user. On Debian, the binaries come with ``apt-get install postgresql``.
+
+A watchdog process stops the server and removes its folder when the process that started
+it ends, also by ``kill -9`` (a killed test run left servers running, each with its
+port, its memory and its folder).
 """
 
 from __future__ import annotations
@@ -16,12 +20,26 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Self
 
 __all__ = ["PostgresServer", "postgres_bindir"]
+
+#: Waits for its standard input to end (its owner closed it, or died), then stops the
+#: server and removes its folder: ``WATCHDOG [run-as...] PG_CTL DATA FOLDER``.
+_WATCHDOG = """
+import shutil, subprocess, sys
+sys.stdin.buffer.read()
+*run_as, pg_ctl, data, folder = sys.argv[1:]
+try:
+    subprocess.run([*run_as, pg_ctl, "-D", data, "-m", "immediate", "stop"],
+                   capture_output=True, timeout=120, cwd=folder)
+finally:
+    shutil.rmtree(folder, ignore_errors=True)
+"""
 
 
 def postgres_bindir() -> Path | None:
@@ -56,6 +74,7 @@ class PostgresServer:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self._as: list[str] = []
+        self._watchdog: subprocess.Popen[bytes] | None = None
         if os.geteuid() == 0:
             shutil.chown(self.dir, user="postgres")
             self._as = ["runuser", "-u", "postgres", "--"]
@@ -77,6 +96,15 @@ class PostgresServer:
 
     def start(self) -> None:
         """``initdb`` (trust authentication, user ``patchassign``) and start the server."""
+        pg_ctl = str(self.bindir / "pg_ctl")
+        # Its own session: a Ctrl-C to ours does not end it before the server is stopped.
+        self._watchdog = subprocess.Popen(  # noqa: S603 - our own arguments
+            [sys.executable, "-c", _WATCHDOG, *self._as, pg_ctl, str(self.data), str(self.dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self._run(
                 str(self.bindir / "initdb"),
@@ -99,15 +127,18 @@ class PostgresServer:
             raise RuntimeError(f"PostgreSQL did not start: {e}\n{stderr}\n{detail}") from None
 
     def stop(self) -> None:
-        """Stop the server and remove its folder."""
+        """Stop the server and remove its folder (the watchdog does it, told now)."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        assert watchdog.stdin is not None
+        watchdog.stdin.close()
         try:
-            if self.data.exists():
-                self._run(
-                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
-                )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            pass
-        finally:
+            watchdog.wait(timeout=150)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:

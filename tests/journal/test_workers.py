@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -255,3 +258,33 @@ def test_a_cut_while_the_journal_is_set_up_is_tried_once_more(
     with PgJournal(pg_url) as j:
         assert j.count() == 0
     assert len(calls) == 2
+
+
+def test_a_throwaway_server_goes_when_its_owner_is_killed(pg_cluster: PostgresServer) -> None:
+    # (pg_cluster only for its skip where there are no PostgreSQL binaries)
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from patchassign.sandbox.postgres import PostgresServer\n"
+            "pg = PostgresServer().__enter__()\n"
+            "print(pg.dir, pg.port, flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    folder, port = owner.stdout.readline().split()
+    with psycopg.connect(f"postgresql://patchassign@127.0.0.1:{port}/postgres") as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    owner.kill()  # kill -9: nothing of its own runs
+    owner.wait()
+    owner.stdout.close()
+    deadline = time.monotonic() + 60
+    while Path(folder).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(folder).exists()  # stopped (its data was in it) and removed
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(f"postgresql://patchassign@127.0.0.1:{port}/postgres", connect_timeout=2)
