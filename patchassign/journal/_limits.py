@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._aio import cancel_and_wait
 from ._base import JournalError
-from ._postgres import NOW, _reason, connect, split_url
+from ._postgres import NOW, _reason, connect, search_path, split_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -154,15 +154,12 @@ class SharedLimits:
 
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         import psycopg
-        from psycopg import sql
 
         conn = await psycopg.AsyncConnection.connect(
             split_url(self.url)[0], autocommit=True, connect_timeout=10
         )
         try:
-            await conn.execute(
-                sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema))
-            )
+            await conn.execute(search_path(self._schema))
         except BaseException:
             await conn.close()
             raise

@@ -215,6 +215,13 @@ def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
         return conn, schema, shown
 
 
+def search_path(schema: str) -> psycopg.sql.Composed:
+    """``SET search_path`` to the journal's schema (each new connection runs it)."""
+    from psycopg import sql
+
+    return sql.SQL("SET search_path TO {}").format(sql.Identifier(schema))
+
+
 def _set_up(conn: psycopg.Connection[Any], schema: str, shown: str) -> None:
     """Create the journal's schema and tables (or check and upgrade them)."""
     from psycopg import sql
@@ -222,7 +229,7 @@ def _set_up(conn: psycopg.Connection[Any], schema: str, shown: str) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_key(schema, "schema"),))
         conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(search_path(schema))
         exists = conn.execute(
             "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
             "AND table_name = 'meta'",
@@ -348,6 +355,8 @@ class PgJournal:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
+        """A transaction never run again on a new connection (a plan's load: its items
+        are read once); see :meth:`_atomic` for the others."""
         try:
             with self._conn.transaction():
                 yield
@@ -389,8 +398,6 @@ class PgJournal:
         meanwhile; past it other workers take this one's items back, as from a stalled
         worker, and :meth:`beat` says so)."""
         psycopg = self._psycopg
-        from psycopg import sql
-
         log.warning(
             "journal: the connection to %s was lost (%s): connecting again",
             self.where,
@@ -403,7 +410,7 @@ class PgJournal:
             conn = None
             try:
                 conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-                conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+                conn.execute(search_path(schema))
             except psycopg.Error as e:
                 if conn is not None:
                     conn.close()
