@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from .._aio import cancel_and_wait
 from ._base import JournalError
-from ._postgres import NOW, _reason, connect, search_path, split_url
+from ._postgres import NOW, _reason, connect, options, search_path, split_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -88,6 +88,7 @@ class SharedLimits:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._valid_until = 0.0
+        self._expiry: asyncio.TimerHandle | None = None
         self._paused = False
         self._owed = False  # slots above the fair share still held (in flight)
         self._where = split_url(url)[2]
@@ -107,7 +108,7 @@ class SharedLimits:
         """Join: register this process's limits, claim a first share, start renewing."""
         import psycopg
 
-        conn, self._schema, _ = await asyncio.to_thread(connect, self.url)
+        conn, self._schema, _ = await asyncio.to_thread(connect, self.url, self.lease)
         conn.close()
         try:
             self._conn = await self._open()
@@ -155,8 +156,9 @@ class SharedLimits:
     async def _open(self) -> psycopg.AsyncConnection[Any]:
         import psycopg
 
+        conninfo = split_url(self.url)[0]
         conn = await psycopg.AsyncConnection.connect(
-            split_url(self.url)[0], autocommit=True, connect_timeout=10
+            options(conninfo, self.lease, 10), autocommit=True
         )
         try:
             await conn.execute(search_path(self._schema))
@@ -171,6 +173,9 @@ class SharedLimits:
         task, self._task = self._task, None
         if task is not None:
             await cancel_and_wait(task)
+        expiry, self._expiry = self._expiry, None
+        if expiry is not None:
+            expiry.cancel()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -205,17 +210,35 @@ class SharedLimits:
             except Exception as e:  # the database is unreachable, slow, restarting...
                 text = _reason(e, self.url)
                 if time.monotonic() + self.beat >= self._valid_until and not self._paused:
-                    self._paused = True
-                    for system in self.systems:
-                        self.dispatcher.resize(system, 0, None, 1)
-                    log.warning(
-                        "shared limits: cannot reach %s (%s): sending nothing until it "
-                        "answers (the slots may go to other workers)",
-                        self._where,
-                        text,
-                    )
+                    self._pause(text)
                 else:
                     log.warning("shared limits: cannot reach %s (%s)", self._where, text)
+
+    def _pause(self, why: str) -> None:
+        """Send nothing: this process's slots are about to end without a renewal."""
+        if self._paused:
+            return
+        self._paused = True
+        for system in self.systems:
+            self.dispatcher.resize(system, 0, None, 1)
+        log.warning(
+            "shared limits: cannot reach %s (%s): sending nothing until it answers (the "
+            "slots may go to other workers)",
+            self._where,
+            why,
+        )
+
+    def _expire_at(self, valid_until: float) -> None:
+        """Pause a beat before ``valid_until`` unless a renewal comes first: whatever the
+        renewal is doing (a statement that hangs, a cancellation that takes its time),
+        this process stops sending before its slots can go to others."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, valid_until - self.beat - time.monotonic()),
+            self._pause,
+            f"its slots were not renewed within {self.lease - self.beat:g} s",
+        )
 
     async def rebalance(self) -> None:
         """Renew this process's slots and move its share towards its fair share."""
@@ -252,6 +275,7 @@ class SharedLimits:
             for system, slot in await cur.fetchall():
                 mine.setdefault(system, []).append(int(slot))
         self._valid_until = asked + self.lease
+        self._expire_at(self._valid_until)
         self._owed = False
         if self._paused:
             self._paused = False

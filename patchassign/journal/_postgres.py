@@ -184,9 +184,39 @@ def _key(schema: str, what: str) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
+def options(conninfo: str, lease: float, connect_timeout: int) -> str:
+    """``conninfo`` with libpq's connection options for a journal's connection added,
+    where it does not set them itself.
+
+    Besides ``connect_timeout``, TCP keepalives and ``tcp_user_timeout`` at a third of
+    the lease: a connection that a network partition cut silently (no reset, no close)
+    then fails within about that, and is opened again (:meth:`PgJournal._again`), instead
+    of a statement waiting until the kernel gives up on the socket (about 15 minutes on
+    Linux) with the event loop's thread blocked and the worker's items going to others.
+    A URL's own ``?tcp_user_timeout=0`` (or ``keepalives=0``) turns them off.
+
+    Raises:
+        psycopg.ProgrammingError: ``conninfo`` is not a URL libpq reads.
+    """
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    third = round(min(lease / 3, 1200)) if lease / 3 >= 1 else 1  # (NaN: 1)
+    wanted = {
+        "connect_timeout": connect_timeout,
+        "keepalives": 1,
+        "keepalives_idle": third,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": third * 1000,  # ms
+    }
+    given = conninfo_to_dict(conninfo)
+    return make_conninfo(conninfo, **{k: v for k, v in wanted.items() if k not in given})
+
+
+def connect(url: str, lease: float = 15.0) -> tuple[psycopg.Connection[Any], str, str]:
     """A connection to the journal's database with its schema created (and checked):
-    ``(connection, schema, shown URL)``."""
+    ``(connection, schema, shown URL)``. ``lease``: the workers' lease (see
+    :func:`options`)."""
     try:
         import psycopg
     except ImportError:  # pragma: no cover - the extra is not installed
@@ -197,7 +227,7 @@ def connect(url: str) -> tuple[psycopg.Connection[Any], str, str]:
     retried = False
     while True:
         try:
-            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+            conn = psycopg.connect(options(conninfo, lease, 10), autocommit=True)
         except psycopg.Error as e:
             raise JournalError(f"{shown}: cannot connect ({_reason(e, url)})") from None
         try:
@@ -290,7 +320,9 @@ class PgJournal:
         batch: Outcomes buffered before a write.
         interval: Seconds after which buffered outcomes are written anyway.
         lease: Seconds a worker's items stay its own without a heartbeat; a worker
-            renews its lease every ``lease / 3`` seconds (:meth:`beat`).
+            renews its lease every ``lease / 3`` seconds (:meth:`beat`). Its
+            connection's TCP keepalives and ``tcp_user_timeout`` are a third of it
+            (:func:`options`): a silently cut connection fails within about that.
         name: This worker's name in ``status`` (default: host and process id).
     """
 
@@ -305,8 +337,11 @@ class PgJournal:
         lease: float = 15.0,
         name: str | None = None,
     ) -> None:
+        if not 0 < lease <= 86_400:  # NaN too
+            raise JournalError(f"lease must be over 0 and at most a day (seconds), got {lease!r}")
         self.url = url
-        self._conn, self.schema, self.where = connect(url)  # says if psycopg is missing
+        # (says if psycopg is missing)
+        self._conn, self.schema, self.where = connect(url, lease)
         import psycopg
 
         self._psycopg = psycopg
@@ -409,7 +444,7 @@ class PgJournal:
         while True:
             conn = None
             try:
-                conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+                conn = psycopg.connect(options(conninfo, self.lease, 5), autocommit=True)
                 conn.execute(search_path(schema))
             except psycopg.Error as e:
                 if conn is not None:
