@@ -2,7 +2,8 @@
 
 scale: throughput with 1, 2 and 4 workers, against rate-limited fakes (the limits are
 shared: the sum over workers must hold, and the work spreads) and against unlimited ones
-(how it scales on this machine). Everything runs here: the sandbox (one process), the
+(how it scales on this machine); ``--rtt`` puts the database further away (a proxy that
+holds every packet half of it each way), as on a network. Everything runs here: the sandbox (one process), the
 workers, and a throwaway PostgreSQL server.
 
 chaos: 4 workers share a plan across the five systems with faults on, while a chaos loop
@@ -11,7 +12,7 @@ one outcome, the servers' records equal the plan's, no change applied twice (the
 write counters), and the most requests in flight to each fake never exceeded its shared
 limit.
 
-Run: python -m benchmarks.workers scale [--records 1000] [--workers 1,2,4]
+Run: python -m benchmarks.workers scale [--records 1000] [--workers 1,2,4] [--rtt MS]
      python -m benchmarks.workers chaos [--records 4000] [--workers 4] [--kills 10] [--cuts 5]
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import resource
@@ -57,6 +59,68 @@ async def _worker(
     )  # fmt: skip
 
 
+class _Delay:
+    """A TCP proxy on 127.0.0.1 to ``target`` that holds every chunk ``rtt / 2`` seconds
+    each way: a database on another machine, for the workers' journal connections."""
+
+    def __init__(self, target: int, rtt: float) -> None:
+        self.target = target
+        self.half = rtt / 2
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _Delay:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    def url(self, url: str, port: int) -> str:
+        return url.replace(f":{port}/", f":{self.port}/", 1)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            return
+        try:
+            await asyncio.gather(
+                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+            )
+        except asyncio.CancelledError:  # the loop ends (the run is over)
+            pass
+        finally:
+            for w in (writer, up_writer):
+                w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def deliver() -> None:
+            while True:
+                when, data = await queue.get()
+                if not data:
+                    writer.write_eof()
+                    return
+                if when > loop.time():
+                    await asyncio.sleep(when - loop.time())
+                writer.write(data)
+                await writer.drain()
+
+        delivering = asyncio.create_task(deliver())
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + self.half, data))
+        finally:
+            queue.put_nowait((0.0, b""))
+            await delivering
+
+
 def _write_plan(path: Path, records: int) -> None:
     with open(path, "wb") as f:
         for change in demo_plan(records):
@@ -64,13 +128,24 @@ def _write_plan(path: Path, records: int) -> None:
 
 
 async def _one(
-    pg: PostgresServer | None, records: int, workers: int, limits: list[str], faults: Faults | None
+    pg: PostgresServer | None,
+    records: int,
+    workers: int,
+    limits: list[str],
+    faults: Faults | None,
+    rtt: float = 0.0,
 ) -> dict[str, Any]:
-    """One shared run (``pg``), or the baseline: one worker with a SQLite journal."""
+    """One shared run (``pg``), or the baseline: one worker with a SQLite journal.
+    ``rtt``: seconds added to every round trip between the workers and the database."""
     with tempfile.TemporaryDirectory() as folder:
         d = Path(folder)
         url = pg.new_database() if pg else str(d / "plan.journal")
-        async with Sandbox(demo=records, faults=faults) as sb:
+        async with Sandbox(demo=records, faults=faults) as sb, contextlib.AsyncExitStack() as s:
+            if pg is not None and rtt:
+                delay = await s.enter_async_context(_Delay(pg.port, rtt))
+                url, direct = delay.url(url, pg.port), url
+            else:
+                direct = url
             env = _demo_config(sb, d / "systems.toml")
             plan = d / "plan.jsonl"
             _write_plan(plan, records)
@@ -87,7 +162,7 @@ async def _one(
                     errors.append(err.decode()[-400:])
             elapsed = time.perf_counter() - t0
             cpu = [b - a for a, b in zip(cpu0, _cpu(), strict=True)]
-            with open_journal(url) as j:
+            with open_journal(direct) as j:
                 counts: Counter[str] = Counter()
                 for (_, status), n in j.counts().items():
                     counts[status] += n
@@ -115,11 +190,12 @@ def _cpu() -> tuple[float, float]:
     return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
 
 
-async def scale(records: int, counts: list[int], only: str | None = None) -> None:
+async def scale(records: int, counts: list[int], only: str | None = None, rtt: float = 0.0) -> None:
     print(machine())
+    far = f"; the database {rtt * 1000:g} ms away (a round trip)" if rtt else ""
     print(
         f"\n### Workers sharing one plan: {len(SYSTEMS) * records:,} changes ({len(SYSTEMS)} systems x {records:,}), "
-        "sandbox with 5 ms latency\n"
+        f"sandbox with 5 ms latency{far}\n"
     )
     print("| fakes | limit per system (all workers) | workers | changes/s | requests/s | "
           "most in flight at a fake | items per worker | CPU s: sandbox / workers |")  # fmt: skip
@@ -135,7 +211,7 @@ async def scale(records: int, counts: list[int], only: str | None = None) -> Non
             if only and label != only:
                 continue
             for w in [0, *counts]:
-                r = await _one(pg if w else None, records, max(w, 1), limits, faults)
+                r = await _one(pg if w else None, records, max(w, 1), limits, faults, rtt)
                 bad = r["wrong"] or r["twice"] or r["errors"] or r["applied"] != r["changes"]
                 journal = "SQLite" if not w else "PostgreSQL"
                 print(
@@ -256,6 +332,9 @@ def main() -> None:
     s.add_argument("--records", type=int, default=1000, help="per system")
     s.add_argument("--workers", default="1,2,4")
     s.add_argument("--only", choices=["rate-limited", "unlimited"])
+    s.add_argument(
+        "--rtt", type=float, default=0.0, help="ms added to each round trip to the database"
+    )
     c = sub.add_parser("chaos")
     c.add_argument("--records", type=int, default=4000, help="per system")
     c.add_argument("--workers", type=int, default=4)
@@ -263,7 +342,8 @@ def main() -> None:
     c.add_argument("--cuts", type=int, default=5, help="times every connection is cut")
     args = parser.parse_args()
     if args.what == "scale":
-        asyncio.run(scale(args.records, [int(n) for n in args.workers.split(",")], args.only))
+        workers = [int(n) for n in args.workers.split(",")]
+        asyncio.run(scale(args.records, workers, args.only, args.rtt / 1000))
     else:
         asyncio.run(chaos(args.records, args.workers, args.kills, args.cuts))
 

@@ -335,9 +335,11 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
         index = 0
         adapter = cfg.adapters[system]
         while True:
-            batch = journal.take(system, 0, SHARED_TAKE)
+            # Off the event loop: the database may be a network away, and the other
+            # lanes' requests go on meanwhile (the journal takes one call at a time).
+            batch = await asyncio.to_thread(journal.take, system, 0, SHARED_TAKE)
             if not batch:
-                if not journal.unfinished(system):
+                if not await asyncio.to_thread(journal.unfinished, system):
                     return
                 await asyncio.sleep(POLL)
                 continue
@@ -365,7 +367,10 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             status = "recovered"
             r = msgspec.structs.replace(r, before=None)
         run_counts[status] += 1
-        journal.record(item.line, r, status)
+        if flushing is None:
+            journal.record(item.line, r, status)
+        elif flushing.journal.keep(item.line, r, status):
+            flushing.due.set()
         if progress is not None:
             progress.update(r.system, status)
         if opts.dry_run:
@@ -387,6 +392,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
     )
     started = False
     skipped = 0
+    flushing: _Flushing | None = None
     try:
         async with dispatcher as d, contextlib.AsyncExitStack() as stack:
             if isinstance(journal, PgJournal):
@@ -406,6 +412,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             await _settle(journal, cfg, err)
             if isinstance(journal, PgJournal):
                 stack.enter_context(_beating(journal, asyncio.current_task()))
+                flushing = stack.enter_context(_Flushing(journal, asyncio.current_task()))
             totals = journal.pending()
             if isinstance(journal, PgJournal):
                 # Items taken by other workers may come back to the pool (a worker lost):
@@ -581,7 +588,7 @@ def _beating(journal: PgJournal, task: asyncio.Task[Any] | None) -> Iterator[Non
         while True:
             await asyncio.sleep(journal.lease / 3)
             try:
-                journal.beat()
+                await asyncio.to_thread(journal.beat)
             except JournalError as e:
                 journal.lost = e
                 if task is not None:
@@ -593,6 +600,43 @@ def _beating(journal: PgJournal, task: asyncio.Task[Any] | None) -> Iterator[Non
         yield
     finally:
         beating.cancel()
+
+
+class _Flushing:
+    """Writes a PostgreSQL journal's buffered outcomes off the event loop: when
+    :meth:`PgJournal.keep` says a write is due (``due``), or every ``interval``. A failed
+    write stops the run (``task``) as a lost lease does."""
+
+    def __init__(self, journal: PgJournal, task: asyncio.Task[Any] | None) -> None:
+        self.journal = journal
+        self.task = task
+        self.due = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> _Flushing:
+        self._writer = asyncio.create_task(self._write(), name="patchassign-outcomes")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # What is left is written by ``finish`` (after a write still running in its
+        # thread: the journal takes one call at a time).
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _write(self) -> None:
+        journal = self.journal
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(journal.interval):
+                    await self.due.wait()
+            self.due.clear()
+            try:
+                await asyncio.to_thread(journal.flush)
+            except JournalError as e:
+                journal.lost = e
+                if self.task is not None:
+                    self.task.cancel()
+                return
 
 
 def _show_planned(out: TextIO, line: int, r: Result) -> None:

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -355,6 +356,12 @@ class PgJournal:
         self._closed = False
         self._locks = 0  # advisory locks held (they go with the connection)
         self._handed: set[int] = set()  # items taken and handed out, without an outcome
+        # A bulk run calls the journal from threads (off its event loop): one user of the
+        # connection at a time (``_db``, around every statement and transaction), and
+        # the buffer and ``_handed`` changed under ``_mem`` (held for no I/O).
+        self._db = threading.RLock()
+        self._broken: str | None = None  # why connecting again failed, if it did
+        self._mem = threading.Lock()
         #: Set when this worker's lease was found lost (it must stop).
         self.lost: JournalError | None = None
 
@@ -369,13 +376,14 @@ class PgJournal:
 
     def close(self) -> None:
         """Write what is buffered and close."""
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
-            self._closed = True
-            self._conn.close()
+        with self._db:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._conn.close()
 
     # -- database access -------------------------------------------------------------------
 
@@ -393,7 +401,7 @@ class PgJournal:
         """A transaction never run again on a new connection (a plan's load: its items
         are read once); see :meth:`_atomic` for the others."""
         try:
-            with self._conn.transaction():
+            with self._db, self._conn.transaction():
                 yield
         except self._psycopg.Error as e:
             raise self._failed(e) from None
@@ -417,16 +425,22 @@ class PgJournal:
         connection was lost go back to the pool when the worker finishes, or its lease
         ends; a worker registered so has no items and its lease ends. ``instead``, if
         given, is what runs on the new connection."""
-        try:
-            return run()
-        except self._psycopg.Error as e:
-            if self._closed or self._locks or not self._conn.closed:
+        with self._db:
+            if self._broken is not None and self._conn.closed:
+                # Connecting again failed already: the journal's other calls (a bulk
+                # run's other lanes, its heartbeat, its finish) fail at once, not each
+                # after a third of the lease.
+                raise JournalError(self._broken)
+            try:
+                return run()
+            except self._psycopg.Error as e:
+                if self._closed or self._locks or not self._conn.closed:
+                    raise self._failed(e) from None
+                self._reconnect(e)
+            try:
+                return (instead or run)()
+            except self._psycopg.Error as e:
                 raise self._failed(e) from None
-            self._reconnect(e)
-        try:
-            return (instead or run)()
-        except self._psycopg.Error as e:
-            raise self._failed(e) from None
 
     def _reconnect(self, lost: Exception) -> None:
         """A new connection, tried for up to a third of the lease (the lease holds
@@ -450,11 +464,14 @@ class PgJournal:
                 if conn is not None:
                     conn.close()
                 if time.monotonic() + wait > give_up:
-                    raise self._failed(e) from None
+                    failed = self._failed(e)
+                    self._broken = str(failed)
+                    raise failed from None
                 time.sleep(wait)
                 wait = min(2 * wait, 1.0)
                 continue
             self._conn = conn
+            self._broken = None
             return
 
     @contextlib.contextmanager
@@ -559,6 +576,14 @@ class PgJournal:
     def reclaim(self) -> int:
         """Mark workers whose lease ended as lost and put their taken items back, in
         doubt; returns how many items came back."""
+
+        # The usual case, nobody lost, in one round trip rather than a transaction's
+        # three (a database a network away); a worker lost meanwhile is found next time.
+        if not self._execute(
+            "SELECT 1 FROM workers WHERE finished IS NULL AND NOT lost "  # noqa: S608
+            f"AND lease_until < {NOW} LIMIT 1"
+        ).fetchone():
+            return 0
 
         def body() -> int:
             lost = self._conn.execute(
@@ -710,18 +735,24 @@ class PgJournal:
             # The take lost with the connection may have committed: the items it took
             # are this worker's and it does not know them. They come first (left
             # taken, an earlier change to a record would be written after a later one).
+            # Known are those handed out, with an outcome or not: an outcome buffered
+            # and not yet written leaves its item taken (handed out again, it would be
+            # sent twice).
+            with self._mem:
+                known = [*self._handed, *(row[-2] for row in self._buffer)]
             cur = self._conn.execute(
                 f"SELECT line, change, doubt, hold - {NOW} FROM items "  # noqa: S608
                 "WHERE system = %s AND worker = %s AND status = 'taken' "
                 "AND NOT line = ANY(%s::bigint[])",
-                (system, self.run_id, list(self._handed)),
+                (system, self.run_id, known),
             )
             return cur if cur.rowcount else self._conn.execute(take, args)
 
         cur = self._again(lambda: self._conn.execute(take, args), taken_unknown)
         decode = _decode_change
         rows = sorted(cur.fetchall())
-        self._handed.update(row[0] for row in rows)
+        with self._mem:
+            self._handed.update(row[0] for row in rows)
         return [
             Item(line, decode(change), bool(doubt), None if hold is None else float(hold))
             for line, change, doubt, hold in rows
@@ -730,27 +761,43 @@ class PgJournal:
     # -- outcomes -----------------------------------------------------------------------
 
     def record(self, line: int, result: Result, status: str | None = None) -> None:
-        """Buffer one outcome (written by the next :meth:`flush`)."""
-        self._handed.discard(line)
-        self._buffer.append((*_outcome(result, status), self.run_id, line, self.run_id))
-        if len(self._buffer) >= self.batch or time.monotonic() - self._last >= self.interval:
+        """Buffer one outcome; :meth:`flush` when ``batch`` are buffered or ``interval``
+        has passed since the last."""
+        if self.keep(line, result, status):
             self.flush()
+
+    def keep(self, line: int, result: Result, status: str | None = None) -> bool:
+        """Buffer one outcome, never waiting on the database (an event loop calls it);
+        ``True`` when a :meth:`flush` is due (``batch`` buffered, or ``interval``
+        passed since the last)."""
+        row = (*_outcome(result, status), self.run_id, line, self.run_id)
+        with self._mem:
+            self._handed.discard(line)
+            self._buffer.append(row)
+            n = len(self._buffer)
+        return n >= self.batch or time.monotonic() - self._last >= self.interval
 
     def flush(self) -> None:
         """Write the buffered outcomes in one transaction; an outcome of an item no longer
         taken by this worker (its lease ended meanwhile) is discarded."""
-        self._last = time.monotonic()
-        if not self._buffer:
-            return
-        rows, self._buffer = self._buffer, []
+        with self._db:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._mem:
+            self._last = time.monotonic()
+            if not self._buffer:
+                return
+            rows, self._buffer = self._buffer, []
         columns = [list(c) for c in zip(*rows, strict=True)]
         columns[6] = [bool(u) for u in columns[6]]  # unconfirmed
 
-        def body() -> None:
+        def write() -> None:
             # One statement for the whole batch (a row per outcome would be a round trip
-            # each: a millisecond per outcome).
+            # each: a millisecond per outcome), atomic by itself: one round trip, where
+            # a transaction of two would be four (a database a network away).
             self._conn.execute(
-                "WITH u AS (UPDATE items SET status = v.status, http_status = v.http_status, "
+                "WITH u AS (UPDATE items SET status = v.status, http_status = v.http_status, "  # noqa: S608
                 "version = v.version, error = v.error, attempts = items.attempts + v.attempts, "
                 "writes = items.writes + v.writes, unconfirmed = v.unconfirmed, "
                 "started = v.started, elapsed = v.elapsed, "
@@ -766,7 +813,8 @@ class PgJournal:
                 "line, worker) "
                 "WHERE items.line = ANY(%s::bigint[]) AND items.line = v.line "
                 "AND items.worker = v.worker AND items.status = 'taken' "
-                "RETURNING items.system) "
+                "RETURNING items.system), "
+                f"alive AS (UPDATE workers SET alive = {NOW} WHERE run = %s) "
                 "UPDATE tally SET done = tally.done + n FROM "
                 "(SELECT system, count(*) AS n FROM u GROUP BY system) c "
                 "WHERE tally.system = c.system",
@@ -774,18 +822,15 @@ class PgJournal:
                 # (statistics from the load say no item is taken: a nested loop over
                 # every item, seconds per batch, was its choice without them); never a
                 # prepared (generic) plan, which cannot see the arrays' sizes.
-                [*columns, columns[16]],
+                [*columns, columns[16], self.run_id],
                 prepare=False,
-            )
-            self._conn.execute(
-                f"UPDATE workers SET alive = {NOW} WHERE run = %s",  # noqa: S608
-                (self.run_id,),
             )
 
         try:
-            self._atomic(body)
+            self._again(write)
         except JournalError:
-            self._buffer = rows + self._buffer  # not written: kept for another try
+            with self._mem:
+                self._buffer = rows + self._buffer  # not written: kept for another try
             raise
 
     # -- reading ------------------------------------------------------------------------

@@ -137,6 +137,15 @@ def joined(admin: psycopg.Connection[Any]) -> int:
     return 0 if row is None else int(row[0])
 
 
+def applied(url: str) -> int:
+    """Items with an outcome ``applied`` in the journal so far."""
+    with psycopg.connect(url, autocommit=True) as c:
+        if not joined(c):
+            return 0
+        row = c.execute("SELECT count(*) FROM patchassign.items WHERE status = 'applied'")
+        return int((row.fetchone() or (0,))[0])
+
+
 async def test_workers_ride_out_their_connections_cut(slow: Setup, pg_url: str) -> None:
     """The database cuts every connection of the workers, three times (a restart, a
     failover, a proxy): each worker connects again, journal and shared limits alike,
@@ -162,6 +171,34 @@ async def test_workers_ride_out_their_connections_cut(slow: Setup, pg_url: str) 
     for code, text in outs:
         assert code == 0, text
     assert sum(text.count("connecting again") for _, text in outs) >= 3, outs
+    check_outcome(slow, pg_url)
+
+
+async def test_a_worker_whose_database_goes_away_stops_in_words_and_loses_nothing(
+    slow: Setup, pg_url: str
+) -> None:
+    """The database refuses the worker for longer than it tries to connect again: it
+    stops with the journal's error, whichever of its calls (outcomes written, a take, a
+    heartbeat; all made off the event loop) meets it first. A worker started once the
+    database is back finishes the plan, each change once."""
+    db = pg_url.rsplit("/", 1)[1]
+    proc = await worker(slow, pg_url, str(slow.plan))
+    with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+        async with asyncio.timeout(60):  # at work: outcomes written
+            while applied(pg_url) < 50:
+                await asyncio.sleep(0.05)
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (db,)
+        )
+        code, text = await finish(proc)
+        admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+    assert code != 0, text
+    assert "the journal cannot be used" in text, text
+    assert "Traceback" not in text, text
+    assert text.count("connecting again") == 1, text  # the other calls fail at once
+    code, text = await finish(await worker(slow, pg_url, "--join"))
+    assert code == 0, text
     check_outcome(slow, pg_url)
 
 

@@ -233,6 +233,113 @@ def test_items_a_take_lost_with_its_connection_took_come_first(pg_url: str) -> N
         assert [i.line for i in w.take("s", 0, 10)] == [3]
 
 
+def test_a_take_after_a_cut_never_hands_out_again_what_has_an_outcome_not_yet_written(
+    pg_url: str,
+) -> None:
+    plan(pg_url, ["a", "b", "c", "d"])
+    with PgJournal(pg_url, batch=1000, interval=1000) as w:
+        w.start()
+        assert [i.line for i in w.take("s", 0, 3)] == [1, 2, 3]
+        w.record(1, done(1))
+        w.record(2, done(2))  # buffered: items 1 and 2 are still taken in the journal
+        cut(pg_url)
+        assert [i.line for i in w.take("s", 0, 10)] == [4]  # before: [1, 2], sent twice
+        w.record(3, done(3))
+        w.record(4, done(4))
+        w.flush()
+        assert w.counts() == {("s", "applied"): 4}
+
+
+def test_once_connecting_again_failed_the_other_calls_fail_at_once(pg_url: str) -> None:
+    plan(pg_url, ["a", "b"])
+    db = pg_url.rsplit("/", 1)[1]
+    with PgJournal(pg_url, lease=3) as w:
+        w.start()
+        with psycopg.connect(pg_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as admin:
+            admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS false")
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (db,),
+                )
+                t = time.monotonic()
+                with pytest.raises(JournalError, match="cannot be used"):
+                    w.take("s", 0, 10)
+                tried = time.monotonic() - t
+                t = time.monotonic()
+                with pytest.raises(JournalError, match="cannot be used"):
+                    w.beat()
+                again = time.monotonic() - t
+            finally:
+                admin.execute(f"ALTER DATABASE {db} ALLOW_CONNECTIONS true")
+        w._closed = True  # (its connection is gone: nothing to write on close)
+    assert tried >= 0.5  # a third of the lease, trying
+    assert again < 0.5  # not a second third
+
+
+def test_takes_and_writes_from_threads_while_outcomes_are_kept_lose_nothing(pg_url: str) -> None:
+    """As a bulk run uses it: takes and writes in threads (off the event loop), outcomes
+    kept by another thread meanwhile, a connection cut among them. Every item ends with
+    one outcome, and the tallies agree."""
+    import queue
+
+    with PgJournal(pg_url) as j:
+        j.load(
+            [
+                (
+                    n,
+                    Assign(system=f"s{n % 3}", record=str(n), to="eve", id=f"c{n}"),
+                    None,
+                    None,
+                    str(n),
+                )
+                for n in range(1, 3001)
+            ],
+            plan="plan.jsonl",
+            digest=hashlib.sha256(),
+        )
+    got: queue.Queue[int | None] = queue.Queue()
+    with PgJournal(pg_url, batch=50, interval=0.01) as w:
+        w.start()
+
+        def taker(system: str) -> None:
+            while batch := w.take(system, 0, 7):
+                for item in batch:
+                    got.put(item.line)
+            got.put(None)
+
+        def writer() -> None:
+            while not stop.is_set():
+                w.flush()
+
+        stop = threading.Event()
+        threads = [threading.Thread(target=taker, args=(f"s{k}",)) for k in range(3)]
+        threads.append(threading.Thread(target=writer))
+        for t in threads:
+            t.start()
+        ended = kept = 0
+        while ended < 3:
+            line = got.get(timeout=60)
+            if line is None:
+                ended += 1
+                continue
+            if w.keep(line, done(line)):
+                pass  # the writer thread writes
+            kept += 1
+            if kept == 1500:
+                cut(pg_url)
+        stop.set()
+        for t in threads:
+            t.join()
+        w.flush()
+        assert kept == 3000
+        assert w.counts() == {(f"s{k}", "applied"): 1000 for k in range(3)}
+        assert w.left() == {}
+    with psycopg.connect(pg_url) as db:  # the tallies: each outcome counted once
+        tally = db.execute("SELECT system, total, done FROM patchassign.tally ORDER BY 1")
+        assert tally.fetchall() == [(f"s{k}", 1000, 1000) for k in range(3)]
+
+
 def test_a_cut_while_loading_a_plan_is_not_retried(pg_url: str) -> None:
     # The lock that keeps a second loader waiting went with the connection: loading on
     # a new one could load the plan twice.
