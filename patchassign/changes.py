@@ -182,6 +182,7 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
             line=line,
             field=duplicate,
         )
+    _no_nul(change, line)
     return change
 
 
@@ -194,7 +195,19 @@ def convert_change(obj: Any, *, line: int | None = None) -> Change:
         raise InvalidChange(reason, line=line, field=field) from None
     except RecursionError:
         raise InvalidChange(str(LimitExceeded("the change")), line=line) from None
+    _no_nul(change, line)
     return change
+
+
+def _no_nul(change: Change, line: int | None) -> None:
+    """A record id or change id with a NUL character (``\\u0000``) is refused: no
+    system's ids hold one, and a PostgreSQL journal cannot store it."""
+    for field in ("record", "id"):
+        value = getattr(change, field)
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidChange(
+                "holds a NUL character (\\u0000): no system's ids do", line=line, field=field
+            )
 
 
 class _Duplicate(Exception):

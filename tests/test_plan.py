@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -340,3 +341,18 @@ def test_reading_a_plan_feeds_its_digest(tmp_path: Path) -> None:
         digest = hashlib.sha256()
         assert len(list(read_plan(path, digest=digest))) == 1
         assert digest.hexdigest() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ('{"system": "perscom", "record": "a\\u0000b", "action": "assign", "to": "7"}', "record"),
+        ('{"system": "perscom", "record": 1, "id": "c\\u0000", "action": "unassign"}', "id"),
+    ],
+)
+def test_an_id_with_a_nul_character_is_refused(line: str, field: str) -> None:
+    with pytest.raises(InvalidChange, match="NUL") as e:
+        decode_change(line, line=3)
+    assert e.value.field == field
+    with pytest.raises(InvalidChange, match="NUL"):
+        convert_change(json.loads(line), line=3)

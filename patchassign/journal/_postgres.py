@@ -770,7 +770,14 @@ class PgJournal:
         """Buffer one outcome, never waiting on the database (an event loop calls it);
         ``True`` when a :meth:`flush` is due (``batch`` buffered, or ``interval``
         passed since the last)."""
-        row = (*_outcome(result, status), self.run_id, line, self.run_id)
+        outcome = _outcome(result, status)
+        version, error = outcome[2], outcome[3]
+        if (version and "\x00" in version) or (error and "\x00" in error):
+            # A server's message (or version) with a NUL character: PostgreSQL's text
+            # cannot hold it, and the whole batch of outcomes would be refused.
+            version, error = (v and v.replace("\x00", "\ufffd") for v in (version, error))
+            outcome = (*outcome[:2], version, error, *outcome[4:])
+        row = (*outcome, self.run_id, line, self.run_id)
         with self._mem:
             self._handed.discard(line)
             self._buffer.append(row)
@@ -778,7 +785,7 @@ class PgJournal:
         return n >= self.batch or time.monotonic() - self._last >= self.interval
 
     def flush(self) -> None:
-        """Write the buffered outcomes in one transaction; an outcome of an item no longer
+        """Write the buffered outcomes in one statement; an outcome of an item no longer
         taken by this worker (its lease ended meanwhile) is discarded."""
         with self._db:
             self._flush()

@@ -340,6 +340,22 @@ def test_takes_and_writes_from_threads_while_outcomes_are_kept_lose_nothing(pg_u
         assert tally.fetchall() == [(f"s{k}", 1000, 1000) for k in range(3)]
 
 
+def test_a_servers_message_with_a_nul_character_is_kept_not_fatal(pg_url: str) -> None:
+    # PostgreSQL's text holds no NUL: the batch of outcomes was refused, and the worker
+    # stopped with "the journal cannot be used".
+    plan(pg_url, ["a", "b"])
+    with PgJournal(pg_url) as w:
+        w.start()
+        w.take("s", 0, 2)
+        w.record(1, done(1, error="HTTP 400: bad\x00id", version="v\x001"), "failed")
+        w.record(2, done(2))
+        w.flush()
+        rows = {r.line: r for r in w.rows()}
+    assert rows[1].error == "HTTP 400: bad\ufffdid"
+    assert rows[1].version == "v\ufffd1"
+    assert rows[2].status == "applied"
+
+
 def test_a_cut_while_loading_a_plan_is_not_retried(pg_url: str) -> None:
     # The lock that keeps a second loader waiting went with the connection: loading on
     # a new one could load the plan twice.
