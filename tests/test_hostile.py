@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -341,3 +342,119 @@ def test_the_cli_never_shows_a_traceback_for_hostile_files(tmp_path: Path) -> No
             )
             assert r.returncode in (0, 1, 2), (args, r.stderr)
             assert "Traceback" not in r.stderr, (args, r.stderr)
+
+
+#: One change per system that its adapter accepts, blind and read-first.
+_ANSWERED = [
+    ("perscom", pa.Assign(system="perscom", record=1, to="7")),
+    ("perscom", pa.Assign(system="perscom", record=1, to="7", expect="3")),
+    ("perscom", pa.SetFields(system="perscom", record=1, state={"unit_id": 4})),
+    ("maxsight", pa.Assign(system="maxsight", record="task-1", to="u1", expect="u0")),
+    ("maxsight", pa.Unassign(system="maxsight", record="task-1")),
+    ("kintone", pa.Assign(system="kintone", record="1:5", to="eve", expect="ada")),
+    ("kintone", pa.Assign(system="kintone", record="1:5", to=["eve", "fay"])),
+    ("superoffice", pa.Assign(system="superoffice", record=1, to="104", expect="101")),
+    ("superoffice", pa.Merge(system="superoffice", record=1, merge={"a": 1}, guard=True)),
+    ("findable", pa.Delegate(system="findable", record="asg-1", to="eve@example.com")),
+    ("helpdesk", pa.Merge(system="helpdesk", record="t1", merge={"owner": "eve"})),
+]
+
+#: Members the adapters read in answers, so that random bodies meet their code paths.
+_ANSWER_KEYS = [
+    "code", "message", "errors", "messages", "error", "ErrorMessage", "data", "id",
+    "record", "records", "revision", "$revision", "value", "type", "assignees",
+    "user_id", "updated_at", "Updated", "_etag", "assignee", "owner", "v", "items",
+    "results", "delegate", "ProjectMember", "PersonId", "Person", "odata.error",
+]  # fmt: skip
+_answer_bodies = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.fixed_dictionaries({}, optional=dict.fromkeys(_ANSWER_KEYS, inner))
+    ),
+    max_leaves=25,
+)
+_answers = st.tuples(
+    st.sampled_from([200, 201, 204, 207, 304, 400, 401, 403, 404, 409, 412, 422, 429, 500, 503])
+    | st.integers(min_value=100, max_value=599),
+    st.one_of(
+        # Mostly an object, as the systems answer, with their members at any depth.
+        st.fixed_dictionaries({}, optional=dict.fromkeys(_ANSWER_KEYS, _answer_bodies)).map(
+            lambda b: json.dumps(b).encode()
+        ),
+        _answer_bodies.map(lambda b: json.dumps(b).encode()),
+        st.binary(max_size=40),
+    ),
+    st.dictionaries(
+        st.sampled_from(["ETag", "Retry-After", "Content-Type", "Location", "X-Ms-Request-Id"]),
+        st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=16),
+        max_size=3,
+    ),
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", 300)),
+    suppress_health_check=[HealthCheck.too_slow],
+    deadline=None,
+)
+@given(st.sampled_from(_ANSWERED), st.lists(_answers, min_size=1, max_size=6))
+def test_any_answer_of_a_server_gives_each_change_a_next_step(
+    case: tuple[str, Change], answers: list[tuple[int, bytes, dict[str, str]]]
+) -> None:
+    """Whatever a server answers (any status, any JSON or none, odd headers), the
+    adapters classify it and the change goes on or ends with an outcome: an exception
+    here would end a whole run over one answer."""
+    import random
+
+    from patchassign.flow import Done, Flow, RetryPolicy, Send, Wait
+
+    system, change = case
+    adapters = GENERIC if system == "helpdesk" else [
+        ADAPTERS[system]("https://x.example", **_creds(system))
+    ]  # fmt: skip
+    for adapter in adapters:
+        flow = Flow(adapter, change, policy=RetryPolicy(), rng=random.Random(1), now=0.0)
+        step = flow.start(0.0)
+        now = 0.0
+        for status, body, headers in answers:
+            if isinstance(step, Wait):
+                now += step.seconds
+                step = flow.on_timer(now)
+            if not isinstance(step, Send):
+                break
+            now += 0.01
+            step = flow.on_response(HttpResponse(status, headers, body), now)
+            assert isinstance(step, Send | Wait | Done)
+
+
+@pytest.mark.parametrize(("system", "change"), _ANSWERED, ids=lambda v: getattr(v, "key", v))
+def test_a_servers_message_cannot_rewrite_the_terminal(system: str, change: Change) -> None:
+    """A message with a terminal's escape sequence (clear the screen, a hidden link) or a
+    line break is shown escaped, in the result and so in the report and the logs."""
+    import random
+
+    from patchassign.flow import Done, Flow, RetryPolicy
+
+    body = {
+        "code": "CB_VA01\x1b[31m",
+        "message": "bad\x1b[2J\x1b]8;;https://evil.example\x07here\nline",
+        "errors": {"to": {"messages": ["no\x1b[0m"]}},
+    }
+    adapters = GENERIC if system == "helpdesk" else [
+        ADAPTERS[system]("https://x.example", **_creds(system))
+    ]  # fmt: skip
+    for adapter in adapters:
+        flow = Flow(adapter, change, policy=RetryPolicy(), rng=random.Random(1), now=0.0)
+        flow.start(0.0)
+        done = flow.on_response(HttpResponse.from_json(400, body), 0.1)
+        assert isinstance(done, Done)
+        error = done.result.error
+        assert error is not None
+        assert "bad" in error, error
+        assert error.isprintable(), error
+        assert "\\x1b[2J" in error

@@ -739,7 +739,7 @@ class BaseAdapter(abc.ABC):
         body = response.json()
         found = _find_message(body)
         if found:
-            return found[:500]
+            return printable(found[:500])
         return f"HTTP {response.status}"
 
 
@@ -780,6 +780,15 @@ def _field_names(change: Any) -> list[str]:
                 if tokens and tokens[0] not in names:
                     names.append(tokens[0])
     return names
+
+
+def printable(text: str) -> str:
+    """A server's text made safe to show: characters that are not printable (a terminal's
+    escape sequences, line breaks, NUL) are written as escapes (``\\x1b``), so that an
+    answer cannot rewrite the screen or a log line it is shown in."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _find_message(body: Any) -> str | None:

@@ -37,6 +37,7 @@ from ._base import (
     SystemConfig,
     Unchanged,
     assignees,
+    printable,
     read_config,
     secret,
     segment,
@@ -388,6 +389,7 @@ class KintoneAdapter(BaseAdapter):
     def _error(self, response: HttpResponse) -> Conflict | Retry | Failed:
         body = response.json()
         code = body.get("code") if isinstance(body, dict) else None
+        code = printable(code[:100]) if isinstance(code, str) else None
         message = self.error_message(response)
         if code in _CONFLICT:
             return Conflict(f"{code}: {message}", response.status)
@@ -399,10 +401,10 @@ class KintoneAdapter(BaseAdapter):
             return Failed(f"{code}: {message}", response.status)
         if isinstance(body, dict) and isinstance(body.get("errors"), dict):
             details = "; ".join(
-                f"{k}: {' '.join(v.get('messages', []))}"
+                f"{k}: {' '.join(m for m in v['messages'] if isinstance(m, str))}"
                 for k, v in body["errors"].items()
-                if isinstance(v, dict)
+                if isinstance(v, dict) and isinstance(v.get("messages"), list)
             )
-            message = f"{message} ({details})" if details else message
+            message = f"{message} ({printable(details[:500])})" if details else message
         outcome = self.classify(response, f"{code}: {message}" if code else message)
         return outcome

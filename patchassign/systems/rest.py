@@ -59,6 +59,7 @@ from ._base import (
     Unchanged,
     check_header,
     in_place,
+    printable,
     read_config,
     secret,
     segment,
@@ -420,7 +421,7 @@ class RestAdapter(BaseAdapter):
             except PatchError:
                 found = None
             if isinstance(found, str) and found:
-                return found[:500]
+                return printable(found[:500])
         return super().error_message(response)
 
 
