@@ -627,7 +627,7 @@ class _Flushing:
         journal = self.journal
         while True:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(journal.interval):
+                async with asyncio.timeout(max(journal.interval, 0.05)):
                     await self.due.wait()
             self.due.clear()
             try:
