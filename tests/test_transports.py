@@ -7,6 +7,7 @@ server that hangs up) and aioresponses for an unresolvable name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import socket
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from patchassign import (
     ConnectError,
     ConnectionLost,
     HttpRequest,
+    HttpResponse,
     ResponseTimeout,
     SetupError,
     TransportError,
@@ -154,3 +156,58 @@ async def test_an_answer_at_the_size_limit_is_read(server: str) -> None:
 def test_the_size_limit_is_positive() -> None:
     with pytest.raises(ValueError, match="max_body"):
         AiohttpTransport(max_body=0)
+
+
+#: Answers no HTTP server should give (a broken proxy, a hostile host, a port that
+#: speaks another protocol): each is an answer or a TransportError, never another error.
+MALFORMED = [
+    b"garbage\r\n\r\n",
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 5\r\n\r\nnotgz",
+    b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 5\r\n\r\nnotbr",
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X-Many: 1\r\n" * 5_000 + b"Content-Length: 0\r\n\r\n",
+    b"HTTP/1.1 999 Weird\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+    b"HTTP/1.1 200 \x1b[2J\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"HTTP/1.1 100 Continue\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\n\r\n{}",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n\r\n",
+    b"HTTP/2 200\r\n\r\n",
+    b"\x16\x03\x01\x00\x05hello",
+    b"",
+]
+
+
+@pytest.mark.parametrize("answer", MALFORMED, ids=lambda a: repr(a[:24]))
+async def test_a_malformed_answer_is_an_answer_or_a_transport_error(answer: bytes) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        got: HttpResponse | TransportError
+        async with AiohttpTransport(max_body=LIMIT) as t:
+            try:
+                got = await t.send(
+                    HttpRequest("PUT", f"http://127.0.0.1:{port}/x", {}, b"{}"), timeout=2
+                )
+            except TransportError as e:
+                got = e
+        if isinstance(got, TransportError):
+            assert got.host == f"127.0.0.1:{port}"
+            assert str(got).isprintable(), str(got)  # one line, no escape sequences
+        else:
+            assert 100 <= got.status <= 999
+    finally:
+        srv.close()
+        await srv.wait_closed()

@@ -11,6 +11,7 @@ import yarl
 
 from ..errors import ConnectError, ConnectionLost, ResponseTimeout, SetupError
 from ..systems import HttpRequest, HttpResponse
+from ..systems._base import printable
 
 __all__ = ["AiohttpTransport"]
 
@@ -163,10 +164,16 @@ class AiohttpTransport:
             raise SetupError(f"not a usable URL: {e}", host=_host(url)) from None
         except aiohttp.ClientError as e:
             raise ConnectionLost(
-                f"connection failed: {type(e).__name__}: {e}", host=_host(url)
+                f"connection failed: {type(e).__name__}: {_line(e)}", host=_host(url)
             ) from None
         except ssl.SSLError as e:  # a TLS error after the handshake
-            raise ConnectionLost(f"TLS error: {e}", host=_host(url)) from None
+            raise ConnectionLost(f"TLS error: {_line(e)}", host=_host(url)) from None
+
+
+def _line(e: BaseException) -> str:
+    """An error's text on one line, what the server sent in it escaped (aiohttp quotes a
+    malformed answer's bytes in its messages)."""
+    return printable(" ".join(str(e).split()))
 
 
 def _host(url: yarl.URL) -> str:
