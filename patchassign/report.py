@@ -296,7 +296,9 @@ class Progress:
         if self.left is None or now - self._synced < 2.0:
             return
         self._synced = now
-        left = self.left()
+        self._left(self.left())
+
+    def _left(self, left: dict[str, int]) -> None:
         for system, total in self.totals.items():
             self.done[system] = max(self.done[system], total - left.get(system, 0))
 
@@ -318,6 +320,10 @@ class Progress:
         period = 0.1 if self.mode == "bar" else self.interval
         while True:
             await asyncio.sleep(period)
+            if self.left is not None and time.monotonic() - self._synced >= 2.0:
+                # A query to a database that may be a network away: off the event loop.
+                self._synced = time.monotonic()
+                self._left(await asyncio.to_thread(self.left))
             self.show()
 
     def line(self, now: float | None = None) -> str:

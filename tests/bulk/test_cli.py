@@ -535,6 +535,28 @@ async def test_progress_is_bars_on_a_terminal_and_timed_lines_otherwise() -> Non
     assert quiet.getvalue() == ""
 
 
+async def test_progress_asks_what_the_plan_has_left_off_the_event_loop() -> None:
+    """With other workers, the counts follow the plan's tally in the journal: a query to
+    a database that may be a network away, made in a thread, not on the event loop."""
+    import asyncio
+    import threading
+
+    asked: list[str] = []
+
+    def left() -> dict[str, int]:
+        asked.append(threading.current_thread().name)
+        return {"kintone": 4}  # other workers did 6 of 10
+
+    log = io.StringIO()
+    shown = Progress({"kintone": 10}, log, "log", interval=0.05, left=left)
+    shown.start()
+    await asyncio.sleep(0.2)
+    await shown.aclose()
+    assert asked
+    assert asked[0] != threading.main_thread().name
+    assert "progress: 6/10 (60%)" in log.getvalue()
+
+
 async def test_log_lines_are_printed_above_the_bars(monkeypatch: pytest.MonkeyPatch) -> None:
     """`-v` lines go to whatever stderr is when they are written: while the bars are drawn,
     rich's proxy, which prints them above the bars instead of gluing them onto one."""
