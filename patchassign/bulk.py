@@ -52,6 +52,8 @@ TAKE = 128
 #: With a shared journal: less taken and held per worker, so that the work spreads over
 #: the workers and a lost worker's items (back only when its lease ends) are few.
 SHARED_TAKE = 32
+#: ... and at most this many when the database is far (see :func:`next_take`).
+SHARED_TAKE_MAX = 128
 SHARED_AHEAD = 64
 #: Seconds between looks for items that may come back (a shared journal's lost workers).
 POLL = 0.5
@@ -334,10 +336,17 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
         held = inflight[system]
         index = 0
         adapter = cfg.adapters[system]
+        loop = asyncio.get_running_loop()
+        size = SHARED_TAKE
+        taken: float | None = None  # when the last take came back
         while True:
             # Off the event loop: the database may be a network away, and the other
             # lanes' requests go on meanwhile (the journal takes one call at a time).
-            batch = await asyncio.to_thread(journal.take, system, 0, SHARED_TAKE)
+            asked = loop.time()
+            batch = await asyncio.to_thread(journal.take, system, 0, size)
+            if taken is not None and len(batch) == size:
+                size = next_take(size, journal.took, asked - taken)
+            taken = loop.time()
             if not batch:
                 if not await asyncio.to_thread(journal.unfinished, system):
                     return
@@ -600,6 +609,24 @@ def _beating(journal: PgJournal, task: asyncio.Task[Any] | None) -> Iterator[Non
         yield
     finally:
         beating.cancel()
+
+
+def next_take(size: int, took: float, worked: float) -> int:
+    """How many items a lane of a PostgreSQL worker takes next: ``size`` last time, the
+    take's statement ``took`` seconds (:attr:`PgJournal.took`: the database's round trip
+    and work), and the lane ``worked`` through the batch before in that many.
+
+    Near the database a take is a millisecond and the lane takes ``SHARED_TAKE`` at a
+    time (the work spreads over the workers; few items come back in doubt with a lost
+    worker). When taking is slow beside working (a database a network away), the lane
+    would wait on its takes: it takes twice as many, up to ``SHARED_TAKE_MAX``; and half
+    as many again when taking is fast beside working.
+    """
+    if took > worked / 4:
+        return min(2 * size, SHARED_TAKE_MAX)
+    if took < worked / 32:
+        return max(size // 2, SHARED_TAKE)
+    return size
 
 
 class _Flushing:

@@ -364,6 +364,9 @@ class PgJournal:
         self._mem = threading.Lock()
         #: Set when this worker's lease was found lost (it must stop).
         self.lost: JournalError | None = None
+        #: Seconds the last take's statement took (the database's round trip and work,
+        #: not the wait for the connection): how far the database is.
+        self.took = 0.0
 
     def __repr__(self) -> str:
         return f"<PgJournal {self.where}>"
@@ -748,7 +751,13 @@ class PgJournal:
             )
             return cur if cur.rowcount else self._conn.execute(take, args)
 
-        cur = self._again(lambda: self._conn.execute(take, args), taken_unknown)
+        def run() -> psycopg.Cursor[Any]:
+            started = time.perf_counter()
+            cur = self._conn.execute(take, args)
+            self.took = time.perf_counter() - started
+            return cur
+
+        cur = self._again(run, taken_unknown)
         decode = _decode_change
         rows = sorted(cur.fetchall())
         with self._mem:

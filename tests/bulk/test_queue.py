@@ -226,3 +226,19 @@ async def test_a_file_where_no_line_is_a_change_says_so_once(small: Setup) -> No
     assert "--skip-invalid" not in err
     assert "... and 30 more" in err  # the first 50 are listed
     assert writes(small.sb) == 0
+
+
+def test_a_lane_takes_more_at_a_time_only_when_taking_is_slow_beside_working() -> None:
+    from patchassign.bulk import SHARED_TAKE, SHARED_TAKE_MAX, next_take
+
+    # Near the database: a take of a millisecond, a batch worked in 100 ms.
+    assert next_take(SHARED_TAKE, 0.001, 0.1) == SHARED_TAKE
+    # 20 ms away, the lane waiting on its takes: twice as many, up to the most.
+    size = SHARED_TAKE
+    for _ in range(10):
+        size = next_take(size, 0.024, 0.05)
+    assert size == SHARED_TAKE_MAX
+    # Steady once taking is a small part of working; back down when it is a tiny part.
+    assert next_take(SHARED_TAKE_MAX, 0.024, 0.5) == SHARED_TAKE_MAX
+    assert next_take(SHARED_TAKE_MAX, 0.001, 0.5) == SHARED_TAKE_MAX // 2
+    assert next_take(SHARED_TAKE, 0.0, 1.0) == SHARED_TAKE  # never fewer than that
