@@ -38,12 +38,16 @@ from patchassign.systems import (
 
 DEEP = 100_000
 
-json_values = st.recursive(
+#: JSON's scalars, numbers past 64 bits included.
+_scalars = (
     st.none()
     | st.booleans()
     | st.integers(min_value=-(2**70), max_value=2**70)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=20),
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    _scalars,
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
@@ -115,14 +119,19 @@ GENERIC = [
 ]
 
 
+def adapters_of(system: str) -> list[BaseAdapter]:
+    """The built-in adapter of ``system`` (the generic one in each shape for "helpdesk");
+    none for a name of no built-in system (validation against a config refuses it)."""
+    if system == "helpdesk":
+        return list(GENERIC)
+    if system not in ADAPTERS:
+        return []
+    return [ADAPTERS[system]("https://x.example", **_creds(system))]
+
+
 def check_with_adapter(change: Change) -> None:
-    if change.system == "helpdesk":
-        for adapter in GENERIC:
-            check_with(adapter, change)
-        return
-    if change.system not in ADAPTERS:
-        return  # a name of no built-in system: validation against a config refuses it
-    check_with(ADAPTERS[change.system]("https://x.example", **_creds(change.system)), change)
+    for adapter in adapters_of(change.system):
+        check_with(adapter, change)
 
 
 def check_with(adapter: BaseAdapter, change: Change) -> None:
@@ -367,11 +376,7 @@ _ANSWER_KEYS = [
     "results", "delegate", "ProjectMember", "PersonId", "Person", "odata.error",
 ]  # fmt: skip
 _answer_bodies = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12),
+    _scalars,
     lambda inner: (
         st.lists(inner, max_size=3)
         | st.fixed_dictionaries({}, optional=dict.fromkeys(_ANSWER_KEYS, inner))
@@ -414,10 +419,7 @@ def test_any_answer_of_a_server_gives_each_change_a_next_step(
     from patchassign.flow import Done, Flow, RetryPolicy, Send, Wait
 
     system, change = case
-    adapters = GENERIC if system == "helpdesk" else [
-        ADAPTERS[system]("https://x.example", **_creds(system))
-    ]  # fmt: skip
-    for adapter in adapters:
+    for adapter in adapters_of(system):
         flow = Flow(adapter, change, policy=RetryPolicy(), rng=random.Random(1), now=0.0)
         step = flow.start(0.0)
         now = 0.0
@@ -445,10 +447,7 @@ def test_a_servers_message_cannot_rewrite_the_terminal(system: str, change: Chan
         "message": "bad\x1b[2J\x1b]8;;https://evil.example\x07here\nline",
         "errors": {"to": {"messages": ["no\x1b[0m"]}},
     }
-    adapters = GENERIC if system == "helpdesk" else [
-        ADAPTERS[system]("https://x.example", **_creds(system))
-    ]  # fmt: skip
-    for adapter in adapters:
+    for adapter in adapters_of(system):
         flow = Flow(adapter, change, policy=RetryPolicy(), rng=random.Random(1), now=0.0)
         flow.start(0.0)
         done = flow.on_response(HttpResponse.from_json(400, body), 0.1)
