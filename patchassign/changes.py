@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -61,6 +62,10 @@ class _Change(
     record: _Id | _IntId
     #: A caller's id for the change; plans default it to ``"line-<n>"``.
     id: _Id | None = None
+
+    def __post_init__(self) -> None:
+        if not getattr(_decoding, "on", False):
+            _check_built(self)
 
     @property
     def key(self) -> str:
@@ -123,10 +128,11 @@ class Patch(_Change, tag="patch", frozen=True):
     guard: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         try:
             JsonPatch(self.patch, case_insensitive=True)
         except InvalidPatch as e:
-            raise ValueError(str(e)) from None
+            raise InvalidChange(str(e), field="patch") from None
 
 
 class SetFields(_Change, tag="set", frozen=True):
@@ -152,6 +158,143 @@ _MEMBERS = tuple(
 )
 
 
+_encode = msgspec.json.Encoder().encode
+#: Set in a thread while it decodes JSON into changes: JSON can only hold what decoding
+#: checks, so the check of changes built in Python is skipped.
+_decoding = threading.local()
+#: Per change type, a decoder into a twin of it without ``__post_init__`` (checking a
+#: change by decoding it into its own type would check it again, for ever).
+_twins: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+_PLAIN = (str, int, bool, type(None))
+
+
+def _twin(kind: type[Any]) -> msgspec.json.Decoder[Any]:
+    fields = [
+        (f.name, f.type) if f.required else (f.name, f.type, f.default)
+        for f in msgspec.structs.fields(kind)
+    ]
+    config = kind.__struct_config__
+    twin = msgspec.defstruct(
+        kind.__name__,
+        fields,
+        kw_only=True,
+        forbid_unknown_fields=True,
+        tag_field=config.tag_field,
+        tag=config.tag,
+    )
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(twin)
+    _twins[kind] = decoder
+    return decoder
+
+
+def _check_built(change: _Change) -> None:
+    """Check a change built in Python as decoding checks a plan line: msgspec does not
+    check a struct's fields when it is built, and a change with ``to=None``, a NaN or a
+    set in it would otherwise fail deep in an adapter, or reach a server as ``null``.
+    Tuples become lists (what JSON carries); a value JSON cannot carry as it is (NaN,
+    infinity, bytes, a date, a set, a non-string key) is refused, naming the member."""
+    kind = type(change)
+    twin = _twins.get(kind) or _twin(kind)
+    try:
+        try:
+            data = _encode(change)
+        except (TypeError, ValueError, OverflowError) as e:
+            field = next(
+                (f for f in kind.__struct_fields__ if not _encodes(getattr(change, f))), None
+            )
+            raise InvalidChange(f"not a JSON value: {e}", field=field) from None
+        try:
+            carried = twin.decode(data)
+        except msgspec.ValidationError as e:
+            reason, field = _split(str(e))
+            raise InvalidChange(reason, field=field) from None
+        for name in kind.__struct_fields__:
+            mine = getattr(change, name)
+            if type(mine) in _PLAIN:
+                continue  # the twin took it as it is
+            theirs = getattr(carried, name)
+            if not _carried(mine, theirs):
+                raise InvalidChange(
+                    f"{_what(mine)} is not a JSON value (NaN, infinity, bytes, dates, sets "
+                    "and non-string keys are not): convert it first",
+                    field=name,
+                )
+            # JSON's own types from here on (a tuple is a list; nothing shared with the
+            # caller's containers).
+            msgspec.structs.force_setattr(change, name, theirs)
+    except (RecursionError, msgspec.DecodeError):
+        raise InvalidChange(str(LimitExceeded("the change"))) from None
+
+
+def _encodes(value: Any) -> bool:
+    try:
+        _encode(value)
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return False
+    return True
+
+
+def _carried(mine: Any, theirs: Any) -> bool:
+    """Whether JSON carried ``mine`` as it is (``theirs`` is what came back)."""
+    if theirs is None or type(theirs) is bool:
+        return mine is theirs
+    if type(theirs) is str:
+        return isinstance(mine, str) and mine == theirs
+    if type(theirs) is int:
+        return isinstance(mine, int) and not isinstance(mine, bool) and mine == theirs
+    if type(theirs) is float:
+        return isinstance(mine, float) and mine == theirs
+    if type(theirs) is list:
+        return (
+            isinstance(mine, list | tuple)
+            and len(mine) == len(theirs)
+            and all(_carried(a, b) for a, b in zip(mine, theirs, strict=True))
+        )
+    if type(theirs) is dict:
+        return (
+            isinstance(mine, dict)
+            and len(mine) == len(theirs)
+            and all(
+                type(k) is str and k in theirs and _carried(v, theirs[k]) for k, v in mine.items()
+            )
+        )
+    return False
+
+
+def _what(value: Any) -> str:
+    """What is in ``value`` that JSON cannot carry, for the message."""
+    if isinstance(value, dict):
+        bad = next((k for k in value if type(k) is not str), None)
+        if bad is not None:
+            return f"the key {_short(bad)}"
+        return next((_what(v) for v in value.values() if not _encodes_as_is(v)), "a member")
+    if isinstance(value, list | tuple):
+        return next((_what(v) for v in value if not _encodes_as_is(v)), "an item")
+    return _short(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _encodes_as_is(value: Any) -> bool:
+    try:
+        return _carried(value, msgspec.json.decode(_encode(value)))
+    except (TypeError, ValueError, OverflowError, RecursionError, msgspec.DecodeError):
+        return False
+
+
+def decode_trusted(data: bytes | str) -> Change:
+    """A change from JSON text, checked by msgspec's decoding only (JSON cannot hold
+    what the check of changes built in Python looks for); raises msgspec's errors."""
+    _decoding.on = True
+    try:
+        return _decoder.decode(data)
+    finally:
+        _decoding.on = False
+
+
 def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
     """One change from JSON text (a plan line).
 
@@ -160,8 +303,10 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
             member; the error names the line and the member.
     """
     try:
-        change: Change = _decoder.decode(data)
+        change: Change = decode_trusted(data)
     except msgspec.ValidationError as e:
+        if isinstance(e.__cause__, InvalidChange):  # from a change type's own check
+            raise InvalidChange(e.__cause__.reason, line=line, field=e.__cause__.field) from None
         reason, field = _split(str(e))
         if reason == "Expected `object`, got `array`":
             reason += (
@@ -191,6 +336,8 @@ def convert_change(obj: Any, *, line: int | None = None) -> Change:
     try:
         change: Change = msgspec.convert(obj, Change)
     except msgspec.ValidationError as e:
+        if isinstance(e.__cause__, InvalidChange):  # from a change type's own check
+            raise InvalidChange(e.__cause__.reason, line=line, field=e.__cause__.field) from None
         reason, field = _split(str(e))
         raise InvalidChange(reason, line=line, field=field) from None
     except RecursionError:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -293,6 +294,93 @@ def test_random_plan_lines_are_typed_end_to_end(obj: dict[str, Any]) -> None:
     if isinstance(item, InvalidChange):
         return
     check_with_adapter(item)
+
+
+#: What Python code puts in a change: JSON's values and what JSON cannot carry as it is.
+python_values = st.recursive(
+    _scalars
+    | st.floats()  # NaN and infinities
+    | st.binary(max_size=4)
+    | st.dates()
+    | st.sets(st.integers(), max_size=2)
+    | st.just(object()),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=3) | st.integers(), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_KINDS = [pa.Assign, pa.Unassign, pa.Delegate, pa.MovePerson, pa.Merge, pa.Patch, pa.SetFields]
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_KINDS),
+    st.sampled_from(SYSTEM_NAMES),
+    st.data(),
+)
+def test_a_change_built_in_python_is_checked_as_a_plan_line_is(
+    kind: type[Any], system: str, data: st.DataObject
+) -> None:
+    """msgspec does not check a struct built in Python: the change types do, so that
+    ``Assign(to=None)`` or a NaN in a merge fails where it is written (typed), not deep
+    in an adapter or as ``null`` on a server."""
+    fields = {}
+    for f in msgspec.structs.fields(kind):
+        if f.name != "system" and (f.required or data.draw(st.booleans(), label=f.name)):
+            fields[f.name] = data.draw(python_values, label=f.name)
+    try:
+        change = kind(system=system, **fields)
+    except InvalidChange:
+        return
+    # Built: exactly what its JSON says (nothing lost or turned to null on the way).
+    assert decode_change(msgspec.json.encode(change)) == change
+    check_with_adapter(change)
+
+
+@pytest.mark.parametrize(
+    ("build", "field", "says"),
+    [
+        (lambda: pa.Assign(system="perscom", record=1, to=None), "to", "got `null`"),  # type: ignore[arg-type]
+        (lambda: pa.Assign(system="perscom", record=1.5, to="2"), "record", "got `float`"),  # type: ignore[arg-type]
+        (lambda: pa.Assign(system="perscom", record=True, to="2"), "record", "got `bool`"),
+        (lambda: pa.Assign(system="perscom", record=2**63, to="2"), "record", "<= 92233"),
+        (lambda: pa.Assign(system="PERSCOM", record=1, to="2"), "system", "matching regex"),
+        (
+            lambda: pa.Assign(system="perscom", record=1, to="2", to_type="x"),  # type: ignore[arg-type]
+            "to_type",
+            "enum value 'x'",
+        ),
+        (
+            lambda: pa.Merge(system="superoffice", record=1, merge={"a": float("nan")}),
+            "merge",
+            "nan is not a JSON value",
+        ),
+        (lambda: pa.Merge(system="superoffice", record=1, merge={1: "a"}), "merge", "the key 1"),  # type: ignore[dict-item]
+        (lambda: pa.SetFields(system="superoffice", record=1, state={"a": {2}}), "state", "{2}"),
+        (lambda: pa.MovePerson(system="perscom", record=1, to={"unit_id": b"1"}), "to", "b'1'"),
+        (
+            lambda: pa.Patch(system="superoffice", record=1, patch=[{"op": "x"}]),
+            "patch",
+            "unknown op",
+        ),
+    ],
+)
+def test_a_bad_member_is_named_when_the_change_is_built(build: Any, field: str, says: str) -> None:
+    with pytest.raises(InvalidChange) as e:
+        build()
+    assert e.value.field == field
+    assert says in str(e.value)
+
+
+def test_tuples_in_a_built_change_become_lists() -> None:
+    change = pa.Assign(system="kintone", record="1:1", to=("ada", "eve"))  # type: ignore[arg-type]
+    assert change.to == ["ada", "eve"]
+    merge = {"a": ("x", {"b": (1,)})}
+    built = pa.Merge(system="superoffice", record=1, merge=merge)
+    assert built.merge == {"a": ["x", {"b": [1]}]}
+    assert merge == {"a": ("x", {"b": (1,)})}  # the caller's mapping is left as it was
 
 
 @settings(max_examples=200)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import msgspec
 
-from ..changes import Change
+from ..changes import Change, decode_trusted
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ OK = frozenset({"applied", "unchanged", "recovered"})
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
-_decode_change = msgspec.json.Decoder(Change).decode
+_decode_change = decode_trusted
 
 
 class JournalError(ConfigError):

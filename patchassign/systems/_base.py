@@ -69,10 +69,12 @@ class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
-        if not value:
-            raise ConfigError("a credential must be a non-empty string")
-        check_header("credential", value)
-        self._value = value
+        text: object = value  # untyped callers (a config, a script) pass anything
+        if not isinstance(text, str) or not text:
+            got = "an empty string" if text == "" else type(text).__name__
+            raise ConfigError(f"a credential must be a non-empty string, got {got}")
+        check_header("credential", text)
+        self._value = text
 
     def reveal(self) -> str:
         """The secret itself, for building a request header."""
@@ -103,7 +105,10 @@ def check_header(name: str, value: str) -> str:
     Raises:
         ConfigError: The value holds a control character (header injection).
     """
-    if _CONTROL.search(value.replace("\t", " ")):
+    text: object = value  # untyped callers pass anything
+    if not isinstance(text, str):
+        raise ConfigError(f"header {name}: the value must be a string, got {type(text).__name__}")
+    if _CONTROL.search(text.replace("\t", " ")):
         raise ConfigError(f"header {name}: value contains a control character (CR/LF refused)")
     return value
 

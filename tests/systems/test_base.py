@@ -14,6 +14,7 @@ from patchassign.errors import ConfigError
 from patchassign.systems import (
     HttpRequest,
     HttpResponse,
+    PerscomAdapter,
     Secret,
     check_header,
     parse_retry_after,
@@ -49,6 +50,16 @@ def test_header_values_with_control_characters_are_refused(value: str) -> None:
         check_header("If-Match", value)
     with pytest.raises(ConfigError):
         Secret(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"), [(5, "got int"), (None, "got NoneType"), (b"t", "got bytes"), ("", "empty")]
+)
+def test_a_credential_that_is_not_text_is_a_config_error(value: object, says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        Secret(value)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="credential"):
+        PerscomAdapter("https://perscom.example/api", value)  # type: ignore[arg-type]
 
 
 def test_secrets_never_show_themselves() -> None:
