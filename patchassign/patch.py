@@ -20,6 +20,7 @@ import msgspec
 from patchassign._json import a_type_name, deep_copy, json_equal, type_name
 from patchassign.errors import (
     MISSING,
+    ConfigError,
     InvalidPatch,
     InvalidPointer,
     LimitExceeded,
@@ -261,10 +262,11 @@ class JsonPatch(Sequence[Operation]):
         return cls(patch, case_insensitive=case_insensitive)
 
     def ensure_allowed(self, allowed_ops: Iterable[str]) -> None:
-        """Raise ``InvalidPatch`` for the first operation not in ``allowed_ops``."""
+        """Raise ``InvalidPatch`` for the first operation not in ``allowed_ops``
+        (``ConfigError`` for a name there that is no operation)."""
         allowed = frozenset(allowed_ops)
         if unknown := allowed - ALL_OPS:
-            raise ValueError(f"unknown operation names in allowed_ops: {sorted(unknown)}")
+            raise ConfigError(f"unknown operation names in allowed_ops: {sorted(unknown)}")
         for i, step in enumerate(self._steps):
             name = _NAME[step[0]]
             if name not in allowed:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from ..errors import ConfigError
 from ._server import FakeServer, Stats
 from .data import (
     demo_change,
@@ -70,6 +71,8 @@ SERVERS: dict[str, type[FakeServer]] = {
     "helpdesk": HelpdeskServer,
 }
 SYSTEMS = tuple(SERVERS)
+#: The most demo records a sandbox seeds per system.
+MAX_DEMO = 1_000_000
 _S = TypeVar("_S", bound=FakeServer)
 
 
@@ -85,7 +88,8 @@ class Sandbox:
         seed: Base of the servers' fault seeds when ``faults`` gives none.
 
     Raises:
-        ValueError: Unknown system names or fault settings.
+        ConfigError: Unknown system names, fault settings out of range, a ``demo`` that is
+            not a count from 0 to 1,000,000.
     """
 
     def __init__(
@@ -97,10 +101,16 @@ class Sandbox:
         systems: Iterable[str] = SYSTEMS,
         seed: int = 0,
     ) -> None:
-        chosen = list(systems)
+        chosen = [systems] if isinstance(systems, str) else list(systems)
         unknown = [s for s in [*chosen, *(records or {})] if s not in SERVERS]
         if unknown:
-            raise ValueError(f"unknown system {unknown[0]!r}; expected one of {', '.join(SYSTEMS)}")
+            raise ConfigError(
+                f"unknown system {unknown[0]!r}; expected one of {', '.join(SYSTEMS)}"
+            )
+        if type(demo) is not int or not 0 <= demo <= MAX_DEMO:
+            raise ConfigError(
+                f"demo must be a number of records from 0 to {MAX_DEMO:,}, got {demo!r}"
+            )
         per_system = _split_faults(faults)
         self.servers: dict[str, FakeServer] = {}
         for i, name in enumerate(chosen):
@@ -116,14 +126,16 @@ class Sandbox:
         """A sandbox seeded from a JSON file ``{"<system>": [records...], ...}``.
 
         Raises:
-            ValueError: The file is not such a JSON object.
+            ConfigError: The file is not such a JSON object.
         """
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read sandbox records from {path}: {e}") from None
+            raise ConfigError(f"cannot read sandbox records from {path}: {e}") from None
         if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-            raise ValueError(f"{path}: expected an object mapping system names to lists of records")
+            raise ConfigError(
+                f"{path}: expected an object mapping system names to lists of records"
+            )
         return cls(records=data, **kwargs)
 
     def __iter__(self) -> Iterator[FakeServer]:
@@ -227,6 +239,10 @@ def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:
         return {}
     if isinstance(faults, Faults):
         return dict.fromkeys(SERVERS, faults)
+    if not isinstance(faults, Mapping):
+        raise ConfigError(
+            f"invalid fault settings: expected Faults or a mapping, got {type(faults).__name__}"
+        )
     if faults and all(k in SERVERS for k in faults):
         return dict(faults)
     return dict.fromkeys(SERVERS, faults)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 from aiohttp import web
 
+from ..errors import ConfigError
 from .faults import Faults, FaultsSpec, parse_faults
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ class FakeServer(abc.ABC):
         port: int = 0,
     ) -> None:
         if host not in LOOPBACK:
-            raise ValueError(f"the sandbox binds loopback only, not {host!r}")
+            raise ConfigError(f"the sandbox binds loopback only, not {host!r}")
         self.faults: Faults = parse_faults(faults)
         self.token = token or secrets.token_urlsafe(18)
         self.records: dict[str, dict[str, Any]] = {}

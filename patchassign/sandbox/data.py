@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from ._demo import TEAM_A, TEAM_B
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def _fake(system: str) -> type[FakeServer]:
 
     fake = SERVERS.get(system)
     if fake is None:
-        raise ValueError(f"unknown system {system!r}; expected one of {', '.join(SERVERS)}")
+        raise ConfigError(f"unknown system {system!r}; expected one of {', '.join(SERVERS)}")
     return fake
 
 

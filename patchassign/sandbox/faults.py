@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from ..errors import ConfigError
+
 __all__ = ["Faults", "FaultsSpec", "parse_faults"]
 
 _Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
@@ -96,13 +98,19 @@ def parse_faults(spec: FaultsSpec) -> Faults:
     """A :class:`Faults` from a ``Faults``, a mapping of its fields, or ``None``.
 
     Raises:
-        ValueError: An unknown field or a value out of range; the message names it.
+        ConfigError: An unknown field or a value out of range; the message names it.
     """
     if spec is None:
         return Faults()
-    if isinstance(spec, Faults):
-        return spec
     try:
+        if isinstance(spec, Faults):
+            # Built in Python, its fields were not checked: check them as a mapping's.
+            msgspec.convert(msgspec.structs.asdict(spec), Faults)
+            return spec
         return msgspec.convert(dict(spec), Faults)
     except msgspec.ValidationError as e:
-        raise ValueError(f"invalid fault settings: {e}") from None
+        raise ConfigError(f"invalid fault settings: {e}") from None
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"invalid fault settings: expected Faults or a mapping of its fields, got {spec!r}"
+        ) from None

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..changes import Change, Delegate
+from ..errors import ConfigError
 from ..systems import FindableAdapter
 from ._demo import TEAM_A, TEAM_B, person, target
 from ._server import BadBody, FakeServer, rfc3339
@@ -143,10 +144,10 @@ class FindableServer(FakeServer):
         for r in records:
             aid = r["id"]
             if not isinstance(aid, str) or not aid:
-                raise ValueError(f"Findable assignment ids are strings, got {aid!r}")
+                raise ConfigError(f"Findable assignment ids are strings, got {aid!r}")
             status = r.get("status", "pending")
             if status not in _STATUSES:
-                raise ValueError(f"unknown assignment status {status!r}")
+                raise ConfigError(f"unknown assignment status {status!r}")
             self.records[aid] = {
                 "id": aid,
                 "targetType": "document",

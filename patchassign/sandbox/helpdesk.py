@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..changes import Assign, Change, SetFields
-from ..errors import InvalidPatch, PatchConflict, PatchError
+from ..errors import ConfigError, InvalidPatch, PatchConflict, PatchError
 from ..merge import apply_merge_patch
 from ..patch import JsonPatch, Test, apply_patch
 from ..systems import RestAdapter
@@ -156,7 +156,7 @@ class HelpdeskServer(FakeServer):
         for r in records:
             tid = r.get("id")
             if not isinstance(tid, str) or not tid:
-                raise ValueError(f"helpdesk ticket ids are strings, got {tid!r}")
+                raise ConfigError(f"helpdesk ticket ids are strings, got {tid!r}")
             rec = {
                 "id": tid,
                 "title": "Ticket",
@@ -171,7 +171,7 @@ class HelpdeskServer(FakeServer):
             try:
                 self._valid(rec)
             except Refused as e:
-                raise ValueError(f"helpdesk ticket {tid}: {e.message}") from None
+                raise ConfigError(f"helpdesk ticket {tid}: {e.message}") from None
             self.records[tid] = rec
 
     def edit(self, key: str) -> None:

@@ -39,6 +39,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from ..changes import Assign, Change
+from ..errors import ConfigError
 from ..systems import KintoneAdapter
 from ._demo import TEAM_A, TEAM_B, person, target
 from ._server import BadBody, FakeServer
@@ -199,7 +200,7 @@ class KintoneServer(FakeServer):
         for r in records:
             app, rid = r["app"], r["id"]
             if type(app) is not int or type(rid) is not int:
-                raise ValueError(f"Kintone app and record ids are integers, got {app!r}, {rid!r}")
+                raise ConfigError(f"Kintone app and record ids are integers, got {app!r}, {rid!r}")
             self._spaces[app] = r.get("space")
             self.token_for(app)
             if r.get("single_assignee"):

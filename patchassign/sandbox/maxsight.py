@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..changes import Assign, Change
+from ..errors import ConfigError
 from ..systems import MaxsightAdapter
 from ._server import BadBody, FakeServer, rfc3339
 
@@ -146,7 +147,7 @@ class MaxsightServer(FakeServer):
         for r in records:
             tid = r["id"]
             if not isinstance(tid, str) or not tid:
-                raise ValueError(f"Maxsight task ids are strings, got {tid!r}")
+                raise ConfigError(f"Maxsight task ids are strings, got {tid!r}")
             self.records[tid] = {
                 "assessment_id": None,
                 "assessment_template_id": None,

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from ..changes import Assign, Change
+from ..errors import ConfigError
 from ..systems import PerscomAdapter
 from ._demo import TEAM_A, person, target
 from ._server import BadBody, FakeServer, rfc3339
@@ -252,7 +253,7 @@ class PerscomServer(FakeServer):
         for r in records:
             rid = r["id"]
             if type(rid) is not int:
-                raise ValueError(f"PERSCOM record ids are integers, got {rid!r}")
+                raise ConfigError(f"PERSCOM record ids are integers, got {rid!r}")
             rec: dict[str, Any] = {"id": rid, **dict.fromkeys(_FIELDS)}
             rec["type"] = "primary"
             rec.update({k: v for k, v in r.items() if k in _FIELDS})

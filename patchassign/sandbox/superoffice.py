@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from ..changes import Assign, Change, Merge
-from ..errors import InvalidPatch, PatchConflict, PatchError
+from ..errors import ConfigError, InvalidPatch, PatchConflict, PatchError
 from ..merge import merge_to_json_patch
 from ..patch import JsonPatch, apply_patch
 from ..systems import SuperOfficeAdapter
@@ -102,7 +102,7 @@ class SuperOfficeServer(FakeServer):
         **kwargs: Any,
     ) -> None:
         if precision not in ("full", "second"):
-            raise ValueError(f"precision is 'full' or 'second', got {precision!r}")
+            raise ConfigError(f"precision is 'full' or 'second', got {precision!r}")
         super().__init__(**kwargs)
         self.utc_offset = utc_offset
         self.precision = precision
@@ -192,7 +192,7 @@ class SuperOfficeServer(FakeServer):
         for r in records:
             pid = r["ProjectmemberId"]
             if type(pid) is not int:
-                raise ValueError(f"ProjectmemberId must be an integer, got {pid!r}")
+                raise ConfigError(f"ProjectmemberId must be an integer, got {pid!r}")
             rec: dict[str, Any] = dict.fromkeys(sorted(_INT_FIELDS), 0)
             rec.update(dict.fromkeys(sorted(_STR_FIELDS), ""))
             rec.update(

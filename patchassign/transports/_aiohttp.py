@@ -9,7 +9,7 @@ from typing import Self
 import aiohttp
 import yarl
 
-from ..errors import ConnectError, ConnectionLost, ResponseTimeout, SetupError
+from ..errors import ConfigError, ConnectError, ConnectionLost, ResponseTimeout, SetupError
 from ..systems import HttpRequest, HttpResponse
 from ..systems._base import printable
 
@@ -50,7 +50,7 @@ class AiohttpTransport:
         max_body: int = 16 * 1024 * 1024,
     ) -> None:
         if max_body < 1:
-            raise ValueError(f"max_body must be at least 1 byte, got {max_body}")
+            raise ConfigError(f"max_body must be at least 1 byte, got {max_body}")
         self._session = session
         self._own = session is None
         self.limit = limit

@@ -8,10 +8,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from patchassign.errors import ConfigError
 from patchassign.sandbox import SYSTEMS, Faults, PerscomServer, Sandbox
 
 from .conftest import call
@@ -35,12 +36,32 @@ async def test_starts_every_fake_on_loopback_with_distinct_ports() -> None:
 
 
 def test_refuses_non_loopback_hosts_and_unknown_systems() -> None:
-    with pytest.raises(ValueError, match="loopback"):
+    with pytest.raises(ConfigError, match="loopback"):
         PerscomServer(host="0.0.0.0")
-    with pytest.raises(ValueError, match="unknown system"):
+    with pytest.raises(ConfigError, match="unknown system"):
         Sandbox(systems=["jira"])
-    with pytest.raises(ValueError, match="invalid fault"):
+    with pytest.raises(ConfigError, match="invalid fault"):
         Sandbox(faults={"throttle": 5})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "says"),
+    [
+        ({"faults": Faults(throttle=2.0)}, "throttle"),  # built in Python: checked too
+        ({"faults": {"perscom": Faults(burst=0)}}, "burst"),
+        ({"faults": 5}, "expected Faults or a mapping"),
+        ({"demo": -1}, "demo must be"),
+        ({"demo": 10**9}, "demo must be"),
+        ({"demo": "5"}, "demo must be"),
+    ],
+)
+def test_bad_settings_are_config_errors(kwargs: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        Sandbox(**kwargs)
+
+
+def test_one_system_may_be_named_by_itself() -> None:
+    assert list(Sandbox(systems="kintone").servers) == ["kintone"]
 
 
 async def test_per_system_faults_and_seeding_from_a_file(
