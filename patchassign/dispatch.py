@@ -33,6 +33,7 @@ import contextlib
 import logging
 import random
 import time
+import traceback
 from collections import Counter, deque
 from collections.abc import (
     AsyncGenerator,
@@ -99,6 +100,8 @@ _FEW = 20.0
 _RECENT = 0.25
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
+#: Records in a row whose adapter raised (a bug in it) after which its system is stopped.
+_BROKEN_STOP = 3
 
 
 class _Expired(Exception):
@@ -107,6 +110,14 @@ class _Expired(Exception):
 
 class _Halted(Exception):
     """The change's system was stopped while it waited."""
+
+
+class _AdapterRaised(Exception):
+    """The adapter raised ``error`` where a batch was combined (not a change's own step)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class _Stop(Exception):
@@ -390,11 +401,16 @@ class _Batcher:
                     raise RuntimeError(
                         "the dispatcher is not started: use 'async with Dispatcher(...)'"
                     )
-                request = (
-                    items[0].request
-                    if len(items) == 1
-                    else lane.adapter.combine([i.request for i in items], self.write)  # type: ignore[attr-defined]
-                )
+                try:
+                    request = (
+                        items[0].request
+                        if len(items) == 1
+                        else lane.adapter.combine([i.request for i in items], self.write)  # type: ignore[attr-defined]
+                    )
+                except Exception as e:  # a bug in the adapter: each change fails, unsent
+                    for item in items:
+                        _refuse(item, _AdapterRaised(e))
+                    return
                 try:
                     response = await transport.send(request, timeout=timeout)
                 except TransportError as e:
@@ -468,6 +484,7 @@ class _Lane:
         "answers",
         "auth_streak",
         "batchers",
+        "broken",
         "calm",
         "configured",
         "down",
@@ -553,6 +570,9 @@ class _Lane:
         self.down = 0  # connection failures in a row
         self.outage_since: float | None = None
         self.auth_streak: set[str] = set()
+        #: Records in a row whose adapter raised (a bug in it): see ``_BROKEN_STOP``.
+        #: A change that ends any other way ends the streak (a read's answer does not).
+        self.broken: set[str] = set()
         self.stopped = False
         self.stop_status: Status = "failed"
         self.stop_reason = ""
@@ -900,6 +920,7 @@ class _Lane:
         self.stop_until = None
         self.outage_since = None
         self.auth_streak.clear()
+        self.broken.clear()
         self.down = 0
         self.calm = False
 
@@ -1030,8 +1051,8 @@ class Dispatcher:
         dry_run: Read records (GET) but never write: each change that would write ends
             ``planned``, with the request in :attr:`Result.planned`.
         buffer: Changes read ahead and waiting, per system, at most.
-        hooks: :class:`~patchassign.hooks.Hooks` to tell of results, retries, slowdowns
-            and stops.
+        hooks: :class:`~patchassign.hooks.Hooks` (one, or several) to tell of results,
+            retries, slowdowns and stops.
         seed: Seed for the backoff jitter (tests).
         paces: Requests/s to start systems at, as if learned from their 429s: what
             :meth:`settled_paces` said at the end of an earlier run. The lane sends at
@@ -1051,7 +1072,7 @@ class Dispatcher:
         verify_tls: bool = True,
         dry_run: bool = False,
         buffer: int = 10_000,
-        hooks: Iterable[Hooks] = (),
+        hooks: Hooks | Iterable[Hooks] = (),
         seed: int | None = None,
         paces: Mapping[str, float] | None = None,
     ) -> None:
@@ -1126,7 +1147,10 @@ class Dispatcher:
                 self._lanes[name].seed(float(pace))
             else:
                 log.warning("pace for %r ignored: no adapter for that system here", name)
-        hooks = list(hooks)
+        hooks = [hooks] if isinstance(hooks, Hooks) else list(hooks)
+        for hook in hooks:
+            if not isinstance(hook, Hooks):
+                raise ConfigError(f"hooks: not a patchassign.Hooks: {hook!r}")
         self._on_result = [h.on_result for h in hooks if _overrides(h, "on_result")]
         self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
         self._on_slowdown = [h.on_slowdown for h in hooks if _overrides(h, "on_slowdown")]
@@ -1553,6 +1577,10 @@ class Dispatcher:
                     now = loop.time()
                 else:
                     result = step.result  # type: ignore[union-attr]
+                    if flow.signal == "adapter":
+                        self._broken(lane, flow)
+                    elif lane.broken:  # the adapter took a change to its end: no streak
+                        lane.broken.clear()
                     if result.error is not None and self._scrub is not None:
                         result = msgspec.structs.replace(result, error=self._scrub(result.error))
                     return result
@@ -1671,6 +1699,8 @@ class Dispatcher:
             return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))
         except _Halted:
             return flow.finish(lane.stop_status, lane.stop_reason, loop.time())
+        except _AdapterRaised as e:
+            return flow.raised_in_adapter(e.error, loop.time())
         except TransportError as e:
             error = e
         except asyncio.CancelledError:
@@ -1766,6 +1796,31 @@ class Dispatcher:
                     None,
                 )
         return nxt
+
+    def _broken(self, lane: _Lane, flow: Flow) -> None:
+        """The lane's adapter raised (``flow.raised``): log it (the traceback once per
+        streak), and stop the system after ``_BROKEN_STOP`` records in a row."""
+        error = flow.raised
+        change = flow.change
+        lane.calm = False
+        first = not lane.broken
+        lane.broken.add(str(change.record))
+        what = f"{lane.where}: the {type(lane.adapter).__name__} raised on record {change.record!r}"
+        if first and error is not None:
+            trace = "".join(traceback.format_exception(error)).rstrip()
+            log.error("%s (a bug in the adapter):\n%s", what, self._clean(trace))
+        else:
+            log.warning("%s: %s", what, self._clean(f"{type(error).__name__}: {error}"))
+        if len(lane.broken) >= _BROKEN_STOP and not lane.stopped:
+            self._stop(
+                lane,
+                "unsent",
+                "adapter",
+                f"{lane.where}: stopped: its adapter ({type(lane.adapter).__name__}) raised "
+                f"{type(error).__name__} on {len(lane.broken)} records in a row (a bug in the "
+                "adapter: see the log); its other changes were not sent (a resume sends them)",
+                None,
+            )
 
     def _waiting_for(self, lane: _Lane, flow: Flow, now: float) -> str:
         if lane.paused_until > now:

@@ -63,6 +63,7 @@ from .systems import (
     Retry,
     Unchanged,
 )
+from .systems._base import printable
 
 if TYPE_CHECKING:
     from .changes import Change
@@ -83,7 +84,7 @@ __all__ = [
 
 Status = Literal["applied", "unchanged", "conflict", "failed", "unsent", "cancelled", "planned"]
 #: What the last answer showed about the system as a whole.
-Signal = Literal["ok", "throttled", "auth", "unreachable", "setup"]
+Signal = Literal["ok", "throttled", "auth", "unreachable", "setup", "adapter"]
 _Positive = Annotated[float, msgspec.Meta(gt=0, le=86_400 * 7)]
 
 
@@ -283,6 +284,7 @@ class Flow:
         "maybe_applied",
         "must_read",
         "policy",
+        "raised",
         "rng",
         "seen",
         "settled_at",
@@ -358,6 +360,8 @@ class Flow:
         self.signal: Signal | None = None
         #: With ``signal == "throttled"``: the server's wait, if it gave one.
         self.after: float | None = None
+        #: With ``signal == "adapter"``: what the adapter raised.
+        self.raised: Exception | None = None
         #: The batch the last write rode in and the change's place in it (the dispatcher
         #: sets it; ``None``: the write went alone).
         self.batch: tuple[str, int] | None = None
@@ -374,10 +378,14 @@ class Flow:
                 self.adapter.check(self.change)
             except InvalidChange as e:
                 return self.finish("failed", str(e), now)
+            except Exception as e:
+                return self._raised(e, now)
         try:
             return self._next(now)
         except _TYPED as e:
             return self._typed(e, now)
+        except Exception as e:
+            return self._raised(e, now)
 
     def on_response(self, response: HttpResponse, now: float) -> Step:
         """The server answered the last :class:`Send`."""
@@ -438,6 +446,10 @@ class Flow:
             return self.finish("failed", outcome.reason, now)
         except _TYPED as e:
             return self._typed(e, now)
+        except Exception as e:
+            if self.writing:  # the write was answered, and nothing could say how
+                self.maybe_applied = True
+            return self._raised(e, now)
 
     def on_error(self, error: TransportError, now: float) -> Step:
         """The last :class:`Send` got no answer."""
@@ -459,6 +471,8 @@ class Flow:
                 return self._next(now)
             except _TYPED as e:
                 return self._typed(e, now)
+            except Exception as e:
+                return self._raised(e, now)
         if self.writing:
             self.maybe_applied = True
             if not self.versioned:
@@ -473,6 +487,13 @@ class Flow:
             return self._next(now)
         except _TYPED as e:
             return self._typed(e, now)
+        except Exception as e:
+            return self._raised(e, now)
+
+    def raised_in_adapter(self, error: Exception, now: float) -> Done:
+        """The adapter raised ``error`` outside an event (combining a batch, say): the
+        change fails as when it raises within one."""
+        return self._raised(error, now)
 
     def expire(self, now: float, reason: str | None = None) -> Done:
         """The deadline came while the change waited for its system: end it now."""
@@ -562,6 +583,20 @@ class Flow:
         # An adapter refusing with one of our typed errors instead of returning Failed:
         # still this change's problem, not the run's.
         return self.finish("failed", f"{type(e).__name__}: {e}", now)
+
+    def _raised(self, e: Exception, now: float) -> Done:
+        # Anything else an adapter raises is a bug in it (or, rarely, here): the change
+        # fails, unconfirmed where a write of it was answered; the dispatcher logs the
+        # traceback and stops the system when its adapter keeps raising.
+        self.signal = "adapter"
+        self.raised = e
+        return self.finish(
+            "failed",
+            f"the {type(self.adapter).__name__} raised {type(e).__name__}: "
+            f"{printable(' '.join(str(e).split()))} (a bug in the adapter, not in the "
+            "change: the traceback is in the log)",
+            now,
+        )
 
     def _next(self, now: float) -> Step:
         if self.must_read or self.adapter.needs_read(self.change):

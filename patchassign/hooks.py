@@ -68,8 +68,9 @@ class StopEvent(msgspec.Struct, frozen=True, kw_only=True):
         system: The system.
         host: ``host:port`` of the system.
         cause: ``"auth"`` (credentials or permissions refused), ``"unreachable"``
-            (the outage budget ran out) or ``"setup"`` (DNS or TLS: fix the
-            configuration).
+            (the outage budget ran out), ``"setup"`` (DNS or TLS: fix the
+            configuration) or ``"adapter"`` (its adapter raised on three records in a
+            row: a bug in it; the traceback is in the log).
         status: The status its remaining changes end with (``failed`` or ``unsent``).
         reason: The message given to each of them.
     """

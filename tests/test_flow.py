@@ -160,6 +160,53 @@ def test_refused_credentials_signal_auth() -> None:
     assert done.result.http_status == 401
 
 
+class _Raising(MaxsightAdapter):
+    def __init__(self, where: str) -> None:
+        super().__init__("https://m.example", "key", assigned_by="admin")
+        self.where = where
+
+    def check(self, change: Any) -> None:
+        if self.where == "check":
+            raise AttributeError("no such member")
+        super().check(change)
+
+    def current(self, change: Any, response: HttpResponse) -> Any:
+        if self.where == "current":
+            raise IndexError("list index out of range")
+        return super().current(change, response)
+
+    def outcome(self, change: Any, response: HttpResponse) -> Any:
+        if self.where == "outcome":
+            raise KeyError("assignment")
+        return super().outcome(change, response)
+
+
+@pytest.mark.parametrize(
+    ("where", "answers", "unconfirmed"),
+    [
+        ("check", 0, False),  # nothing sent
+        ("current", 1, False),  # a read answered: nothing written
+        ("outcome", 2, True),  # the write answered, and nothing could say how: in doubt
+    ],
+)
+def test_an_adapter_that_raises_ends_the_change_and_signals_adapter(
+    where: str, answers: int, unconfirmed: bool
+) -> None:
+    f = Flow(_Raising(where), CHANGE, policy=POLICY, rng=random.Random(1), now=0.0)
+    step = f.start(0.0)
+    for i in range(answers):
+        assert isinstance(step, Send)
+        step = f.on_response(task("ada" if i == 0 else "eve", f"v{i + 1}"), 0.1 * (i + 1))
+    assert isinstance(step, Done)
+    r = step.result
+    assert (r.status, r.unconfirmed, r.attempts) == ("failed", unconfirmed, answers)
+    assert r.error is not None
+    assert "the _Raising raised" in r.error
+    assert "a bug in the adapter" in r.error
+    assert f.signal == "adapter"
+    assert isinstance(f.raised, AttributeError | IndexError | KeyError)
+
+
 def test_a_dry_run_plans_the_write() -> None:
     f = flow(dry_run=True)
     f.start(0.0)

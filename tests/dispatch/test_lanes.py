@@ -31,7 +31,15 @@ from patchassign import (
 )
 from patchassign.changes import Assign, Change
 
-from .fakes import FakeMaxsight, FakePerscom, Route, to_maxsight, to_perscom
+from .fakes import (
+    MAXSIGHT,
+    PERSCOM,
+    FakeMaxsight,
+    FakePerscom,
+    Route,
+    to_maxsight,
+    to_perscom,
+)
 
 if TYPE_CHECKING:
     from patchassign.hooks import RetryEvent, SlowdownEvent, StopEvent
@@ -232,6 +240,98 @@ async def test_refused_credentials_stop_the_system_after_three_records() -> None
     assert "401" in stopped[0].error
     assert "not sent" in stopped[0].error
     assert d.states() == {"maxsight": "stopped", "perscom": "running"}
+
+
+class _RaisingMaxsight(FakeMaxsight):
+    """Maxsight whose adapter raises where ``bad`` says (a bug in a user's adapter)."""
+
+    def __init__(self, bad: Any) -> None:
+        super().__init__()
+        self.bad = bad
+
+    def adapter(self) -> Any:
+        bad = self.bad
+
+        class Raising(type(super().adapter())):  # type: ignore[misc]
+            def outcome(self, change: Change, response: HttpResponse) -> Any:
+                if bad(change):
+                    raise KeyError("assignment")
+                return super().outcome(change, response)
+
+        return Raising(MAXSIGHT, "key", assigned_by="admin")
+
+
+async def test_an_adapter_that_keeps_raising_stops_its_system_not_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    maxsight = _RaisingMaxsight(bad=lambda change: True)
+    route = Route(maxsight=maxsight, perscom=FakePerscom())
+    stops: list[StopEvent] = []
+
+    class Heard(Hooks):
+        def on_stop(self, event: StopEvent) -> None:
+            stops.append(event)
+
+    caplog.set_level(logging.WARNING, "patchassign.dispatch")
+    async with dispatcher(route, hooks=Heard(), limits={"maxsight": Limits(concurrency=2)}) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(200), to_perscom(100)))]
+    by = Counter((r.system, r.status) for r in results)
+    assert by[("perscom", "applied")] == 100  # the other system went on
+    raised = [r for r in results if r.error and "the Raising raised KeyError" in r.error]
+    assert 3 <= len(raised) <= 4  # three records in a row, and one in flight beside them
+    for r in raised:
+        # The write was sent and answered, and nothing could say how: in doubt.
+        assert (r.status, r.unconfirmed, r.writes) == ("failed", True, 1)
+    rest = [r for r in results if r.system == "maxsight" and r not in raised]
+    assert {r.status for r in rest} == {"unsent"}  # a resume sends them
+    assert all(r.attempts == 0 for r in rest)
+    assert rest[0].error is not None
+    assert "maxsight (maxsight.example:443): stopped: its adapter (Raising) raised KeyError" in (
+        rest[0].error
+    )
+    assert sum(maxsight.writes.values()) == len(raised)
+    assert d.states()["maxsight"] == "stopped"
+    assert [(e.system, e.cause, e.status) for e in stops] == [("maxsight", "adapter", "unsent")]
+    tracebacks = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(tracebacks) == 1  # once, not once per change
+    assert "Traceback" in tracebacks[0].getMessage()
+    assert "KeyError: 'assignment'" in tracebacks[0].getMessage()
+
+
+async def test_an_adapter_raising_on_one_odd_record_fails_only_that_change() -> None:
+    maxsight = _RaisingMaxsight(bad=lambda change: change.record == "t7")
+    route = Route(maxsight=maxsight)
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(to_maxsight(50))]
+    by = Counter(r.status for r in results)
+    assert by == {"applied": 49, "failed": 1}
+    [odd] = [r for r in results if r.status == "failed"]
+    assert odd.record == "t7"
+    assert odd.unconfirmed
+    assert d.states()["maxsight"] == "running"
+
+
+async def test_an_adapter_that_cannot_combine_a_batch_sends_nothing_of_it() -> None:
+    perscom = FakePerscom()
+
+    class NoCombine(type(perscom.adapter())):  # type: ignore[misc]
+        def combine(self, requests: list[HttpRequest], write: bool) -> HttpRequest:
+            raise TypeError("cannot combine")
+
+    adapter = NoCombine(PERSCOM, "tok", notifications=False)
+    handler = Route(perscom=perscom)
+    limits = {"perscom": Limits(concurrency=4, batch=10, linger=0.05)}
+    async with Dispatcher(
+        [adapter], transport=MockTransport(handler), limits=limits, retry=FAST, seed=1
+    ) as d:
+        results = [r async for r in d.run(to_perscom(60))]
+    assert len(results) == 60
+    raised = [r for r in results if r.error and "raised TypeError: cannot combine" in r.error]
+    assert raised
+    assert all(r.status == "failed" and not r.unconfirmed for r in raised)
+    assert d.states()["perscom"] == "stopped"
+    # Only a batch of one goes without combining: nothing else reached the server.
+    assert sum(perscom.writes.values()) == sum(r.status == "applied" for r in results)
 
 
 async def test_states_show_a_throttled_system_while_it_runs() -> None:

@@ -301,15 +301,22 @@ async def test_bad_changes_become_failed_results_without_a_request(
     assert not mocked.requests
 
 
-async def test_a_programming_error_surfaces(mocked: aioresponses) -> None:
+async def test_an_adapters_bug_fails_its_change_and_says_what_it_raised(
+    mocked: aioresponses,
+) -> None:
     class Broken(PerscomAdapter):
         def prepare(self, change: Change, current: Current | None) -> HttpRequest:
-            raise ZeroDivisionError("bug")
+            raise ZeroDivisionError("bug\n\x1b[2J")
 
     async with dispatcher(Broken(BASE, "t")) as d:
-        with pytest.raises(ZeroDivisionError):
-            async for _ in d.run([assign_p(n) for n in range(1, 5)]):
-                pass
+        result = await d.send(assign_p(1))
+    assert result.status == "failed"
+    assert not result.unconfirmed  # nothing was sent
+    assert result.attempts == 0
+    assert result.error is not None
+    assert "the Broken raised ZeroDivisionError: bug \\x1b[2J" in result.error
+    assert "a bug in the adapter" in result.error
+    assert not mocked.requests
 
 
 async def test_the_input_breaking_surfaces(mocked: aioresponses) -> None:
