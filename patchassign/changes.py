@@ -64,7 +64,7 @@ class _Change(
     id: _Id | None = None
 
     def __post_init__(self) -> None:
-        if not getattr(_decoding, "on", False):
+        if not getattr(_trusted, "on", False):
             _check_built(self)
 
     @property
@@ -159,9 +159,9 @@ _MEMBERS = tuple(
 
 
 _encode = msgspec.json.Encoder().encode
-#: Set in a thread while it decodes JSON into changes: JSON can only hold what decoding
-#: checks, so the check of changes built in Python is skipped.
-_decoding = threading.local()
+#: Set in a thread while it builds changes that need no check of their own: decoded from
+#: JSON (which can only hold what decoding checks), or copies of checked ones.
+_trusted = threading.local()
 #: Per change type, a decoder into a twin of it without ``__post_init__`` (checking a
 #: change by decoding it into its own type would check it again, for ever).
 _twins: dict[type[Any], msgspec.json.Decoder[Any]] = {}
@@ -288,11 +288,20 @@ def _encodes_as_is(value: Any) -> bool:
 def decode_trusted(data: bytes | str) -> Change:
     """A change from JSON text, checked by msgspec's decoding only (JSON cannot hold
     what the check of changes built in Python looks for); raises msgspec's errors."""
-    _decoding.on = True
+    _trusted.on = True
     try:
         return _decoder.decode(data)
     finally:
-        _decoding.on = False
+        _trusted.on = False
+
+
+def with_id(change: Change, id: str) -> Change:
+    """``change`` (checked) with the id ``id`` (a plan's ``line-<n>``), not checked again."""
+    _trusted.on = True
+    try:
+        return msgspec.structs.replace(change, id=id)
+    finally:
+        _trusted.on = False
 
 
 def decode_change(data: bytes | str, *, line: int | None = None) -> Change:

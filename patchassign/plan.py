@@ -28,7 +28,7 @@ from typing import IO, Any, BinaryIO, Literal
 
 import msgspec
 
-from .changes import Change, _Change, convert_change, decode_change
+from .changes import Change, _Change, convert_change, decode_change, with_id
 from .errors import InvalidChange, PlanError
 
 __all__ = ["MAX_LINE", "SEPARATOR", "PlanItem", "iter_plan", "plan_format", "read_plan"]
@@ -67,7 +67,7 @@ def iter_plan(lines: Iterable[bytes]) -> Iterator[PlanItem]:
             yield number, e
             continue
         if change.id is None:
-            change = msgspec.structs.replace(change, id=f"line-{number}")
+            change = with_id(change, f"line-{number}")
         yield number, change
 
 
@@ -304,7 +304,7 @@ def _row(columns: list[str], row: list[str], number: int) -> Change | InvalidCha
     except InvalidChange as e:
         return InvalidChange(e.reason, line=number, field=e.field, system=e.system, csv=True)
     if change.id is None:
-        change = msgspec.structs.replace(change, id=f"line-{number}")
+        change = with_id(change, f"line-{number}")
     return change
 
 
