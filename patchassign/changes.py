@@ -14,6 +14,7 @@ a bad line fails early with the member at fault.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 import threading
 from typing import Annotated, Any, Literal
@@ -158,7 +159,28 @@ _MEMBERS = tuple(
 )
 
 
-_encode = msgspec.json.Encoder().encode
+def _scalar(value: Any) -> Any:
+    """A numpy scalar (what a column of a data frame gives) as Python's own value."""
+    if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
+
+
+def _numbers(value: Any) -> Any:
+    """Other libraries' scalars and numbers as JSON's: they become Python's own when the
+    change is built."""
+    plain = _scalar(value)
+    if type(plain) in (bool, int, float, str):
+        return plain
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    kind = type(value)
+    raise TypeError(f"{kind.__module__}.{kind.__qualname__} is not a JSON type")
+
+
+_encode = msgspec.json.Encoder(enc_hook=_numbers).encode
 #: Set in a thread while it builds changes that need no check of their own: decoded from
 #: JSON (which can only hold what decoding checks), or copies of checked ones.
 _trusted = threading.local()
@@ -191,8 +213,9 @@ def _check_built(change: _Change) -> None:
     """Check a change built in Python as decoding checks a plan line: msgspec does not
     check a struct's fields when it is built, and a change with ``to=None``, a NaN or a
     set in it would otherwise fail deep in an adapter, or reach a server as ``null``.
-    Tuples become lists (what JSON carries); a value JSON cannot carry as it is (NaN,
-    infinity, bytes, a date, a set, a non-string key) is refused, naming the member."""
+    Tuples become lists and other libraries' numbers (numpy's) Python's own, as JSON
+    carries them; a value JSON cannot carry as it is (NaN, infinity, bytes, a date, a
+    set, a non-string key) is refused, naming the member."""
     kind = type(change)
     twin = _twins.get(kind) or _twin(kind)
     try:
@@ -236,14 +259,15 @@ def _encodes(value: Any) -> bool:
 
 def _carried(mine: Any, theirs: Any) -> bool:
     """Whether JSON carried ``mine`` as it is (``theirs`` is what came back)."""
+    mine = _scalar(mine)
     if theirs is None or type(theirs) is bool:
         return mine is theirs
     if type(theirs) is str:
         return isinstance(mine, str) and mine == theirs
     if type(theirs) is int:
-        return isinstance(mine, int) and not isinstance(mine, bool) and mine == theirs
-    if type(theirs) is float:
-        return isinstance(mine, float) and mine == theirs
+        return type(mine) is not bool and isinstance(mine, numbers.Integral) and int(mine) == theirs
+    if type(theirs) is float:  # a Fraction(1, 3) has no float that is it: refused
+        return isinstance(mine, numbers.Real) and float(mine) == theirs and theirs == mine
     if type(theirs) is list:
         return (
             isinstance(mine, list | tuple)

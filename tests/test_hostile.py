@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +373,36 @@ def test_a_bad_member_is_named_when_the_change_is_built(build: Any, field: str, 
         build()
     assert e.value.field == field
     assert says in str(e.value)
+
+
+def test_other_libraries_numbers_become_pythons_own_when_exact() -> None:
+    class Count(int):
+        pass
+
+    change = pa.SetFields(
+        system="superoffice", record=Count(7), state={"n": Count(3), "x": Fraction(3, 2)}
+    )
+    assert (type(change.record), change.record) == (int, 7)
+    assert change.state == {"n": 3, "x": 1.5}
+    assert type(change.state["n"]) is int
+    with pytest.raises(InvalidChange, match="Fraction"):
+        pa.SetFields(system="superoffice", record=1, state={"x": Fraction(1, 3)})
+
+
+def test_numpy_scalars_from_a_data_frame_are_taken() -> None:
+    np = pytest.importorskip("numpy")
+    change = pa.Merge(
+        system="superoffice",
+        record=np.int64(5),
+        merge={"a": np.float32(1.5), "b": np.bool_(True), "c": [np.int8(1)], "d": np.str_("x")},
+    )
+    assert change.record == 5
+    assert change.merge == {"a": 1.5, "b": True, "c": [1], "d": "x"}
+    assert [type(v) for v in change.merge.values()] == [float, bool, list, str]
+    with pytest.raises(InvalidChange, match="nan"):  # pandas' missing value
+        pa.Merge(system="superoffice", record=1, merge={"a": np.float64("nan")})
+    with pytest.raises(InvalidChange, match=r"numpy\.ndarray"):
+        pa.Merge(system="superoffice", record=1, merge={"a": np.array([1, 2])})
 
 
 def test_tuples_in_a_built_change_become_lists() -> None:
