@@ -45,7 +45,7 @@ from collections.abc import (
     Mapping,
 )
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import TYPE_CHECKING, Any, Protocol, Self, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -1002,6 +1002,70 @@ async def _resting(track: _Track, waiting: Awaitable[None]) -> None:
         pool.back()
 
 
+class _Feed(Protocol):
+    """Where a worker (:meth:`Dispatcher._drive`) takes its changes and gives results."""
+
+    def take(self) -> tuple[int, Change, bool] | None:
+        """The next change (its index, itself, read it first), or ``None``: see ``more``."""
+
+    async def more(self) -> bool:
+        """After ``take`` gave nothing: wait for more (``True``), or end (``False``)."""
+
+    def give(self, result: Result) -> bool:
+        """Hand ``result`` on; ``False``: no room now, ``put`` it (nothing else done)."""
+
+    async def put(self, result: Result) -> None:
+        """Hand ``result`` on, waiting for room."""
+
+    def cancelled(self, track: _Track) -> None:
+        """The worker was cancelled (``track.flow``: the change it was on, if any)."""
+
+    async def failed(self, error: Exception) -> None:
+        """The worker's code raised ``error`` (a bug): surface it (or raise it again)."""
+
+    def closed(self) -> None:
+        """The worker is done taking changes, whichever way."""
+
+    async def end(self) -> None:
+        """The worker ended without an error."""
+
+
+class _One:
+    """The feed of :meth:`Dispatcher.send`: one change, and its result."""
+
+    __slots__ = ("item", "result")
+
+    def __init__(self, change: Change, read_first: bool) -> None:
+        self.item: tuple[int, Change, bool] | None = (0, change, read_first)
+        self.result: Result | None = None
+
+    def take(self) -> tuple[int, Change, bool] | None:
+        item, self.item = self.item, None
+        return item
+
+    async def more(self) -> bool:
+        return False
+
+    def give(self, result: Result) -> bool:
+        self.result = result
+        return True
+
+    async def put(self, result: Result) -> None:  # pragma: no cover - give never refuses
+        self.result = result
+
+    def cancelled(self, track: _Track) -> None:
+        pass
+
+    async def failed(self, error: Exception) -> None:
+        raise error  # to the caller of send()
+
+    def closed(self) -> None:
+        pass
+
+    async def end(self) -> None:
+        pass
+
+
 class Check(msgspec.Struct, frozen=True, kw_only=True):
     """A preflight check of one system (:meth:`Dispatcher.check`).
 
@@ -1243,7 +1307,10 @@ class Dispatcher:
         lane = self._lanes.get(change.system)
         if lane is None:
             return self._no_adapter(0, change)
-        return await self._process(lane, _Track(), 0, change, None, read_first)
+        feed = _One(change, read_first)
+        await self._drive(lane, _Track(), feed, None, False)
+        assert feed.result is not None
+        return feed.result
 
     async def send_all(self, changes: Iterable[Change] | AsyncIterable[Change]) -> list[Result]:
         """Send ``changes`` concurrently; results in input order."""
@@ -1474,125 +1541,154 @@ class Dispatcher:
             started=time.time(),
         )
 
-    async def _process(
-        self,
-        lane: _Lane,
-        track: _Track,
-        index: int,
-        change: Change,
-        stop: _Flag | None,
-        read_first: bool,
-        checked: bool = False,
-    ) -> Result:
+    async def _drive(
+        self, lane: _Lane, track: _Track, feed: _Feed, stop: _Flag | None, checked: bool
+    ) -> None:
+        """Take ``feed``'s changes one after another, each to its end, in this coroutine.
+
+        One coroutine for a worker's life, not one per change: every resume of a request
+        passes through each coroutine level above it, and a level per change cost about
+        3 µs of client CPU per change between requests (measured: a ``Flow`` per change
+        driven inline against one level down, 101.0 against 103.8 µs per change on
+        uvloop, 110.1 against 113.5 on the default loop)."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        # ``Flow(...)`` less the class call: CPython 3.11 builds a mapping of a class
-        # call's keywords (7.1k machine instructions per flow against 3.9k, counted).
-        flow: Flow = _new(Flow)
-        flow._setup(
-            lane.adapter,
-            change,
-            self.retry,
-            self._rng,
-            now,
-            index,
-            read_first,
-            self.dry_run,
-            checked,
-            None,
-        )
-        track.flow = flow
-        if lane.stopped and lane.is_stopped(now):
-            return flow.finish(lane.stop_status, lane.stop_reason, now).result
-        try:
-            key = lane.key_of(change)
-        except (InvalidChange, ValueError):  # refused by start() just below
-            key = str(change.record)
-        busy = lane.keys
-        if not busy.try_acquire(key):
-            await _resting(track, busy.acquire(key))
-            now = loop.time()
         slots = self._slots
+        busy = lane.keys
         try:
-            # ``now`` is read again after every await (nothing else takes time here).
-            step = flow.start(now)
             while True:
-                kind = type(step)
-                if kind is Send:
-                    send: Send = step  # type: ignore[assignment]
-                    # The common case inline, one coroutine level less on every resume of
-                    # the request: a free lane, nothing batched, a free overall slot.
+                item = feed.take()
+                if item is None:
+                    if await feed.more():
+                        continue
+                    break
+                index, change, read_first = item
+                now = loop.time()
+                # ``Flow(...)`` less the class call: CPython 3.11 builds a mapping of a class
+                # call's keywords (7.1k machine instructions per flow against 3.9k, counted).
+                flow: Flow = _new(Flow)
+                flow._setup(
+                    lane.adapter,
+                    change,
+                    self.retry,
+                    self._rng,
+                    now,
+                    index,
+                    read_first,
+                    self.dry_run,
+                    checked,
+                    None,
+                )
+                track.flow = flow
+                result: Result
+                if lane.stopped and lane.is_stopped(now):
+                    result = flow.finish(lane.stop_status, lane.stop_reason, now).result
+                    track.flow = None
+                    if not feed.give(result):
+                        await feed.put(result)
+                    continue
+                try:
+                    key = lane.key_of(change)
+                except (InvalidChange, ValueError):  # refused by start() just below
+                    key = str(change.record)
+                if not busy.try_acquire(key):
+                    await _resting(track, busy.acquire(key))
+                    now = loop.time()
+                try:
+                    # ``now`` is read again after every await (nothing else takes time here).
+                    step = flow.start(now)
+                    while True:
+                        kind = type(step)
+                        if kind is Send:
+                            send: Send = step  # type: ignore[assignment]
+                            # The common case inline, one coroutine level less on every resume
+                            # of the request: a free lane, nothing batched, a free overall slot.
+                            if (
+                                slots.free > 0
+                                and not slots._waiters
+                                and lane.batchers[send.write] is None
+                                and (stop is None or not stop.on)
+                                and lane.try_acquire(now)
+                            ):
+                                slots.free -= 1
+                                if send.write:
+                                    flow.batch = None
+                            else:
+                                gated = await self._gate(lane, flow, send, track, stop, now)
+                                now = loop.time()
+                                if gated is not None:
+                                    step = gated
+                                    continue
+                            # Holding a lane slot and an overall slot: send, then release both.
+                            error: TransportError | None = None
+                            response: HttpResponse | None = None
+                            try:
+                                transport = self.transport
+                                if transport is None:
+                                    raise RuntimeError(
+                                        "the dispatcher is not started: use 'async with "
+                                        "Dispatcher(...)'"
+                                    )
+                                timeout = send.timeout
+                                left = flow.deadline - now
+                                if left < timeout:
+                                    if left <= 0:
+                                        step = flow.expire(now)
+                                        continue
+                                    timeout = left
+                                track.in_request = True
+                                try:
+                                    response = await transport.send(send.request, timeout=timeout)
+                                except TransportError as e:
+                                    error = e
+                                except asyncio.CancelledError:
+                                    if send.write:  # cut off mid-flight: its effect is unknown
+                                        flow.maybe_applied = True
+                                        flow.writes += 1
+                                    flow.attempts += 1
+                                    raise
+                                finally:
+                                    track.in_request = False
+                            finally:
+                                slots.release()
+                                lane.release()
+                            now = loop.time()
+                            step = self._after(lane, flow, response, error, now)
+                        elif kind is Wait:
+                            step = await self._wait(lane, flow, cast("Wait", step), track, stop)
+                            now = loop.time()
+                        else:
+                            result = step.result  # type: ignore[union-attr]
+                            break
+                except _Stop:
+                    result = flow.cancelled(loop.time()).result
+                finally:
                     if (
-                        slots.free > 0
-                        and not slots._waiters
-                        and lane.batchers[send.write] is None
-                        and (stop is None or not stop.on)
-                        and lane.try_acquire(now)
+                        flow.maybe_applied
+                        and not lane.adapter.versioned
+                        and flow.settled_at > loop.time()
                     ):
-                        slots.free -= 1
-                        if send.write:
-                            flow.batch = None
+                        # A write of this change may still land (no version token to stop it):
+                        # the next change to the record waits until it would have.
+                        loop.call_at(flow.settled_at, busy.release, key)
                     else:
-                        gated = await self._gate(lane, flow, send, track, stop, now)
-                        now = loop.time()
-                        if gated is not None:
-                            step = gated
-                            continue
-                    # Holding a lane slot and an overall slot: send, then release both.
-                    error: TransportError | None = None
-                    response: HttpResponse | None = None
-                    try:
-                        transport = self.transport
-                        if transport is None:
-                            raise RuntimeError(
-                                "the dispatcher is not started: use 'async with Dispatcher(...)'"
-                            )
-                        timeout = send.timeout
-                        left = flow.deadline - now
-                        if left < timeout:
-                            if left <= 0:
-                                step = flow.expire(now)
-                                continue
-                            timeout = left
-                        track.in_request = True
-                        try:
-                            response = await transport.send(send.request, timeout=timeout)
-                        except TransportError as e:
-                            error = e
-                        except asyncio.CancelledError:
-                            if send.write:  # cut off mid-flight: its effect is unknown
-                                flow.maybe_applied = True
-                                flow.writes += 1
-                            flow.attempts += 1
-                            raise
-                        finally:
-                            track.in_request = False
-                    finally:
-                        slots.release()
-                        lane.release()
-                    now = loop.time()
-                    step = self._after(lane, flow, response, error, now)
-                elif kind is Wait:
-                    step = await self._wait(lane, flow, cast("Wait", step), track, stop)
-                    now = loop.time()
-                else:
-                    result = step.result  # type: ignore[union-attr]
-                    if flow.signal == "adapter":
-                        self._broken(lane, flow)
-                    elif lane.broken:  # the adapter took a change to its end: no streak
-                        lane.broken.clear()
-                    if result.error is not None and self._scrub is not None:
-                        result = msgspec.structs.replace(result, error=self._scrub(result.error))
-                    return result
-        except _Stop:
-            return flow.cancelled(loop.time()).result
+                        busy.release(key)
+                if flow.signal == "adapter":
+                    self._broken(lane, flow)
+                elif lane.broken:  # the adapter took a change to its end: no streak
+                    lane.broken.clear()
+                if result.error is not None and self._scrub is not None:
+                    result = msgspec.structs.replace(result, error=self._scrub(result.error))
+                track.flow = None
+                if not feed.give(result):
+                    await feed.put(result)
+        except asyncio.CancelledError:
+            feed.cancelled(track)
+            raise
+        except Exception as e:  # a programming error: the feed surfaces it
+            await feed.failed(e)
         finally:
-            if flow.maybe_applied and not lane.adapter.versioned and flow.settled_at > loop.time():
-                # A write of this change may still land (no version token to stop it):
-                # the next change to the record waits until it would have.
-                loop.call_at(flow.settled_at, busy.release, key)
-            else:
-                busy.release(key)
+            feed.closed()
+        await feed.end()
 
     async def _wait(
         self, lane: _Lane, flow: Flow, step: Wait, track: _Track, stop: _Flag | None
@@ -2080,6 +2176,111 @@ class _Buffer:
                 fut.cancel()
 
 
+class _LaneFeed:
+    """The feed of a run's worker: its lane's buffer in, the run's channel out."""
+
+    __slots__ = (
+        "ask",
+        "blocked",
+        "buffer",
+        "d",
+        "done",
+        "every",
+        "items",
+        "on_result",
+        "pool",
+        "room",
+        "state",
+        "stop",
+        "system",
+        "task",
+        "tracks",
+    )
+
+    def __init__(
+        self,
+        d: Dispatcher,
+        buffer: _Buffer,
+        pool: _Pool,
+        stop: _Flag,
+        state: _RunState,
+        done: _Channel,
+        read_first: ReadFirst,
+        room: Callable[[_Buffer], None],
+        blocked: list[tuple[_Buffer, asyncio.Future[None]]],
+        tracks: dict[asyncio.Task[None], _Track],
+    ) -> None:
+        self.d = d
+        self.tracks = tracks
+        self.task: asyncio.Task[None] | None = None  # the worker's, once started
+        self.buffer = buffer
+        self.items = buffer.items
+        self.system = buffer.lane.system
+        self.pool = pool
+        self.stop = stop
+        self.state = state
+        self.done = done
+        self.on_result = d._on_result
+        self.ask = None if isinstance(read_first, bool) else read_first
+        self.every = read_first if isinstance(read_first, bool) else False
+        self.room = room
+        self.blocked = blocked
+
+    def take(self) -> tuple[int, Change, bool] | None:
+        pool = self.pool
+        if self.stop.on or pool.active > pool.target or not self.items:
+            return None  # stopped, more are working than needed (retire), or none yet
+        index, change = self.items.popleft()
+        if self.blocked:
+            self.room(self.buffer)
+        first = self.every if self.ask is None else self.ask(self.system, index)
+        return index, change, first
+
+    async def more(self) -> bool:
+        pool = self.pool
+        if self.stop.on or pool.active > pool.target:
+            return False
+        if self.items:
+            return True
+        if self.buffer.exhausted:
+            return False
+        await self.buffer.idle()
+        return True
+
+    def give(self, result: Result) -> bool:
+        if self.stop.on:  # set while the change was worked on
+            self.state.stopped.append(result)
+            return True
+        if self.on_result:
+            self.d._emit(self.on_result, result)
+        return self.done.put_nowait(result)
+
+    async def put(self, result: Result) -> None:
+        try:
+            await self.done.put(result)
+        except asyncio.CancelledError:
+            self.state.stopped.append(result)  # finished, but nobody took it
+            raise
+
+    def cancelled(self, track: _Track) -> None:
+        if track.flow is not None:
+            now = asyncio.get_running_loop().time()
+            self.state.stopped.append(track.flow.cancelled(now).result)
+
+    async def failed(self, error: Exception) -> None:
+        await self.done.put(error)  # the run's consumer hears of it
+
+    def closed(self) -> None:
+        self.pool.live -= 1
+        self.pool.active -= 1
+        if self.task is not None:
+            self.tracks.pop(self.task, None)
+
+    async def end(self) -> None:
+        if not self.stop.on:
+            await self.done.put(None)
+
+
 async def _results(
     d: Dispatcher,
     changes: Source | Mapping[str, Source],
@@ -2204,54 +2405,6 @@ async def _results(
                 with contextlib.suppress(ValueError):
                     blocked.remove((buffer, fut))
 
-    async def work(buffer: _Buffer, track: _Track, pool: _Pool) -> None:
-        res: Result | None = None
-        items = buffer.items
-        lane = buffer.lane
-        on_result = d._on_result
-        ask = None if isinstance(read_first, bool) else read_first
-        every = read_first if isinstance(read_first, bool) else False
-        try:
-            while not stop.on:
-                if items:
-                    index, change = items.popleft()
-                    if blocked:
-                        room(buffer)
-                elif buffer.exhausted:
-                    break
-                else:
-                    await buffer.idle()
-                    continue
-                first = every if ask is None else ask(lane.system, index)
-                res = await d._process(lane, track, index, change, stop, first, checked)
-                track.flow = None
-                if stop.on:  # set while we awaited (mypy keeps the loop's narrowing)
-                    state.stopped.append(res)  # type: ignore[unreachable]
-                else:
-                    if on_result:
-                        d._emit(on_result, res)
-                    if not done.put_nowait(res):
-                        await done.put(res)
-                res = None
-                if pool.active > pool.target:
-                    break  # more are working than needed: retire
-        except asyncio.CancelledError:
-            if res is not None:
-                state.stopped.append(res)  # finished, but nobody took it
-            elif track.flow is not None:
-                state.stopped.append(track.flow.cancelled(asyncio.get_running_loop().time()).result)
-            raise
-        except Exception as e:  # a programming error: surface it
-            await done.put(e)
-        finally:
-            pool.live -= 1
-            pool.active -= 1
-            task = asyncio.current_task()
-            if task is not None:
-                tracks.pop(task, None)
-        if not stop.on:
-            await done.put(None)
-
     def spawner(buffer: _Buffer) -> _Pool:
         def spawn() -> None:
             nonlocal spawned
@@ -2259,9 +2412,14 @@ async def _results(
             pool.live += 1
             pool.active += 1
             spawned += 1
+            feed = _LaneFeed(d, buffer, pool, stop, state, done, read_first, room, blocked, tracks)
+            # The worker is the driver itself, no coroutine around it: one level less
+            # that every resume of a request passes through.
             task = asyncio.create_task(
-                work(buffer, track, pool), name=f"patchassign-{buffer.lane.system}-{spawned}"
+                d._drive(buffer.lane, track, feed, stop, checked),
+                name=f"patchassign-{buffer.lane.system}-{spawned}",
             )
+            feed.task = task
             tracks[task] = track
 
         # Workers for the lane's own limit: a share of it (shared limits) may grow. Where
