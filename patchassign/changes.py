@@ -279,7 +279,8 @@ def _carried(mine: Any, theirs: Any) -> bool:
             isinstance(mine, dict)
             and len(mine) == len(theirs)
             and all(
-                type(k) is str and k in theirs and _carried(v, theirs[k]) for k, v in mine.items()
+                isinstance(k, str) and k in theirs and _carried(v, theirs[k])
+                for k, v in mine.items()
             )
         )
     return False
@@ -288,7 +289,7 @@ def _carried(mine: Any, theirs: Any) -> bool:
 def _what(value: Any) -> str:
     """What is in ``value`` that JSON cannot carry, for the message."""
     if isinstance(value, dict):
-        bad = next((k for k in value if type(k) is not str), None)
+        bad = next((k for k in value if not isinstance(k, str)), None)
         if bad is not None:
             return f"the key {_short(bad)}"
         return next((_what(v) for v in value.values() if not _encodes_as_is(v)), "a member")
