@@ -20,8 +20,8 @@ The adapter's classification (:class:`~patchassign.systems.Retry`,
 :class:`~patchassign.systems.Failed` ...) is the only place that reads HTTP statuses and
 ``Retry-After``; the flow turns it into retries, re-reads, conflict recovery and a
 :class:`Result`. After each event :attr:`Flow.signal` says what the answer showed about
-the system as a whole (throttled, credentials refused, unreachable, misconfigured), for
-the dispatcher's per-system decisions.
+the system as a whole (throttled, credentials refused, unreachable, misconfigured, an
+adapter that raised), for the dispatcher's per-system decisions.
 
 Rules it keeps:
 
@@ -37,6 +37,10 @@ Rules it keeps:
 * the deadline is hard: a wait that would end after it ends the change now, as
   ``unsent`` when no write can have taken effect (a resume sends it), else ``failed``
   with ``unconfirmed`` set.
+* an adapter that raises (anything but patchassign's typed errors, which are the
+  change's own) has a bug: the change ends ``failed`` naming what it raised,
+  ``unconfirmed`` when the answer it could not read was a write's (:attr:`Flow.raised`
+  holds the exception for the log).
 """
 
 from __future__ import annotations
