@@ -299,7 +299,7 @@ def _what(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = repr(_scalar(value))
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 

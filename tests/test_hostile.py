@@ -389,6 +389,32 @@ def test_other_libraries_numbers_become_pythons_own_when_exact() -> None:
         pa.SetFields(system="superoffice", record=1, state={"x": Fraction(1, 3)})
 
 
+class _Scalar:
+    """What numpy's scalars look like to the check (numpy is not a test dependency)."""
+
+    __module__ = "numpy"
+    ndim = 0
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def item(self) -> Any:
+        return self.value
+
+
+def test_numpy_like_scalars_become_pythons_own() -> None:
+    change = pa.Merge(
+        system="superoffice",
+        record=_Scalar(5),  # type: ignore[arg-type]
+        merge={"a": _Scalar(1.5), "b": _Scalar(True), "c": [_Scalar("x")]},
+    )
+    assert change.record == 5
+    assert change.merge == {"a": 1.5, "b": True, "c": ["x"]}
+    assert type(change.record) is int
+    with pytest.raises(InvalidChange, match="nan"):
+        pa.Merge(system="superoffice", record=1, merge={"a": _Scalar(float("nan"))})
+
+
 def test_numpy_scalars_from_a_data_frame_are_taken() -> None:
     np = pytest.importorskip("numpy")
     change = pa.Merge(
