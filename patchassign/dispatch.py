@@ -271,15 +271,21 @@ class _Pool:
 class _Item:
     """One change's request waiting in a batch."""
 
-    __slots__ = ("deadline", "fut", "request", "timeout")
+    __slots__ = ("deadline", "flow", "fut", "request", "timeout")
 
     def __init__(
-        self, request: HttpRequest, fut: asyncio.Future[Any], timeout: float, deadline: float
+        self,
+        request: HttpRequest,
+        fut: asyncio.Future[Any],
+        timeout: float,
+        deadline: float,
+        flow: Flow | None,
     ) -> None:
         self.request = request
         self.fut = fut
         self.timeout = timeout
         self.deadline = deadline
+        self.flow = flow  # told when the batch goes out (``Flow.sending``)
 
 
 def _answer(item: _Item, value: Any) -> None:
@@ -326,13 +332,18 @@ class _Batcher:
             return None
 
     async def send(
-        self, group: Any, request: HttpRequest, timeout: float, deadline: float
+        self,
+        group: Any,
+        request: HttpRequest,
+        timeout: float,
+        deadline: float,
+        flow: Flow | None = None,
     ) -> tuple[HttpResponse, tuple[str, int] | None, bool]:
         """The request's answer, the batch it went in and its place there (``None``: it
         went alone), and whether the answer is the whole batch's (a 429 or a 5xx every
         change got), which tells the lane about the system once, not once per change."""
         loop = asyncio.get_running_loop()
-        item = _Item(request, loop.create_future(), timeout, deadline)
+        item = _Item(request, loop.create_future(), timeout, deadline, flow)
         items = self.groups.setdefault(group, [])
         items.append(item)
         if len(items) >= self.size:
@@ -411,6 +422,10 @@ class _Batcher:
                     for item in items:
                         _refuse(item, _AdapterRaised(e))
                     return
+                sent = loop.time()
+                for item in items:
+                    if item.flow is not None:
+                        item.flow.sending(sent, timeout)
                 try:
                     response = await transport.send(request, timeout=timeout)
                 except TransportError as e:
@@ -1635,6 +1650,8 @@ class Dispatcher:
                                         step = flow.expire(now)
                                         continue
                                     timeout = left
+                                if send.write and not flow.versioned:
+                                    flow.sending(now, timeout)  # after any wait at the gate
                                 track.in_request = True
                                 try:
                                     response = await transport.send(send.request, timeout=timeout)
@@ -1789,7 +1806,7 @@ class Dispatcher:
         track.in_request = True
         try:
             response, where, shared = await batcher.send(
-                group, step.request, timeout, flow.deadline
+                group, step.request, timeout, flow.deadline, flow
             )
         except _Expired:
             return flow.expire(loop.time(), self._waiting_for(lane, flow, loop.time()))

@@ -494,6 +494,17 @@ class Flow:
         except Exception as e:
             return self._raised(e, now)
 
+    def sending(self, now: float, timeout: float) -> None:
+        """The last :class:`Send` goes out now, with ``timeout``. It was made earlier: a
+        change can wait at its system's limits, or for its batch, before its request
+        leaves. A write without a version token may land until ``settle`` past this
+        request's own timeout, so that is when a read-back may trust what it finds."""
+        if self.writing and not self.versioned:
+            settle = self.policy.settle
+            settled = now + timeout + (self.policy.timeout if settle is None else settle)
+            if settled > self.settled_at:
+                self.settled_at = settled
+
     def raised_in_adapter(self, error: Exception, now: float) -> Done:
         """The adapter raised ``error`` outside an event (combining a batch, say): the
         change fails as when it raises within one."""

@@ -30,6 +30,7 @@ from patchassign import (
     SetupError,
 )
 from patchassign.changes import Assign, Change
+from patchassign.systems import PerscomAdapter
 
 from .fakes import (
     MAXSIGHT,
@@ -332,6 +333,72 @@ async def test_an_adapter_that_cannot_combine_a_batch_sends_nothing_of_it() -> N
     assert d.states()["perscom"] == "stopped"
     # Only a batch of one goes without combining: nothing else reached the server.
     assert sum(perscom.writes.values()) == sum(r.status == "applied" for r in results)
+
+
+class _LatePerscom:
+    """PERSCOM records (no version token) whose writes to ``late`` records are held past
+    the client's timeout and applied afterwards, as a slow backend does; other writes are
+    answered after ``delay``, reads at once."""
+
+    def __init__(self, late: set[int], hold: float, delay: float) -> None:
+        self.users = {i: 100 + i for i in range(1, 10)}
+        self.writes: Counter[int] = Counter()
+        self.late = late
+        self.hold = hold
+        self.delay = delay
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        last = request.url.rsplit("/", 1)[1]
+        body = msgspec.json.decode(request.body or b"{}")
+        if last == "batch":  # {"resources": {id: fields}}: a batch of one here
+            writes = {int(k): v["user_id"] for k, v in body["resources"].items()}
+        else:
+            writes = {int(last): body["user_id"]} if request.method == "PATCH" else {}
+
+        async def apply(after: float) -> None:
+            await asyncio.sleep(after)
+            for record, user in writes.items():
+                self.users[record] = user
+                self.writes[record] += 1
+
+        if writes and self.late & set(writes):
+            self.late -= set(writes)
+            task = asyncio.create_task(apply(self.hold))  # lands, answered or not
+            self.tasks.add(task)
+            await asyncio.shield(task)
+        elif writes:
+            await apply(self.delay)
+        records = [
+            {"id": r, "user_id": self.users[r], "updated_at": "t"} for r in (writes or [int(last)])
+        ]
+        return HttpResponse.from_json(200, {"data": records if last == "batch" else records[0]})
+
+
+@pytest.mark.parametrize("batch", [0, 2])
+async def test_a_write_held_past_its_timeout_is_not_sent_again_after_a_wait_at_the_gate(
+    batch: int,
+) -> None:
+    """A write without a version token may land until ``settle`` past its own request's
+    timeout. The change's step was made before it waited for its system's only slot:
+    the read-back must wait from when the write went out, or it finds the record as it
+    was, and the write goes a second time (found in the chaos benchmark: 5 records)."""
+    server = _LatePerscom(late={2}, hold=0.45, delay=0.25)
+    adapter = PerscomAdapter(PERSCOM, "tok", notifications=False)
+    policy = RetryPolicy(timeout=0.3, settle=0.3, base=0.01, cap=0.02, deadline=10.0)
+    # Four requests/s, one at a time: record 2's write (alone, or in a batch of its own
+    # behind records 1 and 3) waits a quarter of a second at the gate.
+    limits = {"perscom": Limits(concurrency=2, rate=4.0, burst=1, batch=batch, linger=0.001)}
+    changes = [Assign(system="perscom", record=r, to=str(200 + r)) for r in (1, 3, 2)]
+    async with Dispatcher(
+        [adapter], transport=MockTransport(server), limits=limits, retry=policy, seed=1
+    ) as d:
+        results = {r.record: r for r in await d.send_all(changes)}
+    await asyncio.sleep(0.5)
+    assert server.writes == {1: 1, 2: 1, 3: 1}, server.writes  # not 2 for record 2
+    assert results[2].status == "applied"
+    assert results[2].writes == 1
+    assert server.users[2] == 202
 
 
 async def test_states_show_a_throttled_system_while_it_runs() -> None:
