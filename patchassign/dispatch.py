@@ -1658,10 +1658,7 @@ class Dispatcher:
                                 except TransportError as e:
                                     error = e
                                 except asyncio.CancelledError:
-                                    if send.write:  # cut off mid-flight: its effect is unknown
-                                        flow.maybe_applied = True
-                                        flow.writes += 1
-                                    flow.attempts += 1
+                                    flow.cut_off()
                                     raise
                                 finally:
                                     track.in_request = False
@@ -1817,10 +1814,7 @@ class Dispatcher:
         except TransportError as e:
             error = e
         except asyncio.CancelledError:
-            if step.write:  # cut off mid-flight: its effect is unknown
-                flow.maybe_applied = True
-                flow.writes += 1
-            flow.attempts += 1
+            flow.cut_off()
             raise
         finally:
             track.in_request = False

@@ -494,6 +494,14 @@ class Flow:
         except Exception as e:
             return self._raised(e, now)
 
+    def cut_off(self) -> None:
+        """The last :class:`Send` was cut off in flight (the run stopped): it counts as
+        a try, and a write's effect is unknown."""
+        self.attempts += 1
+        if self.writing:
+            self.maybe_applied = True
+            self.writes += 1
+
     def sending(self, now: float, timeout: float) -> None:
         """The last :class:`Send` goes out now, with ``timeout``. It was made earlier: a
         change can wait at its system's limits, or for its batch, before its request
