@@ -1113,7 +1113,8 @@ class Dispatcher:
     """Sends changes to their systems. Use as ``async with Dispatcher(...) as d:``.
 
     Args:
-        adapters: One adapter per system (a list, or a mapping of system name to adapter).
+        adapters: One adapter per system: a list, a mapping of system name to adapter, or
+            one adapter by itself.
         transport: How requests are sent (a :class:`~patchassign.transports.Transport`):
             by default an owned :class:`~patchassign.transports.AiohttpTransport` with a
             pool of ``concurrency`` connections; :class:`~patchassign.MockTransport` in
@@ -1141,7 +1142,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        adapters: Iterable[Adapter] | Mapping[str, Adapter],
+        adapters: Adapter | Iterable[Adapter] | Mapping[str, Adapter],
         *,
         transport: Transport | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -1155,23 +1156,44 @@ class Dispatcher:
         seed: int | None = None,
         paces: Mapping[str, float] | None = None,
     ) -> None:
+        self.adapters: dict[str, Adapter] = {}
         if isinstance(adapters, Mapping):
-            self.adapters: dict[str, Adapter] = dict(adapters)
+            for name, a in adapters.items():
+                if getattr(a, "system", None) != name:
+                    raise ConfigError(
+                        f"adapters[{name!r}]: not an adapter for {name!r}: {a!r} (its system "
+                        f"is {getattr(a, 'system', None)!r})"
+                    )
+                self.adapters[name] = a
         else:
-            self.adapters = {}
-            for a in adapters:
+            given: object = adapters  # untyped callers pass anything
+            if isinstance(getattr(given, "system", None), str):
+                given = [given]  # one adapter, given by itself
+            elif not isinstance(given, Iterable) or isinstance(given, (str, bytes)):
+                raise ConfigError(
+                    f"adapters must be adapters (a list, or a mapping by system), got "
+                    f"{type(given).__name__}"
+                )
+            for a in given:
                 system = getattr(a, "system", None)
                 if not isinstance(system, str):
                     raise ConfigError(f"not an adapter (it has no system name): {a!r}")
                 if self.adapters.get(system, a) is not a:
                     raise ConfigError(f"two adapters for the system {system!r}: give one")
-                self.adapters[system] = a
+                self.adapters[system] = cast("Adapter", a)
         if not _whole(concurrency) or not 1 <= concurrency <= 10_000:
             raise ConfigError(f"concurrency must be between 1 and 10000, got {concurrency!r}")
         if not _whole(buffer) or not 1 <= buffer <= 10_000_000:
             raise ConfigError(f"buffer must be between 1 and 10000000, got {buffer!r}")
         if transport is not None and session is not None:
             raise ConfigError("give a transport or a session, not both")
+        if transport is not None and not callable(getattr(transport, "send", None)):
+            raise ConfigError(
+                f"transport: not a Transport (it has no send method): {type(transport).__name__}"
+            )
+        for flag, value in (("verify_tls", verify_tls), ("dry_run", dry_run)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{flag} must be True or False, got {value!r}")
         self.concurrency = concurrency
         self.buffer = buffer
         self.limits = {name: a.limits for name, a in self.adapters.items()}

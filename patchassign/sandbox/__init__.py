@@ -76,6 +76,32 @@ MAX_DEMO = 1_000_000
 _S = TypeVar("_S", bound=FakeServer)
 
 
+def _names(systems: object) -> list[str]:
+    if not isinstance(systems, Iterable) or isinstance(systems, (bytes, Mapping)):
+        raise ConfigError(f"systems must be system names, got {type(systems).__name__}")
+    names = list(systems)
+    bad = [s for s in names if not isinstance(s, str)]
+    if bad:
+        raise ConfigError(f"systems must be system names, got {bad[0]!r}")
+    return names
+
+
+def _seed(server: FakeServer, name: str, i: int, record: object) -> None:
+    """Seed one user-given record; a record the server cannot take is a ConfigError that
+    says which and why, not the server's ``KeyError``."""
+    where = f"sandbox records for {name}, record {i + 1}"
+    if not isinstance(record, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {type(record).__name__}")
+    try:
+        server.seed([record])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except KeyError as e:
+        raise ConfigError(f"{where}: missing field {e.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"{where}: not a record this system holds ({e})") from None
+
+
 class Sandbox:
     """The fake servers, started and stopped together.
 
@@ -101,7 +127,11 @@ class Sandbox:
         systems: Iterable[str] = SYSTEMS,
         seed: int = 0,
     ) -> None:
-        chosen = [systems] if isinstance(systems, str) else list(systems)
+        chosen = [systems] if isinstance(systems, str) else _names(systems)
+        if records is not None and not isinstance(records, Mapping):
+            raise ConfigError(
+                f"records must map system names to lists of records, got {type(records).__name__}"
+            )
         unknown = [s for s in [*chosen, *(records or {})] if s not in SERVERS]
         if unknown:
             raise ConfigError(
@@ -119,7 +149,13 @@ class Sandbox:
                 spec = Faults(seed=seed + i)
             self.servers[name] = SERVERS[name](faults=spec)
         self._demo = demo
-        self._records = dict(records or {})
+        self._records: dict[str, list[Mapping[str, Any]]] = {}
+        for name, rows in (records or {}).items():
+            if isinstance(rows, (str, bytes, Mapping)) or not isinstance(rows, Iterable):
+                raise ConfigError(
+                    f"records for {name}: expected a list of records, got {type(rows).__name__}"
+                )
+            self._records[name] = list(rows)
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> Sandbox:
@@ -180,14 +216,14 @@ class Sandbox:
         try:
             for server in self.servers.values():
                 await server.start()
+            for name, server in self.servers.items():
+                if self._demo:
+                    server.seed(demo_records(name, self._demo))
+                for i, record in enumerate(self._records.get(name, ())):
+                    _seed(server, name, i, record)
         except BaseException:
             await self.close()
             raise
-        for name, server in self.servers.items():
-            if self._demo:
-                server.seed(demo_records(name, self._demo))
-            if name in self._records:
-                server.seed(self._records[name])
 
     async def close(self) -> None:
         for server in self.servers.values():

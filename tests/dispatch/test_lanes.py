@@ -1220,6 +1220,10 @@ async def test_send_of_something_that_is_not_a_change_is_an_invalid_change() -> 
         ({"concurrency": "8"}, "concurrency must be between 1 and 10000, got '8'"),
         ({"concurrency": True}, "concurrency must be between 1 and 10000, got True"),
         ({"buffer": 2.5}, "buffer must be between 1 and 10000000, got 2.5"),
+        # a truthy string is not a yes: "false" would have turned a dry run into writes
+        ({"dry_run": "false"}, "dry_run must be True or False, got 'false'"),
+        ({"verify_tls": 0}, "verify_tls must be True or False, got 0"),
+        ({"transport": object()}, "transport: not a Transport (it has no send method)"),
     ],
 )
 def test_limits_and_policies_built_in_python_are_held_to_their_bounds(
@@ -1251,3 +1255,19 @@ def test_two_adapters_for_one_system_are_refused() -> None:
     Dispatcher([one, one])  # the same one twice is one
     with pytest.raises(ConfigError, match="not an adapter"):
         Dispatcher(["perscom"])  # type: ignore[list-item]
+
+
+def test_adapters_may_be_one_a_list_or_a_mapping_by_their_own_system() -> None:
+    perscom, maxsight = FakePerscom().adapter(), FakeMaxsight().adapter()
+    assert list(Dispatcher(perscom).adapters) == ["perscom"]  # one, by itself
+    assert list(Dispatcher({"perscom": perscom, "maxsight": maxsight}).adapters) == [
+        "perscom",
+        "maxsight",
+    ]
+    # A key that is not the adapter's system would send one system's changes to another.
+    with pytest.raises(ConfigError, match=r"adapters\['kintone'\]: not an adapter for 'kintone'"):
+        Dispatcher({"kintone": perscom})
+    with pytest.raises(ConfigError, match="adapters must be adapters"):
+        Dispatcher("perscom")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="adapters must be adapters"):
+        Dispatcher(5)  # type: ignore[arg-type]

@@ -53,11 +53,48 @@ def test_refuses_non_loopback_hosts_and_unknown_systems() -> None:
         ({"demo": -1}, "demo must be"),
         ({"demo": 10**9}, "demo must be"),
         ({"demo": "5"}, "demo must be"),
+        ({"systems": 5}, "systems must be system names"),
+        ({"systems": ["perscom", 1]}, "systems must be system names"),
+        ({"records": 5}, "records must map system names"),
+        ({"records": {"perscom": 5}}, "expected a list of records"),
+        ({"records": {"perscom": {"id": 1}}}, "expected a list of records"),
     ],
 )
 def test_bad_settings_are_config_errors(kwargs: dict[str, Any], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         Sandbox(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("records", "says"),
+    [
+        ({"perscom": [{"id": 1}, {"user_id": 5}]}, "perscom, record 2: missing field 'id'"),
+        ({"perscom": [7]}, "perscom, record 1: expected an object, got int"),
+        ({"kintone": [{"id": "1"}]}, "kintone, record 1: missing field 'app'"),
+        ({"findable": [{"id": None}]}, "findable, record 1: .*ids are strings"),
+    ],
+)
+async def test_records_a_server_cannot_take_are_config_errors_and_stop_the_servers(
+    records: dict[str, Any], says: str
+) -> None:
+    sb = Sandbox(records=records, systems=list(records))
+    with pytest.raises(ConfigError, match=f"sandbox records for {says}"):
+        await sb.start()
+    assert all(not s.url for s in sb)  # started, then stopped again: nothing left listening
+
+
+def test_the_sandbox_command_says_which_seed_record_is_wrong(tmp_path: Path) -> None:
+    seed = tmp_path / "records.json"
+    seed.write_text(json.dumps({"perscom": [{"user_id": 5}]}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "patchassign", "sandbox", "--records", str(seed)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "sandbox records for perscom, record 1: missing field 'id'" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_one_system_may_be_named_by_itself() -> None:
