@@ -1329,6 +1329,13 @@ class Dispatcher:
         ``checked``: every change was checked by its system's adapter already (a bulk
         run's journal holds only checked changes): it is not checked again.
         """
+        sources = changes.values() if isinstance(changes, Mapping) else (changes,)
+        for source in sources:
+            if not isinstance(source, Iterable | AsyncIterable) or isinstance(source, str | bytes):
+                raise InvalidChange(
+                    f"the input is not changes (got {type(source).__name__}): give an "
+                    "iterable or async iterable of changes (or a mapping of system name to one)"
+                )
         for lane in self._lanes.values():
             lane.reopen()
         return Run(self, changes, read_first, checked)

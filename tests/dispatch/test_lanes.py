@@ -1195,6 +1195,19 @@ async def test_an_item_that_is_not_a_change_is_an_invalid_change(source: Any) ->
     assert _alive() == []
 
 
+@pytest.mark.parametrize("source", [5, None, "perscom", {"perscom": 5}])
+async def test_an_input_that_is_not_changes_at_all_is_an_invalid_change(source: Any) -> None:
+    """``send_all(5)`` raised ``TypeError: 'int' object is not iterable`` from inside the
+    reader; a string was read as one-letter "changes"."""
+    route = Route(perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        with pytest.raises(InvalidChange, match=r"the input is not changes \(got "):
+            await d.send_all(source)
+        with pytest.raises(InvalidChange, match=r"the input is not changes \(got "):
+            d.run(source)  # said when the run is asked for, before anything is read
+    assert route.order == []
+
+
 async def test_send_of_something_that_is_not_a_change_is_an_invalid_change() -> None:
     """``d.send({...})`` raised a bare ``AttributeError`` ('dict' object has no attribute
     'system'), where ``run`` says what is wrong."""
