@@ -13,19 +13,27 @@ __all__ = ["Scrubber", "header_secrets"]
 
 _MASK = "********"
 _WINDOW = 8  # this many characters of a credential in a row are masked
+#: A credential this short (a test token ``x``) is masked where it stands alone, not
+#: inside words: masking every ``x`` would garble every message, and 1-3 characters
+#: are no secret worth the garbling.
+_SHORT = 4
 
 
 class Scrubber:
     """Masks credentials in every form they are sent in (see :meth:`Config.scrub`)."""
 
-    __slots__ = ("exact", "windows")
+    __slots__ = ("exact", "short", "windows")
 
     def __init__(self, values: Iterable[str]) -> None:
         forms: set[str] = set()
         for value in values:
             forms |= {value, quote(value, safe=""), quote_plus(value)}
         forms.discard("")
-        self.exact = sorted(forms, key=len, reverse=True)  # longest first
+        short = sorted((f for f in forms if len(f) < _SHORT), key=len, reverse=True)
+        self.exact = sorted((f for f in forms if len(f) >= _SHORT), key=len, reverse=True)
+        self.short = (
+            re.compile("|".join(rf"(?<!\w){re.escape(f)}(?!\w)" for f in short)) if short else None
+        )
         self.windows = {
             form[i : i + _WINDOW]
             for form in forms
@@ -37,6 +45,8 @@ class Scrubber:
         for form in self.exact:
             if form in text:
                 text = text.replace(form, _MASK)
+        if self.short is not None:
+            text = self.short.sub(_MASK, text)
         windows = self.windows
         if not windows or len(text) < _WINDOW:
             return text

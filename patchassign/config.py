@@ -93,7 +93,8 @@ class Config:
         Every form a credential is sent in is caught: as it is, each part of a
         comma-separated list, percent-encoded, base64 of ``login:password`` (Basic and
         Kintone password auth), and any 8 or more characters of one of those (what a
-        cut message leaves of a key).
+        cut message leaves of a key). A credential of 1-3 characters (a test token) is
+        masked where it stands alone, not inside words.
         """
         return self._scrub(text)
 

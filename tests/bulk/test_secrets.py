@@ -176,6 +176,17 @@ def test_every_form_a_credential_is_sent_in_is_scrubbed() -> None:
     assert config.scrub("nothing secret here") == "nothing secret here"
 
 
+def test_a_credential_of_a_few_characters_is_masked_alone_not_inside_words() -> None:
+    # A test token "x" masked every "x" of every message ("ma******** items e********ceeded").
+    config = parse_config(
+        {"systems": {"findable": {"url": "https://f.example", "token_env": "F"}}},
+        env={"F": "x"},
+    )
+    assert config.scrub("max items exceeded") == "max items exceeded"
+    assert config.scrub("token x refused; got=x;") == "token ******** refused; got=********;"
+    assert config.scrub("Authorization: Bearer x") == "Authorization: Bearer ********"
+
+
 def test_a_url_with_credentials_is_not_printed_in_an_error() -> None:
     import pytest
 
