@@ -2,9 +2,38 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _NUMBER = (int, float)
+
+# A ``\\uD800``-``\\uDFFF`` escape that is not half of a pair (after an even number of
+# backslashes, so that ``\\\\ud800`` — a backslash, then text — is not one).
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*(\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<![0-9a-fA-F]{2}\\u[dD][89abAB])\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def why_not_json(data: str | bytes | bytearray | memoryview, error: Exception) -> str:
+    """Why ``data`` is not JSON, from msgspec's ``DecodeError``, said plainly where its
+    words mislead: an empty text is "truncated" to it, and so is a lone surrogate
+    escape (``"\\ud800"``: half of a character, which JSON text cannot hold) at the end
+    of the text."""
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
+    if not text.strip():
+        return "the text is empty"
+    said = str(error)
+    if "truncated" in said or "escape" in said:
+        lone = _LONE_SURROGATE.search(text)
+        if lone is not None:
+            return (
+                f"{lone.group(1)} at character {lone.start(1)} is half of a surrogate pair "
+                "alone: not a character (JSON text is Unicode)"
+            )
+    if said == "Input data was truncated":
+        return "the text ends before its JSON value does (truncated)"
+    return said
 
 
 def json_equal(a: Any, b: Any) -> bool:

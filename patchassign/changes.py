@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from ._json import why_not_json
 from .errors import InvalidChange, InvalidPatch, LimitExceeded
 from .patch import JsonPatch
 
@@ -349,7 +350,7 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
             )
         raise InvalidChange(reason, line=line, field=field) from None
     except msgspec.DecodeError as e:
-        raise InvalidChange(f"not valid JSON: {e}", line=line) from None
+        raise InvalidChange(f"not valid JSON: {why_not_json(data, e)}", line=line) from None
     except UnicodeDecodeError:
         raise InvalidChange("not valid JSON: the line is not valid UTF-8", line=line) from None
     except RecursionError:

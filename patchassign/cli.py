@@ -23,6 +23,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
+from ._json import why_not_json
 from .bulk import (
     InvalidPlan,
     Options,
@@ -759,7 +760,7 @@ def _json_file(path: Path) -> Any:
     try:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as e:
-        raise UsageError(f"{path}: not JSON: {e}") from None
+        raise UsageError(f"{path}: not JSON: {why_not_json(data, e)}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not JSON: not valid UTF-8") from None
     except RecursionError:

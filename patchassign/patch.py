@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias, overload
 
 import msgspec
 
-from patchassign._json import a_type_name, deep_copy, json_equal, type_name
+from patchassign._json import a_type_name, deep_copy, json_equal, type_name, why_not_json
 from patchassign.errors import (
     MISSING,
     ConfigError,
@@ -235,7 +235,7 @@ class JsonPatch(Sequence[Operation]):
             _refuse_duplicates(data, None)
             raise _invalid_from_msgspec(e, lambda: _any_decoder.decode(data)) from None
         except msgspec.DecodeError as e:
-            raise InvalidPatch(f"not valid JSON: {e}") from None
+            raise InvalidPatch(f"not valid JSON: {why_not_json(data, e)}") from None
         except UnicodeDecodeError:
             raise InvalidPatch("not valid JSON: the text is not valid UTF-8") from None
         except RecursionError:

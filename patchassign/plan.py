@@ -28,6 +28,7 @@ from typing import IO, Any, BinaryIO, Literal
 
 import msgspec
 
+from ._json import why_not_json
 from .changes import Change, _Change, convert_change, decode_change, with_id
 from .errors import InvalidChange, PlanError
 
@@ -287,7 +288,9 @@ def _row(columns: list[str], row: list[str], number: int) -> Change | InvalidCha
             try:
                 obj[column] = msgspec.json.decode(value)
             except msgspec.DecodeError as e:
-                return InvalidChange(f"not JSON: {e}", line=number, field=column, csv=True)
+                return InvalidChange(
+                    f"not JSON: {why_not_json(value, e)}", line=number, field=column, csv=True
+                )
         elif column == "guard":
             flag = _BOOLS.get(value.lower())
             if flag is None:

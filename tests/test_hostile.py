@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -496,6 +497,49 @@ def test_the_cli_never_shows_a_traceback_for_hostile_files(tmp_path: Path) -> No
             )
             assert r.returncode in (0, 1, 2), (args, r.stderr)
             assert "Traceback" not in r.stderr, (args, r.stderr)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (b"", "the text is empty"),
+        (b" \n\t", "the text is empty"),
+        (b'{"op": "add"', "the text ends before its JSON value does"),
+        # msgspec calls a lone surrogate escape "truncated" input
+        (b'{"op": "\\ud800"}', r"\ud800 at character 8 is half of a surrogate pair alone"),
+        (b'{"op": "add", "path": "/\\uDBFFx"}', r"\uDBFF at character 24 is half"),
+    ],
+)
+def test_why_a_text_is_not_json_is_said_plainly(text: bytes, says: str) -> None:
+    with pytest.raises(InvalidChange, match=re.escape(says)):
+        decode_change(text)
+    if text.strip():  # the same in a patch document: one character further in
+        text = text.replace(b"{", b"[{", 1)
+        says = re.sub(r"character (\d+)", lambda m: f"character {int(m[1]) + 1}", says)
+    with pytest.raises(pa.InvalidPatch, match=re.escape(says)):
+        pa.JsonPatch.from_json(text)
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_not_lone_surrogates() -> None:
+    # A pair of escapes is one character, and an escaped backslash before "ud800" is text.
+    pair = pa.JsonPatch.from_json(b'[{"op": "add", "path": "/\\ud83d\\ude00", "value": 1}]')
+    assert pair.apply({}) == {"\U0001f600": 1}
+    text = pa.JsonPatch.from_json(b'[{"op": "add", "path": "/\\\\ud800", "value": 1}]')
+    assert text.apply({}) == {"\\ud800": 1}
+
+
+def test_the_cli_says_an_empty_file_is_empty(tmp_path: Path) -> None:
+    empty = tmp_path / "doc.json"
+    empty.write_bytes(b"")
+    r = subprocess.run(
+        [sys.executable, "-m", "patchassign", "apply", str(empty), str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert f"{empty}: not JSON: the text is empty" in r.stderr
 
 
 #: One change per system that its adapter accepts, blind and read-first.
