@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import time
@@ -1252,6 +1253,14 @@ class Dispatcher:
         for hook in hooks:
             if not isinstance(hook, Hooks):
                 raise ConfigError(f"hooks: not a patchassign.Hooks: {hook!r}")
+            for name in ("on_result", "on_retry", "on_slowdown", "on_stop"):
+                if inspect.iscoroutinefunction(getattr(hook, name)):
+                    # Called and never awaited, it would do nothing (and warn at exit).
+                    raise ConfigError(
+                        f"hooks: {type(hook).__name__}.{name} is async; hooks are called "
+                        "synchronously from the event loop: make it a plain method (it may "
+                        "start a task, or put the event on a queue)"
+                    )
         self._on_result = [h.on_result for h in hooks if _overrides(h, "on_result")]
         self._on_retry = [h.on_retry for h in hooks if _overrides(h, "on_retry")]
         self._on_slowdown = [h.on_slowdown for h in hooks if _overrides(h, "on_slowdown")]

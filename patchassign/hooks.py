@@ -2,7 +2,8 @@
 
 Subclass :class:`Hooks`, override the events you care about, and pass instances to the
 dispatcher (``Dispatcher(..., hooks=[MyHooks()])``). Hooks are called synchronously
-from the dispatcher's event loop, so they must be quick (count, log, enqueue). An
+from the dispatcher's event loop, so they must be quick (count, log, enqueue); an
+``async def`` hook is refused (``ConfigError``): it would never be awaited. An
 exception raised by a hook is logged and does not disturb the run. Only overridden
 methods are called: a hook that counts results costs nothing on retries.
 

@@ -578,6 +578,16 @@ async def test_hooks_hear_of_results_retries_slowdowns_and_stops() -> None:
     assert [(s.system, s.cause, s.status) for s in hooks.stops] == [("perscom", "auth", "failed")]
 
 
+def test_an_async_hook_is_refused_not_left_unawaited() -> None:
+    # Called and never awaited, an ``async def on_result`` counted nothing, silently.
+    class Async(Hooks):
+        async def on_result(self, result: Result) -> None:  # type: ignore[override]
+            pass
+
+    with pytest.raises(ConfigError, match=r"hooks: Async.on_result is async"):
+        Dispatcher([FakePerscom().adapter()], hooks=Async())
+
+
 # -- preflight ------------------------------------------------------------------------------
 
 
