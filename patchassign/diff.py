@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import msgspec
 
+from patchassign._json import refuse_non_string_names
 from patchassign.errors import LimitExceeded
 from patchassign.patch import Add, JsonPatch, Operation, Remove, Replace, Test
 from patchassign.pointer import escape as _escape
@@ -46,6 +47,8 @@ def make_patch(src: Any, dst: Any, *, guard: bool = False) -> JsonPatch:
 
     Raises:
         LimitExceeded: The documents are nested deeper than Python's recursion limit.
+        NotRepresentable: An object in them has a member whose name is not a string (a
+            Python ``int`` key, say): no path can name it.
     """
     ops: list[Operation] = []
     try:
@@ -56,6 +59,9 @@ def make_patch(src: Any, dst: Any, *, guard: bool = False) -> JsonPatch:
             _differ(src, dst, "", ops, guard)
     except RecursionError:
         raise LimitExceeded() from None
+    except TypeError:
+        refuse_non_string_names(src, dst)
+        raise
     return JsonPatch._trusted(tuple(ops))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from patchassign._json import json_equal
+from patchassign._json import json_equal, refuse_non_string_names
 from patchassign.errors import InvalidPatch, NotRepresentable, PatchConflict, depth_limited
 from patchassign.patch import (
     Add,
@@ -145,20 +145,27 @@ def make_merge_patch(src: Any, dst: Any) -> Any:
 
     Raises:
         NotRepresentable: ``dst`` has an object member whose value is ``null`` where the
-            patch would have to set it (RFC 7396 reads ``null`` as "delete").
+            patch would have to set it (RFC 7396 reads ``null`` as "delete"), or an
+            object member whose name is not a string (a Python ``int`` key, say).
     """
-    if type(dst) is not dict:
-        return dst
-    if type(src) is not dict:
-        _check_no_nulls(dst, "")
-        return dst
-    return _merge_diff(src, dst, "")
+    try:
+        if type(dst) is not dict:
+            return dst
+        if type(src) is not dict:
+            _check_no_nulls(dst, "")
+            return dst
+        return _merge_diff(src, dst, "")
+    except TypeError:
+        refuse_non_string_names(src, dst)
+        raise
 
 
 def _merge_diff(src: dict[str, Any], dst: dict[str, Any], path: str) -> dict[str, Any]:
     patch: dict[str, Any] = {}
     for k in src:
         if k not in dst:
+            if type(k) is not str:
+                raise TypeError(k)  # said as NotRepresentable, with where, above
             patch[k] = None
     for k, v in dst.items():
         p = path + "/" + escape(k)

@@ -9,11 +9,13 @@ import pytest
 from patchassign import (
     Add,
     JsonPatch,
+    NotRepresentable,
     PatchConflict,
     Remove,
     Replace,
     Test,
     apply_patch,
+    make_merge_patch,
     make_patch,
 )
 from tests.helpers import CONFORMANCE, same_json, snapshot
@@ -186,3 +188,24 @@ def test_suite_documents_round_trip_through_make_patch(doc: Any, expected: Any) 
     check(doc, expected)
     check(expected, doc)
     check(doc, expected, guard=True)
+
+
+@pytest.mark.parametrize(
+    ("src", "dst", "where"),
+    [
+        ({1: 2}, {1: 3}, "the document root"),
+        ({"a": {7: "x"}}, {"a": {}}, "/a"),
+        ({"a": [{"x/y": {2: 1}}]}, {"a": [{"x/y": {}}]}, "/a/0/x~1y"),
+    ],
+)
+def test_a_member_name_that_is_not_a_string_is_not_representable(
+    src: Any, dst: Any, where: str
+) -> None:
+    # A Python dict with int keys (from a data frame, say) is not JSON: no path names the
+    # member. It was a TypeError ("argument of type 'int' is not iterable").
+    with pytest.raises(NotRepresentable, match=f"at '{where}': .* member named") as e:
+        make_patch(src, dst)
+    assert e.value.path == ("" if where == "the document root" else where)
+    if where != "/a/0/x~1y":  # (a merge patch replaces an array whole: no walk in it)
+        with pytest.raises(NotRepresentable, match="member names are strings"):
+            make_merge_patch(src, dst)
