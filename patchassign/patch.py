@@ -10,6 +10,7 @@ documents as immutable values; if you mutate results, pass ``independent=True`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -960,4 +961,8 @@ def _short(value: Any, limit: int = 80) -> str:
         text = _encoder.encode(value).decode()
     except (TypeError, msgspec.EncodeError):
         text = repr(value)
+    else:
+        if "null" in text:  # msgspec writes NaN and infinities as null: show them
+            with contextlib.suppress(TypeError, ValueError, RecursionError):
+                text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -319,6 +319,15 @@ def test_errors_name_the_operation_by_index_op_and_path() -> None:
     assert str(e) == "operation 321 (test /k321): test failed: expected 321, found -1"
 
 
+def test_a_failed_test_shows_nan_and_infinities_as_themselves_not_as_null() -> None:
+    # Not JSON, but Python documents hold them; "expected null, found null" told nothing.
+    with pytest.raises(PatchConflict) as info:
+        apply_patch({"a": [1, float("nan")]}, [{"op": "test", "path": "/a", "value": None}])
+    assert str(info.value).endswith("test failed: expected null, found [1,NaN]")
+    with pytest.raises(PatchConflict, match="found -Infinity"):
+        apply_patch({"a": float("-inf")}, [{"op": "test", "path": "/a", "value": 0}])
+
+
 @pytest.mark.parametrize(
     ("patch", "reason", "path", "message"),
     [
