@@ -54,8 +54,14 @@ def apply_merge_patch(doc: Any, merge: Any, *, case_insensitive: bool = False) -
         PatchConflict: In case-insensitive mode, a name matches two members.
         InvalidPatch: In case-insensitive mode, two members of one merge object name the
             same member (``{"a": 1, "A": 2}``): which one wins would be a guess.
+        NotRepresentable: In case-insensitive mode, an object has a member whose name
+            is not a string (a Python ``int`` key): it has no case to fold.
     """
-    return _merge(doc, merge, case_insensitive)
+    try:
+        return _merge(doc, merge, case_insensitive)
+    except (TypeError, AttributeError):
+        refuse_non_string_names(merge, doc)
+        raise
 
 
 def _merge(doc: Any, merge: Any, case_insensitive: bool) -> Any:
@@ -220,12 +226,18 @@ def merge_to_json_patch(
 
     Raises:
         PatchConflict: In case-insensitive mode, a name matches two members of ``base``.
+        NotRepresentable: An object has a member whose name is not a string (a Python
+            ``int`` key): no path can name it.
     """
     ops: list[Operation] = []
-    if base is None:
-        _structural(merge, "", ops, case_insensitive)
-    else:
-        _exact(merge, base, "", ops, case_insensitive)
+    try:
+        if base is None:
+            _structural(merge, "", ops, case_insensitive)
+        else:
+            _exact(merge, base, "", ops, case_insensitive)
+    except (TypeError, AttributeError):
+        refuse_non_string_names(merge, base)
+        raise
     return JsonPatch._new(tuple(ops), trusted=True)
 
 

@@ -184,8 +184,17 @@ class Pointer:
 
     __slots__ = ("_ci", "_tokens")
 
-    def __init__(self, tokens: Iterable[str] = (), *, case_insensitive: bool = False) -> None:
-        """Build a pointer from unescaped reference tokens (use ``parse`` for text)."""
+    def __init__(self, tokens: Iterable[str] | str = (), *, case_insensitive: bool = False) -> None:
+        """Build a pointer from unescaped reference tokens, or from pointer text (a
+        string is parsed as :meth:`parse` does: ``Pointer("/a/b")`` is ``/a/b``, not the
+        tokens ``/``, ``a``, ``/``, ``b``).
+
+        Raises:
+            InvalidPointer: The text is not a valid pointer.
+            TypeError: A token is not a string.
+        """
+        if isinstance(tokens, str):
+            tokens = parse_tokens(tokens, case_insensitive=case_insensitive)
         self._tokens = tuple(tokens)
         for t in self._tokens:
             if not isinstance(t, str):

@@ -253,3 +253,16 @@ def test_ordered_dicts_are_objects_on_both_sides() -> None:
     assert merge_to_json_patch(OrderedDict(a=None), {"a": 1, "b": 2}).to_list() == [
         {"op": "remove", "path": "/a"}
     ]
+
+
+def test_member_names_that_are_not_strings_are_not_representable() -> None:
+    # Python dicts with int keys are not JSON; these raised TypeError or AttributeError.
+    with pytest.raises(NotRepresentable, match=r"at '/a': .*member named 1 \(int\)"):
+        merge_to_json_patch({"a": {1: None}})
+    with pytest.raises(NotRepresentable, match="member named 2"):
+        merge_to_json_patch({2: "x"}, {"a": 0}, case_insensitive=True)
+    with pytest.raises(NotRepresentable, match="member named 3"):
+        apply_merge_patch({"a": 1}, {3: "x"}, case_insensitive=True)
+    # A document's own names are only looked up: Python keys of any kind stay as they are.
+    assert apply_merge_patch({3: "x"}, {"A": 1}, case_insensitive=True) == {3: "x", "A": 1}
+    assert apply_merge_patch({3: "x"}, {"a": 1}) == {3: "x", "a": 1}

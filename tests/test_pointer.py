@@ -143,3 +143,15 @@ def test_pointer_value_semantics() -> None:
     assert repr(Pointer.parse("x", case_insensitive=True)) == "Pointer('/x', case_insensitive=True)"
     with pytest.raises(TypeError):
         Pointer([1])  # type: ignore[list-item]
+
+
+def test_a_pointer_built_from_text_is_parsed_not_split_into_characters() -> None:
+    # Pointer("/a/b") was the tokens "/", "a", "/", "b" (str() "/~1/a/~1/b"), although
+    # its repr is written Pointer('/a/b').
+    p = Pointer("/a/b")
+    assert p == Pointer.parse("/a/b") == Pointer(["a", "b"])
+    assert p.resolve({"a": {"b": 1}}) == 1
+    assert eval(repr(p), {"Pointer": Pointer}) == p  # the repr round-trips
+    assert Pointer("A/b", case_insensitive=True).tokens == ("A", "b")
+    with pytest.raises(InvalidPointer, match="must be empty or start with '/'"):
+        Pointer("a/b")
