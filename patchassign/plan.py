@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Literal
@@ -206,52 +207,68 @@ def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
     text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
     try:
         header = text.readline()
-        reader = csv.reader(
-            itertools.chain([header], text), delimiter=_delimiter(header), strict=True
-        )
-        yield from _rows(reader, name)
+        first = 1
+        said = _SEP_LINE.fullmatch(header.rstrip("\r\n"))
+        if said is not None:
+            # Excel's "sep=;" line: the delimiter, said in the file; the header follows.
+            delimiter = said[1]
+            header = text.readline()
+            first = 2
+        else:
+            delimiter = _delimiter(header)
+        reader = csv.reader(itertools.chain([header], text), delimiter=delimiter, strict=True)
+        yield from _rows(reader, name, first)
     finally:
         text.detach()  # the caller closes the file
 
 
+#: The first line Excel writes (and reads) to name a CSV file's delimiter.
+_SEP_LINE = re.compile(r"(?i)sep=([^\r\n\"])")
+
+
 def _delimiter(header: str) -> str:
     """``,`` unless the header is one cell that ``;`` or a tab splits into plan members
-    only: a spreadsheet saved with its locale's list separator (``;`` where the decimal
-    mark is a comma), or tab-separated text."""
+    only (and empty cells: trailing delimiters): a spreadsheet saved with its locale's
+    list separator (``;`` where the decimal mark is a comma), or tab-separated text."""
     if "," not in header:
         for d in (";", "\t"):
             cells = [c.strip().strip('"').strip().lower() for c in header.split(d)]
-            if len(cells) > 1 and all(c in _MEMBERS for c in cells):
+            named = [c for c in cells if c]
+            if len(named) > 1 and all(c in _MEMBERS for c in named):
                 return d
     return ","
 
 
-def _rows(reader: Any, name: str) -> Iterator[PlanItem]:
+def _rows(reader: Any, name: str, first: int = 1) -> Iterator[PlanItem]:
+    """The changes of a CSV plan whose header is row ``first`` of the file."""
+    where = f"{name}: row {first} (the header)"
     try:
         header = next(reader, None)
     except csv.Error as e:
-        raise PlanError(f"{name}: row 1 (the header): not CSV: {e}") from None
+        raise PlanError(f"{where}: not CSV: {e}") from None
     if header is None:
         return
     columns = [c.strip().lower() for c in header]
-    unknown = [c for c in columns if c not in _MEMBERS]
-    if unknown or not columns:
+    # A column without a name (a trailing delimiter: spreadsheets write them) is allowed
+    # as long as it stays empty (see _row).
+    unknown = [c for c in columns if c and c not in _MEMBERS]
+    if unknown or not any(columns):
         raise PlanError(
-            f"{name}: row 1 (the header): unknown column(s) {', '.join(map(repr, unknown))}; "
+            f"{where}: unknown column(s) {', '.join(map(repr, unknown))}; "
             f"a plan's columns are its members: {', '.join(_MEMBERS)}"
         )
     seen: set[str] = set()
     for c in columns:
-        if c in seen:
-            raise PlanError(f"{name}: row 1 (the header): column {c!r} appears twice")
+        if c in seen and c:
+            raise PlanError(f"{where}: column {c!r} appears twice")
         seen.add(c)
     missing = [c for c in ("system", "record", "action") if c not in seen]
     if missing:
         raise PlanError(
-            f"{name}: row 1 (the header): no {' or '.join(map(repr, missing))} column; "
+            f"{where}: no {' or '.join(map(repr, missing))} column; "
             "every change needs its system, record and action"
         )
-    row_number = 1
+    row_number = first
     while True:
         row_number += 1
         try:
@@ -274,10 +291,17 @@ def _row(columns: list[str], row: list[str], number: int) -> Change | InvalidCha
             csv=True,
         )
     obj: dict[str, Any] = {}
-    for column, cell in zip(columns, row, strict=False):
+    for i, (column, cell) in enumerate(zip(columns, row, strict=False)):
         value = cell.strip()
         if not value:
             continue
+        if not column:
+            return InvalidChange(
+                f"a value ({value[:40]!r}) in column {i + 1}, which the header leaves "
+                "without a name",
+                line=number,
+                csv=True,
+            )
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:

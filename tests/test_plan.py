@@ -282,6 +282,34 @@ def test_a_csv_plan_separated_by_semicolons_or_tabs_is_read_as_written(
     ]
 
 
+def test_excels_sep_line_names_the_delimiter_and_rows_count_from_it(tmp_path: Path) -> None:
+    """Excel writes (and reads) ``sep=;`` as a CSV file's first line; it was taken for a
+    header with an unknown column 'sep=;'."""
+    got = csv_plan(tmp_path, "sep=;\r\nsystem;record;action;to\r\nmaxsight;t1;assign;team-b\r\n")
+    assert got == [(3, Assign(system="maxsight", record="t1", to="team-b", id="line-3"))]
+    with pytest.raises(PlanError, match=re.escape("row 2 (the header): unknown column(s) 'x'")):
+        csv_plan(tmp_path, "SEP=,\nsystem,record,action,x\n")
+
+
+@pytest.mark.parametrize("sep", [",", ";"])
+def test_columns_without_a_name_may_be_there_but_must_stay_empty(tmp_path: Path, sep: str) -> None:
+    """A trailing delimiter (a spreadsheet's formatted but empty column) made an unknown
+    column ''. Unnamed columns are allowed; a value in one is refused, row by row."""
+    got = csv_plan(
+        tmp_path,
+        sep.join(["system", "record", "action", "to", "", ""])
+        + "\n"
+        + sep.join(["maxsight", "t1", "assign", "b", "", ""])
+        + "\n"
+        + sep.join(["maxsight", "t2", "assign", "b", "", "stray"])
+        + "\n",
+    )
+    assert got[0] == (2, Assign(system="maxsight", record="t1", to="b", id="line-2"))
+    assert got[1][0] == 3
+    assert isinstance(got[1][1], InvalidChange)
+    assert "a value ('stray') in column 6, which the header leaves without a name" in str(got[1][1])
+
+
 def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) -> None:
     with pytest.raises(PlanError, match=r"looks like CSV.*name it \.csv or pass --format csv"):
         csv_plan(tmp_path, "system,record,action,to\nkintone,1:1,assign,eve\n", "plan.jsonl")
