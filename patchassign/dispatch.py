@@ -272,7 +272,7 @@ class _Pool:
 class _Item:
     """One change's request waiting in a batch."""
 
-    __slots__ = ("deadline", "flow", "fut", "request", "timeout")
+    __slots__ = ("deadline", "flow", "fut", "request", "sent", "timeout")
 
     def __init__(
         self,
@@ -287,6 +287,7 @@ class _Item:
         self.timeout = timeout
         self.deadline = deadline
         self.flow = flow  # told when the batch goes out (``Flow.sending``)
+        self.sent = False  # its batch went out (a cancel then leaves its write in doubt)
 
 
 def _answer(item: _Item, value: Any) -> None:
@@ -357,6 +358,10 @@ class _Batcher:
             waiting = self.groups.get(group)
             if waiting is not None and item in waiting:
                 waiting.remove(item)  # not sent yet: it leaves the batch
+            if item.sent and flow is not None:
+                # Its batch is in flight: the write may land. A batch that has not gone
+                # out yet leaves it behind (``_send`` drops the items no one awaits).
+                flow.cut_off()
             raise
 
     def _flush_if(self, group: Any, items: list[_Item]) -> None:
@@ -413,6 +418,11 @@ class _Batcher:
                     raise RuntimeError(
                         "the dispatcher is not started: use 'async with Dispatcher(...)'"
                     )
+                # Changes whose callers stopped waiting (cancelled while the batch waited
+                # for the lane) are not sent: nobody would hear what became of them.
+                items = [i for i in items if not i.fut.done()]
+                if not items:
+                    return
                 try:
                     request = (
                         items[0].request
@@ -425,6 +435,7 @@ class _Batcher:
                     return
                 sent = loop.time()
                 for item in items:
+                    item.sent = True
                     if item.flow is not None:
                         item.flow.sending(sent, timeout)
                 try:
@@ -1852,8 +1863,7 @@ class Dispatcher:
         except TransportError as e:
             error = e
         except asyncio.CancelledError:
-            flow.cut_off()
-            raise
+            raise  # counted by the batcher, which knows whether the batch went out
         finally:
             track.in_request = False
         if step.write:

@@ -293,6 +293,38 @@ async def test_a_lost_batch_is_read_back_change_by_change() -> None:
     assert all(r.writes == 1 for r in results)
 
 
+async def test_a_cancelled_change_waiting_for_its_batch_to_go_out_is_not_sent() -> None:
+    """``asyncio.wait_for(d.send(...))`` gave up on changes whose batch was waiting for
+    the lane: their writes went out anyway once the lane was free, and their records
+    stayed locked for the settle time. Now they leave the batch; a change in a batch
+    already in flight is in doubt, and its record waits, as before."""
+    fake = FakeBatchPerscom()
+    release = asyncio.Event()
+
+    async def slow(request: HttpRequest) -> HttpResponse:
+        await release.wait()
+        return fake(request)
+
+    lim = {"perscom": Limits(concurrency=1)}
+    async with Dispatcher([perscom()], transport=MockTransport(slow), limits=lim, retry=FAST) as d:
+        lane = d._lanes["perscom"]
+        flying = [asyncio.create_task(d.send(c)) for c in plan(2)]
+        await asyncio.sleep(0.1)  # their batch is in flight, holding the lane
+        waiting = [asyncio.create_task(d.send(c)) for c in plan(4)[2:]]
+        await asyncio.sleep(0.1)  # theirs waits for the lane
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        assert sorted(lane.keys._busy) == ["1", "2"]  # 3 and 4 are free at once
+        release.set()
+        assert [r.status for r in await asyncio.gather(*flying)] == ["applied", "applied"]
+        await asyncio.sleep(0.1)
+        assert fake.requests == [("batch", 2)]  # 3 and 4 were never sent
+        again = await asyncio.wait_for(d.send(plan(3)[2]), 5)
+    assert again.status == "applied"
+    assert fake.writes == Counter({1: 1, 2: 1, 3: 1})
+
+
 async def test_a_429_for_a_whole_batch_tells_the_lane_once() -> None:
     """Every change of a throttled batch retries, but the system said 429 once: its lane
     slows down as for one throttled request, not for eight."""
