@@ -1394,16 +1394,29 @@ class Dispatcher:
 
         Args:
             changes: Changes whose records to read (the first per system is used).
-            systems: The systems to check (default: every configured one).
+            systems: The systems to check (default: every configured one); one name may
+                be given by itself.
 
         Returns:
             :class:`Check` per system name.
+
+        Raises:
+            InvalidChange: ``changes`` holds something that is not a change.
         """
+        if isinstance(systems, str):
+            systems = [systems]
         names = list(self.adapters) if systems is None else list(dict.fromkeys(systems))
+        given: object = changes  # untyped callers pass anything
+        if not isinstance(given, Iterable) or isinstance(given, str | bytes):
+            raise InvalidChange(
+                f"the changes to check are not changes (got {type(given).__name__})"
+            )
         samples: dict[str, Change] = {}
-        for change in changes:
+        for i, change in enumerate(given):
+            if not isinstance(change, _Change):
+                raise _not_a_change(change, i)
             if change.system in names and change.system not in samples:
-                samples[change.system] = change
+                samples[change.system] = cast("Change", change)
                 if len(samples) == len(names):
                     break
         results = await asyncio.gather(*(self._check(n, samples.get(n)) for n in names))

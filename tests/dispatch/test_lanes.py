@@ -608,6 +608,17 @@ async def test_preflight_reads_one_record_per_system_and_says_what_is_wrong() ->
     assert "credentials refused" in checks["perscom"].error
 
 
+async def test_preflight_takes_one_system_by_name_and_refuses_what_is_not_changes() -> None:
+    route = Route(maxsight=FakeMaxsight(), perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        # one name by itself: it was read letter by letter ("p", "e", ... not configured)
+        assert list(await d.check(systems="perscom")) == ["perscom"]
+        with pytest.raises(InvalidChange, match=r"the changes to check are not changes \(got int"):
+            await d.check(5)  # type: ignore[arg-type]
+        with pytest.raises(InvalidChange, match="item 1 of the input is not a change but a dict"):
+            await d.check([to_perscom(1)[0], {"system": "perscom"}])  # type: ignore[list-item]
+
+
 async def test_preflight_of_an_unreachable_system() -> None:
     def down(request: HttpRequest) -> HttpResponse:
         raise ConnectError("cannot connect: refused", host="m:443")
