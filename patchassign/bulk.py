@@ -314,6 +314,12 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
     adapters = {s: cfg.adapters[s] for s in v.by_system if s in cfg.adapters}
     limits = {s: lim for s, lim in {**cfg.limits, **opts.limits}.items() if s in adapters}
     inflight: dict[str, dict[int, Item]] = {}
+    # With a shared journal: whether a lane's last take found items (until its first
+    # take, it may). A lane that found none holds no slots of its system's shared limits.
+    finding: dict[str, bool] = {}
+
+    def wants(system: str) -> bool:
+        return finding.get(system, True) or bool(inflight.get(system))
 
     def source(system: str) -> Iterator[Change]:
         held = inflight[system]
@@ -347,6 +353,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
             if taken is not None and len(batch) == size:
                 size = next_take(size, journal.took, asked - taken)
             taken = loop.time()
+            finding[system] = bool(batch)
             if not batch:
                 if not await asyncio.to_thread(journal.unfinished, system):
                     return
@@ -406,14 +413,18 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
         async with dispatcher as d, contextlib.AsyncExitStack() as stack:
             if isinstance(journal, PgJournal):
                 # The systems' limits hold for all workers together, the checks included.
-                sharing = SharedLimits(journal.url, d, lease=journal.lease, beat=journal.lease / 5)
+                sharing = SharedLimits(
+                    journal.url, d, lease=journal.lease, beat=journal.lease / 5, wants=wants
+                )
                 await stack.enter_async_context(sharing)
             if opts.preflight and journal.todo(retry_failed=opts.retry_failed):
                 samples = [v.samples[s] for s in sorted(v.samples)]
                 checks = await d.check(samples, systems=sorted(adapters))
                 for c in checks.values():
                     err.write(render_check(c, cfg) + "\n")
-                failed = [c for c in checks.values() if not c.ok]
+                # A system this worker has no share of the limits for now is not checked:
+                # the workers holding its slots are sending (their requests are its check).
+                failed = [c for c in checks.values() if not c.ok and c.skipped is None]
                 if failed:
                     raise PreflightFailed(failed)
             journal.start(retry_failed=opts.retry_failed)
@@ -705,6 +716,9 @@ def render_check(c: Check, config: Config | None = None) -> str:
     if c.ok:
         ms = f"{(c.latency or 0) * 1000:,.0f} ms"
         return f"check: {where}: reachable, authenticated, {ms}"
+    if c.skipped is not None:
+        skipped = c.skipped if config is None else config.scrub(c.skipped)
+        return f"check: {where}: not checked: {skipped}"
     error = c.error or "not ok"
     if config is not None:
         error = config.scrub(error)

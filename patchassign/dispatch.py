@@ -1105,6 +1105,10 @@ class Check(msgspec.Struct, frozen=True, kw_only=True):
         latency: Seconds the answer took.
         status: The HTTP status of the answer.
         error: What is wrong, when something is.
+        skipped: Why the system was not checked, when it was not: its limits allow no
+            request from this process now (limits shared with other workers give it no
+            slot: theirs are in use, and their requests are its check; or it is paused).
+            Nothing is known to be wrong; :attr:`ok` is false, as nothing was proven.
     """
 
     system: str
@@ -1114,6 +1118,7 @@ class Check(msgspec.Struct, frozen=True, kw_only=True):
     latency: float | None = None
     status: int | None = None
     error: str | None = None
+    skipped: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -1421,7 +1426,13 @@ class Dispatcher:
                     break
         results = await asyncio.gather(*(self._check(n, samples.get(n)) for n in names))
         return {
-            name: c if c.error is None else msgspec.structs.replace(c, error=self._clean(c.error))
+            name: c
+            if c.error is None and c.skipped is None
+            else msgspec.structs.replace(
+                c,
+                error=None if c.error is None else self._clean(c.error),
+                skipped=None if c.skipped is None else self._clean(c.skipped),
+            )
             for name, c in zip(names, results, strict=True)
         }
 
@@ -1546,6 +1557,14 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         policy = self.retry
         for attempt in range(1, 4):
+            if lane.limit == 0:
+                return Check(
+                    system=system,
+                    host=lane.host,
+                    reachable=False,
+                    skipped=f"{lane.where}: its limits give this process no request now "
+                    "(shared limits: the other workers hold every slot)",
+                )
             try:  # under the system's limits (shared ones too), like every request
                 await lane.acquire(loop, loop.time() + max(policy.timeout, 60.0))
             except (_Expired, _Halted):
@@ -1553,7 +1572,8 @@ class Dispatcher:
                     system=system,
                     host=lane.host,
                     reachable=False,
-                    error=f"{lane.where}: no room under its limits to send the check",
+                    skipped=f"{lane.where}: no room under its limits to send the check "
+                    f"within {max(policy.timeout, 60.0):g}s",
                 )
             t0 = loop.time()
             try:

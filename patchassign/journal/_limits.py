@@ -27,6 +27,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Self
 
 from .._aio import cancel_and_wait
@@ -62,6 +63,10 @@ class SharedLimits:
         lease: Seconds a slot stays this process's without a renewal.
         beat: Seconds between renewals (and rebalancing).
         name: This member's name (default: host, process id and a random tag).
+        wants: Whether this process has work for a system now (default: always). A
+            process without work for a system gives its slots back and counts for
+            nothing in the others' shares, so that a worker holding that system's last
+            items gets every slot, not a share kept idle by those with nothing to send.
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class SharedLimits:
         lease: float = 10.0,
         beat: float = 2.0,
         name: str | None = None,
+        wants: Callable[[str], bool] | None = None,
     ) -> None:
         if not 0 < beat < lease / 2:
             raise JournalError(f"beat ({beat:g} s) must be under half the lease ({lease:g} s)")
@@ -81,6 +87,7 @@ class SharedLimits:
         self.beat = beat
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.systems = sorted(dispatcher.adapters)
+        self._wants = wants
         #: Slots held per system (what this process may have in flight).
         self.held: dict[str, int] = dict.fromkeys(self.systems, 0)
         #: Each system's shared limits as last read: ``(concurrency, rate, burst)``.
@@ -246,13 +253,17 @@ class SharedLimits:
         if conn is None:
             return
         asked = time.monotonic()
+        # The systems this process has work for now: it counts in their shares only.
+        wanted = (
+            self.systems if self._wants is None else [s for s in self.systems if self._wants(s)]
+        )
         async with conn.transaction():
             # An upsert: membership comes back after a cut longer than a lease.
             await conn.execute(
                 "INSERT INTO limit_members (member, systems, expires) "  # noqa: S608
                 f"VALUES (%s, %s, {NOW} + %s) ON CONFLICT (member) DO UPDATE "
                 "SET systems = excluded.systems, expires = excluded.expires",
-                (self.name, self.systems, self.lease),
+                (self.name, wanted, self.lease),
             )
             await conn.execute(
                 f"UPDATE limit_slots SET expires = {NOW} + %s WHERE holder = %s",  # noqa: S608
@@ -287,8 +298,11 @@ class SharedLimits:
             self.shared[system] = (concurrency, rate, burst)
             sharing = [m for m, systems in members if system in systems]
             n = max(1, len(sharing))
-            rank = sharing.index(self.name) if self.name in sharing else len(sharing)
-            target = concurrency // n + (1 if rank < concurrency % n else 0)
+            if self.name in sharing:
+                rank = sharing.index(self.name)
+                target = concurrency // n + (1 if rank < concurrency % n else 0)
+            else:
+                target = 0  # no work for it here now: the slots go to those with some
             held = [s for s in mine.get(system, []) if s < concurrency]
             extra = [s for s in mine.get(system, []) if s >= concurrency]
             in_flight = self.dispatcher.in_flight(system)

@@ -619,6 +619,21 @@ async def test_preflight_takes_one_system_by_name_and_refuses_what_is_not_change
             await d.check([to_perscom(1)[0], {"system": "perscom"}])  # type: ignore[list-item]
 
 
+async def test_a_system_whose_limits_allow_nothing_now_is_not_checked_and_not_failed() -> None:
+    # (With limits shared by more workers than a system's slots, a worker may have none.)
+    route = Route(maxsight=FakeMaxsight(), perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        d.resize("perscom", 0, None)
+        checks = await asyncio.wait_for(d.check(), 5)  # at once, not after a minute
+    assert checks["maxsight"].ok
+    perscom = checks["perscom"]
+    assert not perscom.ok
+    assert perscom.error is None
+    assert perscom.skipped is not None
+    assert "its limits give this process no request now" in perscom.skipped
+    assert "perscom" not in route.order  # nothing was sent to it
+
+
 async def test_preflight_of_an_unreachable_system() -> None:
     def down(request: HttpRequest) -> HttpResponse:
         raise ConnectError("cannot connect: refused", host="m:443")

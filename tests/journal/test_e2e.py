@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import psycopg
 import pytest_asyncio
 
@@ -91,10 +92,22 @@ def check_outcome(setup: Setup, url: str) -> Counter[int]:
 
 
 async def test_three_workers_share_one_plan_and_its_limits(slow: Setup, pg_url: str) -> None:
+    # The servers answer slowly until every worker has joined: on a loaded machine the
+    # first worker could otherwise finish the plan before the others have started.
+    quick = {server: server.faults for server in slow.sb}
+    for server, faults in quick.items():
+        server.faults = msgspec.structs.replace(faults, latency=0.3)
     first = await worker(slow, pg_url, str(slow.plan))
     await asyncio.sleep(0.3)
     others = [await worker(slow, pg_url, "--join") for _ in range(2)]
     again = await worker(slow, pg_url, str(slow.plan))  # a second loader joins too
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        for _ in range(600):
+            if joined(admin) >= 4 or any(p.returncode is not None for p in [first, *others]):
+                break
+            await asyncio.sleep(0.1)
+    for server, faults in quick.items():
+        server.faults = faults
     for proc in [first, *others, again]:
         code, text = await finish(proc)
         assert code == 0, text

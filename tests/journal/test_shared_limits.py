@@ -70,6 +70,28 @@ async def test_replicas_share_a_systems_concurrency(pg_url: str) -> None:
             assert 1 < server.stats.peak <= LIMIT, server.stats.peak
 
 
+async def test_a_member_without_work_for_a_system_leaves_its_slots_to_those_with_some(
+    pg_url: str,
+) -> None:
+    """Four workers on a limit of 3: the one ranked last had no slot, and its taken items
+    waited (until their deadline) while the others, with nothing left to send, kept
+    theirs. A member says what it has work for; only those share."""
+    busy = {"a": True, "b": True}
+    async with (
+        Sandbox(demo=2, systems=["kintone"]) as sb,
+        Dispatcher(sb.adapters(), limits={"kintone": Limits(concurrency=3)}) as a,
+        Dispatcher(sb.adapters(), limits={"kintone": Limits(concurrency=3)}) as b,
+        SharedLimits(pg_url, a, beat=0.2, lease=1.0, name="a", wants=lambda s: busy["a"]) as sa,
+        SharedLimits(pg_url, b, beat=0.2, lease=1.0, name="b", wants=lambda s: busy["b"]) as sb_,
+    ):
+        await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (2, 1), within=10)
+        busy["a"] = False  # a has nothing left to send: b gets every slot
+        await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (0, 3), within=10)
+        assert a.in_flight("kintone") == 0
+        busy["a"] = True  # work again: the slots are shared again
+        await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (2, 1), within=10)
+
+
 async def test_a_replica_cut_off_from_the_database_stops_sending_then_comes_back(
     pg_url: str,
 ) -> None:
