@@ -37,7 +37,7 @@ from .bulk import (
 from .config import Config, load_config
 from .diff import make_patch
 from .dispatch import Dispatcher, Limits
-from .errors import ConfigError, LimitExceeded, PatchError, PlanError
+from .errors import ConfigError, LimitExceeded, PatchassignError, PatchError, PlanError
 from .journal import JournalError, JournalLike, is_url, open_journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
@@ -775,12 +775,16 @@ def _one_stdin(*paths: Path) -> None:
 def _diff(args: argparse.Namespace) -> int:
     _one_stdin(args.a, args.b)
     a, b = _json_file(args.a), _json_file(args.b)
-    if args.merge:
-        if args.guard:
-            raise UsageError("--guard applies to JSON Patch output, not --merge")
-        out: Any = make_merge_patch(a, b)
-    else:
-        out = make_patch(a, b, guard=args.guard).to_list()
+    try:
+        if args.merge:
+            if args.guard:
+                raise UsageError("--guard applies to JSON Patch output, not --merge")
+            out: Any = make_merge_patch(a, b)
+        else:
+            out = make_patch(a, b, guard=args.guard).to_list()
+    except PatchError as e:  # B sets a member to null: no merge patch says that
+        print(f"patchassign diff: {e}", file=sys.stderr)
+        return EXIT_FAILED
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(out), indent=2).decode() + "\n")
     return EXIT_OK
 
@@ -1019,6 +1023,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError, PlanError) as e:
         print(f"patchassign {args.command}: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except PatchassignError as e:  # any other error of ours: said, never a traceback
+        print(f"patchassign {args.command}: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as e:
         print(f"patchassign {args.command}: {e.strerror or e}: {e.filename or ''}", file=sys.stderr)
         return EXIT_USAGE

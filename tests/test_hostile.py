@@ -528,6 +528,22 @@ def test_surrogate_pairs_and_escaped_backslashes_are_not_lone_surrogates() -> No
     assert text.apply({}) == {"\\ud800": 1}
 
 
+def test_a_diff_no_merge_patch_can_say_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"a": {"b": 1}}')
+    b.write_text('{"a": null}')  # a member set to null: a merge patch would delete it
+    r = subprocess.run(
+        [sys.executable, "-m", "patchassign", "diff", "--merge", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "patchassign diff: at '/a': a merge patch cannot set a member to null" in r.stderr
+
+
 def test_the_cli_says_an_empty_file_is_empty(tmp_path: Path) -> None:
     empty = tmp_path / "doc.json"
     empty.write_bytes(b"")
