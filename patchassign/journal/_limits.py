@@ -4,8 +4,9 @@ worker and service replica together, in PostgreSQL (psycopg 3, async).
 A system with a limit of ``C`` requests in flight has ``C`` slots in ``limit_slots``. A
 process may have as many requests in flight to the system as it holds slots, each slot
 under a lease it renews every ``beat`` seconds. Every beat, each process computes its
-fair share from the live members (``C`` split evenly, the remainder to the first by
-name), claims free or expired slots up to it (``FOR UPDATE SKIP LOCKED``), and gives back
+fair share from the live members that have work for the system (``C`` split evenly, the
+remainder to the first by name; a member without work gets none), claims free or expired
+slots up to it (``FOR UPDATE SKIP LOCKED``), and gives back
 slots above it, never below what it has in flight: a slot is held by one process at a
 time, so the requests in flight, summed over processes, never exceed ``C``. The rate
 (and burst) is split the same way: a process's rate is the system's rate times the share
@@ -253,10 +254,7 @@ class SharedLimits:
         if conn is None:
             return
         asked = time.monotonic()
-        # The systems this process has work for now: it counts in their shares only.
-        wanted = (
-            self.systems if self._wants is None else [s for s in self.systems if self._wants(s)]
-        )
+        wanted = self._wanted()
         async with conn.transaction():
             # An upsert: membership comes back after a cut longer than a lease.
             await conn.execute(
@@ -331,6 +329,22 @@ class SharedLimits:
                 held += [int(s) for (s,) in await cur.fetchall()]
             self.held[system] = len(held)
             self._apply(system, min(len(held), target), concurrency, rate, burst)
+
+    def _wanted(self) -> list[str]:
+        """The systems this process has work for now: it counts in their shares only. A
+        ``wants`` that raises counts as wanting (a bug there must not stop the sends)."""
+        if self._wants is None:
+            return self.systems
+        out = []
+        for system in self.systems:
+            try:
+                wanted = bool(self._wants(system))
+            except Exception:
+                log.exception("shared limits: wants(%r) raised; counted as wanting", system)
+                wanted = True
+            if wanted:
+                out.append(system)
+        return out
 
     def _apply(
         self, system: str, use: int, concurrency: int, rate: float | None, burst: int

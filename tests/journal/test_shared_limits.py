@@ -92,6 +92,19 @@ async def test_a_member_without_work_for_a_system_leaves_its_slots_to_those_with
         await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (2, 1), within=10)
 
 
+async def test_a_wants_that_raises_counts_as_wanting_and_stops_nothing(pg_url: str) -> None:
+    def broken(system: str) -> bool:
+        raise KeyError(system)
+
+    async with (
+        Sandbox(demo=2, systems=["kintone"]) as sb,
+        Dispatcher(sb.adapters(), limits={"kintone": Limits(concurrency=3)}) as a,
+        SharedLimits(pg_url, a, beat=0.2, lease=1.0, wants=broken) as sa,
+    ):
+        await until(lambda: sa.held["kintone"] == 3, within=10)
+        assert (await a.send(next(demo_plan(1, ["kintone"])))).status == "applied"
+
+
 async def test_a_replica_cut_off_from_the_database_stops_sending_then_comes_back(
     pg_url: str,
 ) -> None:
