@@ -30,6 +30,7 @@ the same), ``merge``, ``patch`` and ``set``.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
@@ -192,6 +193,7 @@ class RestAdapter(BaseAdapter):
         super().__init__(base_url, {"Accept": "application/json", **(headers or {})})
         # One class, many systems: the name and whether there is a token are per instance.
         self.system = system  # type: ignore[misc]
+        version = _version_keyword(version)
         self.versioned = version != "none"  # type: ignore[misc]
         if write not in _CONTENT_TYPES:
             raise ConfigError(f"write must be one of {', '.join(_CONTENT_TYPES)}, got {write!r}")
@@ -458,3 +460,23 @@ def _people(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     return [value]
+
+
+def _version_keyword(version: str) -> str:
+    """``version`` with its keywords matched without regard to case (``"ETag"`` is the
+    ETag, not a field named so); a near miss of one without a leading ``/`` (``"etga"``,
+    ``"non"``) is refused rather than read as a field's pointer that no record holds
+    (every change would fail on it, at run time)."""
+    if not isinstance(version, str):
+        raise ConfigError(f"version: 'etag', 'none' or a JSON Pointer to a field, got {version!r}")
+    folded = version.strip().casefold()
+    if folded in ("etag", "none"):
+        return folded
+    if not version.startswith("/"):
+        near = difflib.get_close_matches(folded, ["etag", "none"], n=1, cutoff=0.6)
+        if near:
+            raise ConfigError(
+                f"version: {version!r} is neither 'etag' nor 'none' (did you mean "
+                f"{near[0]!r}?); a field's JSON Pointer starts with '/': '/{version}'"
+            )
+    return version

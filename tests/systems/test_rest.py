@@ -95,6 +95,9 @@ def test_a_table_with_adapter_rest_builds_the_system_under_its_own_name() -> Non
         ({"assignee": ""}, "assignee must point into the record"),
         ({"assignee": "/a~2"}, "not a JSON Pointer"),
         ({"version": ""}, "version"),
+        # a near miss of a keyword would be a field no record holds: every change failed
+        ({"version": "etga"}, "is neither 'etag' nor 'none' (did you mean 'etag'?)"),
+        ({"version": "non"}, "(did you mean 'none'?); a field's JSON Pointer starts with '/'"),
         ({"auth_header": "X Bad"}, "not a header name"),
         ({"colour": 1}, "unknown field `colour`"),
         ({"conflict_status": [200]}, "conflict_status"),
@@ -108,6 +111,25 @@ def test_a_bad_table_is_a_config_error_naming_the_setting(
     with pytest.raises(ConfigError, match=r"systems\.helpdesk") as e:
         parse_config({"systems": {"helpdesk": table(**extra)}}, env={})
     assert needle in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("version", "etag", "versioned", "field"),
+    [
+        ("ETag", True, True, ()),  # was a pointer to a field named "ETag"
+        ("None", False, False, ()),
+        ("updated_at", False, True, ("updated_at",)),  # the slash stays optional
+        ("/etag", False, True, ("etag",)),  # a field that happens to be named so
+    ],
+)
+def test_version_keywords_ignore_case_and_pointers_stay_pointers(
+    version: str, etag: bool, versioned: bool, field: tuple[str, ...]
+) -> None:
+    adapter = parse_config(
+        {"systems": {"helpdesk": table(token_env="HD", version=version)}}, env={"HD": "tok"}
+    ).adapters["helpdesk"]
+    assert isinstance(adapter, RestAdapter)
+    assert (adapter._etag, adapter.versioned, adapter._version) == (etag, versioned, field)
 
 
 def test_the_sandboxs_helpdesk_table_round_trips_through_the_configuration() -> None:
