@@ -42,6 +42,7 @@ __all__ = [
 #: name of an adapter of your own (lower case letters, digits, ``-`` and ``_``). Whether a
 #: system is configured is checked when a plan is validated against a configuration.
 SystemName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
+_SYSTEM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -348,6 +349,12 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
                 " (a plan is JSON Lines: one change object per line, not a JSON array; "
                 "jq -c '.[]' turns an array into lines)"
             )
+        elif field in ("action", "system"):
+            try:
+                loose = msgspec.json.decode(data)
+            except (msgspec.DecodeError, RecursionError):
+                loose = None
+            reason = _hint(reason, field, loose)
         raise InvalidChange(reason, line=line, field=field) from None
     except msgspec.DecodeError as e:
         raise InvalidChange(f"not valid JSON: {why_not_json(data, e)}", line=line) from None
@@ -374,7 +381,7 @@ def convert_change(obj: Any, *, line: int | None = None) -> Change:
         if isinstance(e.__cause__, InvalidChange):  # from a change type's own check
             raise InvalidChange(e.__cause__.reason, line=line, field=e.__cause__.field) from None
         reason, field = _split(str(e))
-        raise InvalidChange(reason, line=line, field=field) from None
+        raise InvalidChange(_hint(reason, field, obj), line=line, field=field) from None
     except RecursionError:
         raise InvalidChange(str(LimitExceeded("the change")), line=line) from None
     _no_nul(change, line)
@@ -424,6 +431,26 @@ def _duplicate_member(data: bytes) -> str | None:
     except (ValueError, RecursionError):
         return None  # msgspec read it; the stdlib's stricter corners do not matter here
     return None
+
+
+#: The actions a change may name (its ``action`` member).
+_ACTIONS = ("assign", "unassign", "delegate", "move", "merge", "patch", "set")
+
+
+def _hint(reason: str, field: str | None, obj: Any) -> str:
+    """msgspec's reason for a bad ``action`` or ``system``, with what would be right: a
+    spreadsheet's ``Assign`` or ``PERSCOM`` is the lowercase name."""
+    given = obj.get(field) if isinstance(obj, dict) and field is not None else None
+    if field == "action" and reason.startswith("Invalid value"):
+        if isinstance(given, str) and given.strip().lower() in _ACTIONS:
+            return f"{reason} (actions are lowercase: {given.strip().lower()!r})"
+        return f"{reason} (actions: {', '.join(_ACTIONS)})"
+    if field == "system" and "matching regex" in reason:
+        said = "a system name is lowercase letters, digits, '-' and '_', from a letter"
+        if isinstance(given, str) and _SYSTEM_NAME.fullmatch(given.strip().lower()):
+            return f"{reason} ({said}: {given.strip().lower()!r}, not {given!r})"
+        return f"{reason} ({said}; got {given!r})" if isinstance(given, str) else reason
+    return reason
 
 
 def _split(message: str) -> tuple[str, str | None]:

@@ -61,6 +61,22 @@ def test_good_lines_decode_to_typed_changes_with_ids() -> None:
             "matching regex",
         ),
         (b'{"system": "kintone", "record": 1, "action": "frob"}', "action", "frob"),
+        # a spreadsheet's capitals: the message names the lowercase word that is meant
+        (
+            b'{"system": "kintone", "record": 1, "action": "Assign", "to": "x"}',
+            "action",
+            "(actions are lowercase: 'assign')",
+        ),
+        (
+            b'{"system": "kintone", "record": 1, "action": "reassign", "to": "x"}',
+            "action",
+            "(actions: assign, unassign, delegate, move, merge, patch, set)",
+        ),
+        (
+            b'{"system": "Kintone", "record": 1, "action": "assign", "to": "x"}',
+            "system",
+            "'kintone', not 'Kintone'",
+        ),
         (b'{"system": "kintone", "record": 1}', "action", "action"),
         (b'{"system": "kintone", "record": 1, "action": "assign"}', "to", "missing"),
         (b'{"system": "kintone", "record": "", "action": "unassign"}', "record", "length"),
