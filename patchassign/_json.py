@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from .errors import NotRepresentable
-
 _NUMBER = (int, float)
 
 # A ``\\uD800``-``\\uDFFF`` escape that is not half of a pair (after an even number of
@@ -117,39 +115,3 @@ def a_type_name(value: Any) -> str:
     if name == "null":
         return name
     return ("an " if name[0] in "aeiou" else "a ") + name
-
-
-def non_string_name(doc: Any) -> tuple[str, Any] | None:
-    """Where ``doc`` has an object member whose name is not a string (a Python dict with
-    an ``int`` key, say: not JSON), as ``(pointer text of that object, the name)``;
-    ``None`` when every name is a string. A walk of the whole document: for error paths."""
-    stack: list[tuple[str, Any]] = [("", doc)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, dict):
-            for k, v in value.items():
-                if not isinstance(k, str):
-                    return path, k
-                if isinstance(v, dict | list):
-                    token = k.replace("~", "~0").replace("/", "~1")
-                    stack.append((f"{path}/{token}", v))
-        elif isinstance(value, list):
-            stack.extend(
-                (f"{path}/{i}", v) for i, v in enumerate(value) if isinstance(v, dict | list)
-            )
-    return None
-
-
-def refuse_non_string_names(*docs: Any) -> None:
-    """After a ``TypeError`` from a diff's walk: raise ``NotRepresentable`` where a
-    document has an object member named by something other than a string (no pointer
-    can name it); return when none has (the ``TypeError`` was something else)."""
-    for doc in docs:
-        bad = non_string_name(doc)
-        if bad is not None:
-            path, name = bad
-            raise NotRepresentable(
-                f"the object has a member named {name!r} ({type(name).__name__}): JSON "
-                "object member names are strings, the only names a patch's paths can hold",
-                path=path,
-            )

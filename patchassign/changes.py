@@ -41,8 +41,9 @@ __all__ = [
 #: A system's name: a built-in system's (``patchassign.systems.SYSTEM_NAMES``), or the
 #: name of an adapter of your own (lower case letters, digits, ``-`` and ``_``). Whether a
 #: system is configured is checked when a plan is validated against a configuration.
-SystemName = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_-]{0,63}$")]
-_SYSTEM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+_SYSTEM_PATTERN = r"[a-z][a-z0-9_-]{0,63}"
+SystemName = Annotated[str, msgspec.Meta(pattern=f"^{_SYSTEM_PATTERN}$")]
+_SYSTEM_NAME = re.compile(_SYSTEM_PATTERN)
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]

@@ -18,10 +18,10 @@ from typing import Any, Final
 
 import msgspec
 
-from patchassign._json import refuse_non_string_names
 from patchassign.errors import LimitExceeded
 from patchassign.patch import Add, JsonPatch, Operation, Remove, Replace, Test
 from patchassign.pointer import escape as _escape
+from patchassign.pointer import refuse_non_string_names
 
 __all__ = ["make_patch"]
 

@@ -964,6 +964,14 @@ def _not_a_change(item: Any, index: int) -> InvalidChange:
     )
 
 
+def _refuse_non_changes(source: object, kinds: Any, wanted: str) -> None:
+    """An input that is not changes at all (a number, a string: not its letters)."""
+    if not isinstance(source, kinds) or isinstance(source, str | bytes):
+        raise InvalidChange(
+            f"the input is not changes (got {type(source).__name__}): give {wanted}"
+        )
+
+
 def _within_bounds(value: msgspec.Struct, what: str) -> None:
     """Check the bounds a struct's fields declare: msgspec checks them when it decodes
     (a TOML file), not when Python code builds the struct (``Limits(concurrency=0)``
@@ -1356,11 +1364,11 @@ class Dispatcher:
         """
         sources = changes.values() if isinstance(changes, Mapping) else (changes,)
         for source in sources:
-            if not isinstance(source, Iterable | AsyncIterable) or isinstance(source, str | bytes):
-                raise InvalidChange(
-                    f"the input is not changes (got {type(source).__name__}): give an "
-                    "iterable or async iterable of changes (or a mapping of system name to one)"
-                )
+            _refuse_non_changes(
+                source,
+                Iterable | AsyncIterable,
+                "an iterable or async iterable of changes (or a mapping of system name to one)",
+            )
         for lane in self._lanes.values():
             lane.reopen()
         return Run(self, changes, read_first, checked)
@@ -1411,17 +1419,13 @@ class Dispatcher:
         if isinstance(systems, str):
             systems = [systems]
         names = list(self.adapters) if systems is None else list(dict.fromkeys(systems))
-        given: object = changes  # untyped callers pass anything
-        if not isinstance(given, Iterable) or isinstance(given, str | bytes):
-            raise InvalidChange(
-                f"the changes to check are not changes (got {type(given).__name__})"
-            )
+        _refuse_non_changes(changes, Iterable, "an iterable of changes")
         samples: dict[str, Change] = {}
-        for i, change in enumerate(given):
+        for i, change in enumerate(changes):
             if not isinstance(change, _Change):
                 raise _not_a_change(change, i)
             if change.system in names and change.system not in samples:
-                samples[change.system] = cast("Change", change)
+                samples[change.system] = change
                 if len(samples) == len(names):
                     break
         results = await asyncio.gather(*(self._check(n, samples.get(n)) for n in names))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from patchassign._json import json_equal, refuse_non_string_names
+from patchassign._json import json_equal
 from patchassign.errors import InvalidPatch, NotRepresentable, PatchConflict, depth_limited
 from patchassign.patch import (
     Add,
@@ -23,7 +23,14 @@ from patchassign.patch import (
     Replace,
     Test,
 )
-from patchassign.pointer import array_index, escape, find_key, format_tokens, parse_tokens
+from patchassign.pointer import (
+    array_index,
+    escape,
+    find_key,
+    format_tokens,
+    parse_tokens,
+    refuse_non_string_names,
+)
 
 __all__ = [
     "apply_merge_patch",

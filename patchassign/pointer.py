@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from patchassign._json import type_name
-from patchassign.errors import InvalidPointer, PatchConflict
+from patchassign.errors import InvalidPointer, NotRepresentable, PatchConflict
 
 __all__ = ["Pointer", "escape", "unescape"]
 
@@ -281,3 +281,38 @@ class Pointer:
 
     def __hash__(self) -> int:
         return hash((self._tokens, self._ci))
+
+
+def non_string_name(doc: Any) -> tuple[str, Any] | None:
+    """Where ``doc`` has an object member whose name is not a string (a Python dict with
+    an ``int`` key, say: not JSON), as ``(pointer text of that object, the name)``;
+    ``None`` when every name is a string. A walk of the whole document: for error paths."""
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    return path, k
+                if isinstance(v, dict | list):
+                    stack.append((f"{path}/{escape(k)}", v))
+        elif isinstance(value, list):
+            stack.extend(
+                (f"{path}/{i}", v) for i, v in enumerate(value) if isinstance(v, dict | list)
+            )
+    return None
+
+
+def refuse_non_string_names(*docs: Any) -> None:
+    """After a ``TypeError`` from a diff's walk: raise ``NotRepresentable`` where a
+    document has an object member named by something other than a string (no pointer
+    can name it); return when none has (the ``TypeError`` was something else)."""
+    for doc in docs:
+        bad = non_string_name(doc)
+        if bad is not None:
+            path, name = bad
+            raise NotRepresentable(
+                f"the object has a member named {name!r} ({type(name).__name__}): JSON "
+                "object member names are strings, the only names a patch's paths can hold",
+                path=path,
+            )

@@ -613,7 +613,7 @@ async def test_preflight_takes_one_system_by_name_and_refuses_what_is_not_change
     async with dispatcher(route) as d:
         # one name by itself: it was read letter by letter ("p", "e", ... not configured)
         assert list(await d.check(systems="perscom")) == ["perscom"]
-        with pytest.raises(InvalidChange, match=r"the changes to check are not changes \(got int"):
+        with pytest.raises(InvalidChange, match=r"the input is not changes \(got int"):
             await d.check(5)  # type: ignore[arg-type]
         with pytest.raises(InvalidChange, match="item 1 of the input is not a change but a dict"):
             await d.check([to_perscom(1)[0], {"system": "perscom"}])  # type: ignore[list-item]
