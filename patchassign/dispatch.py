@@ -90,6 +90,9 @@ _FIRST_WINDOW = 4
 #: Seconds between two steps of a learned rate's fast climb or trial of a slower pace
 #: (see ``_Lane._climb`` and ``_Lane._trim_step``).
 _CLIMB_STEP = 0.25
+#: The fast climb takes a step only while the answers since its last step showed come
+#: at this share of the pace or more (over a tenth above the pace before the step).
+_CLIMB_SHOWN = 0.95
 #: A learned rate measured over less than this many seconds climbs fast.
 _SHORT_MEASURE = 0.5
 #: A paced lane with more than this share of 429s (over 2 s) tries the pace that got
@@ -499,6 +502,7 @@ class _Lane:
         "_relieved",
         "_resumed",
         "_seen",
+        "_shown_from",
         "_sleepers",
         "_step_at",
         "_tat",
@@ -580,6 +584,7 @@ class _Lane:
         self._climbing = False
         self._step_at = 0.0  # the next step of the climb, or of a trial (answered())
         self._climbed_from = 0.0  # the pace before the climb's last step
+        self._shown_from = 0.0  # when requests at the last step's pace began to go
         #: A trial of a slower pace: (when, the share of 429s before, the pace before).
         self._trim: tuple[float, float, float] | None = None
         self._trim_at = 0.0  # no trial before this
@@ -724,16 +729,20 @@ class _Lane:
             self._sleepers.discard(fut)
 
     def held(self, now: float) -> float | None:
-        """The pace, or the rate answered over the last 2 s (since the last pause) where
-        that is lower, was measured over half a second or more and 429s came in it (the
-        pace was past the server's limit). A lane with little or no work left, its
-        answers a trickle, keeps its pace."""
+        """The pace, or where 429s came over the last 2 s (the pace was past the
+        server's limit), the rate answered over the 2 s before the last of them (since
+        the last pause) where that is lower and was measured over half a second or more.
+        A lane with little or no work left, its answers a trickle, keeps its pace; so
+        does one whose last changes wait out a 429's ``Retry-After`` (what came after the
+        last 429 is not its rate)."""
         pace = self.pace
         if pace is None:
             return None
-        since = max(now - 2.0, self._resumed)
-        if now - since >= 0.5 and _since(self._refused, since):
-            pace = min(pace, _since(self._ok, since) / (now - since))
+        if self._refused and now - (last := self._refused[-1]) < 2.0:
+            since = max(last - 2.0, self._resumed)
+            if last - since >= 0.5:
+                got = _since(self._ok, since) - _since(self._ok, last)
+                pace = min(pace, got / (last - since))
         return pace if pace >= 1e-3 else None
 
     def seed(self, rate: float) -> None:
@@ -784,16 +793,22 @@ class _Lane:
         self.calm = self.window >= self.max and not self.pressure and not self.learned
 
     def _climb(self, now: float) -> None:
-        """A step of the climb: a tenth more, while the pace is what holds the lane back
-        (at most twice the rate answered since the last pause, over the last second)."""
+        """A step of the climb: a tenth more, while the pace is what holds the lane back:
+        the answers since the last step showed (over the last second at most) came at
+        the pace. Requests already waiting their turn when a step is taken keep the pace
+        they got, so the step shows only after them: climbing while the answers came at
+        half the pace ran it far past what was sent, and the first 429 then came with a
+        pace well over the server's limit."""
         self._step_at = now + _CLIMB_STEP
-        since = max(now - 1.0, self._resumed)
+        since = max(now - 1.0, self._resumed, self._shown_from)
         if now - since < _CLIMB_STEP:
-            return  # just resumed: nothing to go by yet
+            return  # just resumed, or the last step has not shown: nothing to go by yet
         answered = _since(self._ok, since) / (now - since)
-        if self.learned * 1.1 <= 2.0 * answered:
+        if answered >= _CLIMB_SHOWN * self.learned:
             self._climbed_from = self.learned
             self.learned *= 1.1
+            self._shown_from = max(now, self._tat)  # (the turns already given, at the old pace)
+            self._step_at = self._shown_from + _CLIMB_STEP
 
     def _trim_step(self, now: float) -> None:
         """(Called from :meth:`answered`, which sets ``_interval`` from the pace after.)
@@ -1496,11 +1511,12 @@ class Dispatcher:
 
     def settled_paces(self) -> dict[str, float]:
         """What a later run should start each paced system at (``Dispatcher(paces=...)``):
-        its pace, or the rate its answers got through at over the last two seconds where
-        that is lower and 429s came. A pace climbing when the run stopped may be past the
-        server's limit; a resume started there would meet a burst of 429s and a pause.
-        Lower is cheap: the pace climbs from there. A system with no work left keeps its
-        pace (its answers over the last seconds are a trickle, or none)."""
+        its pace, or where 429s came over the last two seconds, the rate its answers got
+        through at over the two seconds before the last of them where that is lower. A
+        pace climbing when the run stopped may be past the server's limit; a resume
+        started there would meet a burst of 429s and a pause. Lower is cheap: the pace
+        climbs from there. A system with no work left keeps its pace (its answers over
+        the last seconds are a trickle, or none, or retries waiting out a 429)."""
         now = asyncio.get_running_loop().time() if _loop_running() else time.monotonic()
         return {name: pace for name, lane in self._lanes.items() if (pace := lane.held(now))}
 

@@ -918,7 +918,7 @@ async def test_a_pace_from_an_earlier_run_starts_the_lane_paced() -> None:
             results = [r async for r in d.run(to_maxsight(300))]
             runs.append((d.slowdowns()["maxsight"], bucket.refused, d.paces()["maxsight"]))
             # What to keep for the next run: never past what got through (the server's
-            # 200/s and its burst of 10, over the last 2 s), nor past the pace.
+            # 200/s and its burst of 10, over 2 s), nor past the pace.
             settled = d.settled_paces()["maxsight"]
             assert settled <= min(205.0, d.paces()["maxsight"]), (settled, d.paces())
             assert settled > 100.0
@@ -928,6 +928,23 @@ async def test_a_pace_from_an_earlier_run_starts_the_lane_paced() -> None:
     assert slowdowns == 0, runs  # no pause
     assert refused < 0.05 * 600, runs  # (the climb's last step, and the slow climb's)
     assert pace > 170.0, runs  # it climbed from 150 towards the server's 200
+
+
+async def test_a_seeded_pace_climbs_only_as_fast_as_the_answers_follow() -> None:
+    """Requests waiting their turn keep the pace they got: a step of the climb shows in
+    the answers only after them. Climbing while the answers came at half the pace ran it
+    far past the server's limit (50 to 94 requests/s against 60) before the first 429,
+    and the resumed run met a burst of them and a slowdown it had its pace to avoid."""
+    bucket = Bucket(rate=60.0, burst=5)
+    route = Route(maxsight=FakeMaxsight(fault=bucket))
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0), paces={"maxsight": 50.0}) as d:
+        results = [r async for r in d.run(to_maxsight(120))]  # a read and a write each
+        slowdowns = d.slowdowns()["maxsight"]
+        pace = d.paces()["maxsight"]
+    assert Counter(r.status for r in results) == {"applied": 120}
+    assert slowdowns == 0, (slowdowns, bucket.refused, pace)
+    assert bucket.refused <= 10, (bucket.refused, pace)  # the climb's last step (16 before)
+    assert 55.0 < pace < 75.0, pace  # it climbed to about the server's 60
 
 
 async def test_a_system_with_little_work_left_keeps_its_pace_for_the_next_run() -> None:
@@ -1072,6 +1089,29 @@ def test_the_fast_climb_ends_at_the_first_429_one_step_back() -> None:
         t += lane._interval
         lane.answered(t)
     assert lane.learned == pytest.approx(before_step + 100 * 2.0 / before_step, rel=0.02)
+
+
+def test_a_pace_ending_in_429s_keeps_the_rate_before_the_last_of_them() -> None:
+    """The last changes of a run whose last requests met 429s wait out the
+    ``Retry-After`` with nothing else to send: the answers of the last 2 s are a
+    second of work and a second of waiting. The rate before the last 429 is what got
+    through; over the last 2 s, half of it (a resume then started at 100 against 200)."""
+    lane = _new_lane()
+    lane.seed(250.0)
+    t = 0.0
+    while t < 3.0:  # the server takes 200/s of the lane's 250: the rest are 429s
+        t += 1 / 250
+        if int(t * 250) % 5:
+            lane.answered(t)
+        else:
+            lane.throttled(1.0, t)
+    kept = lane.held(t)
+    assert kept == pytest.approx(200.0, rel=0.05)
+    for _ in range(3):  # the retries, after a second's wait
+        t += 0.3
+        lane.answered(t)
+    assert lane.held(t) == pytest.approx(kept)
+    assert lane.held(t + 2.1) == lane.pace  # no 429 for 2 s: its pace
 
 
 def test_429s_at_random_get_no_fast_climb() -> None:
