@@ -41,6 +41,7 @@ from .errors import ConfigError, LimitExceeded, PatchassignError, PatchError, Pl
 from .journal import JournalError, JournalLike, is_url, open_journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
+from .plan import _head_text
 from .report import LEFTOVER_STATUSES, render_status, write_leftovers, write_undo
 from .systems._base import plain
 
@@ -734,13 +735,10 @@ def _array_of_changes(data: bytes) -> bool:
 def _looks_like_plan(path: Path) -> bool:
     if path.suffix.lower() == ".csv":
         return True
-    with open(path, "rb") as f:
-        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
-    first = head.split(b"\n", 1)[0].lower()
+    head = _head_text(path)
+    first = head.split("\n", 1)[0].lower()
     # JSON Lines, or a CSV header (a JSON Patch starts with "[")
-    return head.startswith(b"{") or (
-        b"system" in first and b"record" in first and b"[" not in first
-    )
+    return head.startswith("{") or ("system" in first and "record" in first and "[" not in first)
 
 
 def _json_file(path: Path) -> Any:

@@ -25,7 +25,7 @@ import itertools
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal, cast
 
 import msgspec
 
@@ -90,9 +90,20 @@ def plan_format(path: str | Path, given: str | None = None) -> Format:
         return "csv"
     if suffix in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
+    head = _head_text(path)
+    return "jsonl" if head.startswith("{") or not head else "csv"
+
+
+def _head_text(path: str | Path) -> str:
+    """The first 4 KiB of a file as text, leading blanks and any byte order mark left
+    out: UTF-16 or UTF-32 where a byte order mark says so, else UTF-8 (what does not
+    decode replaced)."""
     with open(path, "rb") as f:
-        head = f.read(4096).removeprefix(_BOM).lstrip()
-    return "jsonl" if head.startswith(b"{") or not head else "csv"
+        head = f.read(4096)
+    wide = _wide(head)
+    if wide is not None:
+        return head.decode(wide, "ignore").lstrip()  # ("ignore": the 4 KiB cut a character)
+    return head.removeprefix(_BOM).decode("utf-8", "replace").lstrip()
 
 
 def _refuse_csv(path: str | Path, first: bytes) -> None:
@@ -169,12 +180,21 @@ _WIDE = {
 }
 
 
-def _refuse_wide(name: str, head: bytes) -> None:
-    """A plan saved as UTF-16 or UTF-32 (Excel's "Unicode text", Windows' "Unicode"):
-    one clear error instead of every line refused for its zero bytes."""
+def _wide(head: bytes) -> str | None:
+    """The encoding a byte order mark says, when it is UTF-16 or UTF-32."""
     for bom, encoding in _WIDE.items():
         if head.startswith(bom):
-            raise PlanError(f"{name} is {encoding} text: a plan is UTF-8; save it as UTF-8")
+            return encoding
+    return None
+
+
+def _refuse_wide(name: str, head: bytes) -> None:
+    """A JSON Lines plan saved as UTF-16 or UTF-32 (JSON is UTF-8), or any plan with
+    zero bytes and no byte order mark: one clear error instead of every line refused
+    for its zero bytes."""
+    encoding = _wide(head)
+    if encoding is not None:
+        raise PlanError(f"{name} is {encoding} text: a JSON Lines plan is UTF-8; save it as UTF-8")
     if b"\x00" in head[:64]:
         raise PlanError(
             f"{name} has zero bytes in its first line: a plan is UTF-8 text (is it UTF-16, "
@@ -187,10 +207,16 @@ def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem
     if digest is not None:
         stream = io.BufferedReader(_Hashing(raw, digest), 1 << 16)
     if kind == "csv":
-        peek = getattr(stream, "peek", None)
-        if peek is not None:
-            _refuse_wide(name, peek(64)[:64])
-        yield from _read_csv(stream, name)
+        buffered = (  # (to peek at its first bytes: an io.BytesIO cannot)
+            stream
+            if isinstance(stream, io.BufferedReader)
+            else io.BufferedReader(cast("io.RawIOBase", stream))
+        )
+        head = buffered.peek(64)[:64]
+        encoding = _wide(head)
+        if encoding is None:
+            _refuse_wide(name, head)
+        yield from _read_csv(buffered, name, encoding)
         return
     first = stream.readline()
     _refuse_wide(name, first)
@@ -203,8 +229,13 @@ def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem
     yield from iter_plan(lines())
 
 
-def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
-    text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+def _read_csv(raw: IO[bytes], name: str, wide: str | None = None) -> Iterator[PlanItem]:
+    """Rows of a CSV plan: UTF-8, or UTF-16/UTF-32 with a byte order mark (Excel's
+    "Unicode text", tab-separated), which is decoded strictly."""
+    if wide is None:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    else:
+        text = io.TextIOWrapper(raw, encoding=wide, newline="")
     try:
         header = text.readline()
         first = 1
@@ -218,6 +249,8 @@ def _read_csv(raw: IO[bytes], name: str) -> Iterator[PlanItem]:
             delimiter = _delimiter(header)
         reader = csv.reader(itertools.chain([header], text), delimiter=delimiter, strict=True)
         yield from _rows(reader, name, first)
+    except UnicodeDecodeError as e:  # (UTF-8 is read with surrogateescape: only wide text)
+        raise PlanError(f"{name} is not valid {wide} text: {e.reason}") from None
     finally:
         text.detach()  # the caller closes the file
 

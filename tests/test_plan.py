@@ -351,26 +351,56 @@ def test_csv_given_as_json_lines_is_one_error_and_a_bom_is_fine(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("encoding", "words"),
     [
-        ("utf-16", "is UTF-16 text: a plan is UTF-8"),
-        ("utf-32", "is UTF-32 text: a plan is UTF-8"),
+        ("utf-16", "is UTF-16 text: a JSON Lines plan is UTF-8"),
+        ("utf-32", "is UTF-32 text: a JSON Lines plan is UTF-8"),
         ("utf-16-le", "has zero bytes in its first line"),
     ],
 )
-def test_a_plan_saved_as_utf16_is_one_plan_error(
+def test_a_json_lines_plan_saved_as_utf16_is_one_plan_error(
     tmp_path: Path, name: str, encoding: str, words: str
 ) -> None:
-    # Excel's "Unicode text" and Windows' "Unicode" are UTF-16: without the check every
-    # line was refused as "not valid JSON" (or the header as unknown columns).
+    # Without the check every line was refused as "not valid JSON" (or the header as
+    # unknown columns). JSON is UTF-8; a CSV plan with a byte order mark is read (below).
     text = (
-        '{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n'
-        if name == "plan.jsonl"
-        else "system,record,action,to\nkintone,1:1,assign,eve\n"
+        "system,record,action,to\nkintone,1:1,assign,eve\n"
+        if name == "plan.csv"
+        else '{"system": "kintone", "record": "1:1", "action": "assign", "to": "eve"}\n'
     )
+    if name == "plan.csv" and encoding != "utf-16-le":
+        return  # read: see test_a_csv_plan_saved_as_unicode_text_is_read
     (tmp_path / name).write_bytes(text.encode(encoding))
     with pytest.raises(PlanError, match=re.escape(words)):
         list(read_plan(tmp_path / name))
     with pytest.raises(PlanError, match=re.escape(words)):  # a file object: JSON Lines
         list(read_plan(io.BytesIO(text.encode(encoding))))
+
+
+@pytest.mark.parametrize("name", ["plan.csv", "export.txt"])
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_csv_plan_saved_as_unicode_text_is_read(tmp_path: Path, name: str, encoding: str) -> None:
+    """Excel's "Unicode text" (a .txt file: UTF-16 with a byte order mark, tab-separated,
+    CRLF) was refused with "save it as UTF-8"; it is read as it is, like Windows'
+    "Unicode" (UTF-16 big-endian, UTF-32) saves."""
+    text = (
+        "system\trecord\taction\tto\r\nkintone\t1:1\tassign\teve\r\nperscom\t2\tassign\tmaría\r\n"
+    )
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data  # (the codec that names the order writes no mark)
+    (tmp_path / name).write_bytes(data)
+    assert plan_format(tmp_path / name) == "csv"
+    got = [(n, c) for n, c in read_plan(tmp_path / name)]
+    assert [(n, *(getattr(c, k, None) for k in ("system", "record", "to"))) for n, c in got] == [
+        (2, "kintone", "1:1", "eve"),
+        (3, "perscom", 2, "maría"),
+    ]
+    assert [n for n, _ in read_plan(io.BytesIO(data), format="csv")] == [2, 3]
+    # Cut off in the middle of a character: one PlanError, not a UnicodeDecodeError.
+    (tmp_path / name).write_bytes(data[:-1])
+    with pytest.raises(
+        PlanError, match=f"is not valid UTF-{'32' if '32' in encoding else '16'} text"
+    ):
+        list(read_plan(tmp_path / name))
 
 
 def test_reading_a_plan_feeds_its_digest(tmp_path: Path) -> None:

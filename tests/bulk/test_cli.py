@@ -128,7 +128,10 @@ def test_validate_reads_a_plan_from_standard_input_and_pipes(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"\xff\xfe{\x00")))
     assert main(["validate", "--plan", "-"]) == 2
     err = capsys.readouterr().err
-    assert err == "patchassign validate: - is UTF-16 text: a plan is UTF-8; save it as UTF-8\n"
+    assert (
+        err
+        == "patchassign validate: - is UTF-16 text: a JSON Lines plan is UTF-8; save it as UTF-8\n"
+    )
 
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
@@ -179,6 +182,11 @@ def test_validate_tells_a_csv_plan_by_its_header_whatever_its_name(
 ) -> None:
     export = tmp_path / "export.txt"
     export.write_text("system;record;action;to\r\nperscom;1;assign;7\r\n")
+    assert main(["validate", str(export)]) == 0
+    assert "1 valid change(s) (1 perscom)" in capsys.readouterr().out
+    # Excel's "Unicode text": UTF-16 with a byte order mark, tab-separated (it was
+    # taken for a JSON Patch: "not valid JSON ... (byte 0)").
+    export.write_bytes("system\trecord\taction\tto\r\nperscom\t1\tassign\t7\r\n".encode("utf-16"))
     assert main(["validate", str(export)]) == 0
     assert "1 valid change(s) (1 perscom)" in capsys.readouterr().out
 
