@@ -207,16 +207,19 @@ def _read(raw: BinaryIO, kind: str, name: str, digest: Any) -> Iterator[PlanItem
     if digest is not None:
         stream = io.BufferedReader(_Hashing(raw, digest), 1 << 16)
     if kind == "csv":
-        buffered = (  # (to peek at its first bytes: an io.BytesIO cannot)
-            stream
-            if isinstance(stream, io.BufferedReader)
-            else io.BufferedReader(cast("io.RawIOBase", stream))
-        )
-        head = buffered.peek(64)[:64]
-        encoding = _wide(head)
-        if encoding is None:
-            _refuse_wide(name, head)
-        yield from _read_csv(buffered, name, encoding)
+        # To peek at its first bytes (an io.BytesIO cannot), in a buffer let go of at the
+        # end: the caller closes its file.
+        own = not isinstance(stream, io.BufferedReader)
+        buffered = io.BufferedReader(cast("io.RawIOBase", stream)) if own else stream
+        try:
+            head = buffered.peek(64)[:64]  # type: ignore[attr-defined]
+            encoding = _wide(head)
+            if encoding is None:
+                _refuse_wide(name, head)
+            yield from _read_csv(buffered, name, encoding)
+        finally:
+            if own:
+                buffered.detach()  # type: ignore[attr-defined]
         return
     first = stream.readline()
     _refuse_wide(name, first)

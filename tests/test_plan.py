@@ -394,7 +394,9 @@ def test_a_csv_plan_saved_as_unicode_text_is_read(tmp_path: Path, name: str, enc
         (2, "kintone", "1:1", "eve"),
         (3, "perscom", 2, "maría"),
     ]
-    assert [n for n, _ in read_plan(io.BytesIO(data), format="csv")] == [2, 3]
+    buf = io.BytesIO(data)
+    assert [n for n, _ in read_plan(buf, format="csv")] == [2, 3]
+    assert not buf.closed  # the caller's to close
     # Cut off in the middle of a character: one PlanError, not a UnicodeDecodeError.
     (tmp_path / name).write_bytes(data[:-1])
     with pytest.raises(
