@@ -90,6 +90,9 @@ _FIRST_WINDOW = 4
 #: Seconds between two steps of a learned rate's fast climb or trial of a slower pace
 #: (see ``_Lane._climb`` and ``_Lane._trim_step``).
 _CLIMB_STEP = 0.25
+#: A fast climb stopped by a 429 goes on after this many seconds without one, unless the
+#: 429 came at a pace an earlier 429 of the climb came at (see ``_Lane.throttled``).
+_CLIMB_QUIET = 2.0
 #: The fast climb takes a step only while the answers since its last step showed come
 #: at this share of the pace or more (over a tenth above the pace before the step).
 _CLIMB_SHOWN = 0.95
@@ -490,6 +493,7 @@ class _Lane:
 
     __slots__ = (
         "_burst_tolerance",
+        "_ceiling",
         "_climbed_from",
         "_climbing",
         "_cut_until",
@@ -509,6 +513,7 @@ class _Lane:
         "_tolerance",
         "_trim",
         "_trim_at",
+        "_trim_from",
         "_untracked",
         "_waiters",
         "adapter",
@@ -584,10 +589,13 @@ class _Lane:
         self._climbing = False
         self._step_at = 0.0  # the next step of the climb, or of a trial (answered())
         self._climbed_from = 0.0  # the pace before the climb's last step
+        #: The pace at the 429 that stopped the climb (0: it goes on no more).
+        self._ceiling = 0.0
         self._shown_from = 0.0  # when requests at the last step's pace began to go
         #: A trial of a slower pace: (when, the share of 429s before, the pace before).
         self._trim: tuple[float, float, float] | None = None
         self._trim_at = 0.0  # no trial before this
+        self._trim_from = 0.0  # a trial counts the answers from this on
         self._tat = 0.0
         self._sleepers: set[asyncio.Future[None]] = set()
         self.paused_until = 0.0
@@ -767,9 +775,16 @@ class _Lane:
             if now >= self._step_at:
                 if self._climbing:
                     self._climb(now)
+                elif self._ceiling and now - self._refused[-1] >= _CLIMB_QUIET:
+                    self._climbing = True  # (the 429 that stopped it came alone)
+                    self._climbed_from = self.learned
+                    self._shown_from = now
                 else:
                     self._trim_step(now)
-            self._interval = max(self._rate_interval, 1.0 / self.learned)
+            self._set_pace()
+        elif self.pressure and now >= self._step_at and not self._untracked:
+            self._trim_step(now)  # 429s under the slowdown's threshold, for long
+            self._set_pace()
         self.down = 0
         self.outage_since = None
         if self.auth_streak:
@@ -810,28 +825,60 @@ class _Lane:
             self._shown_from = max(now, self._tat)  # (the turns already given, at the old pace)
             self._step_at = self._shown_from + _CLIMB_STEP
 
+    def _set_pace(self) -> None:
+        """The gap between requests from the configured rate and the learned one: evenly
+        while a rate is learned (a burst is what the server refused), else as configured."""
+        if self.learned:
+            self._interval = max(self._rate_interval, 1.0 / self.learned)
+            self._tolerance = 0.0
+        else:
+            self._interval = self._rate_interval
+            self._tolerance = self._burst_tolerance
+
     def _trim_step(self, now: float) -> None:
-        """(Called from :meth:`answered`, which sets ``_interval`` from the pace after.)
-        Past the limit, the slow climb would go on until a third of the answers are
-        429s. While more than ``_TRIM_ABOVE`` of them are (over 2 s), try a pace under what
-        got through (slower by that share and 5%, at most by half) and keep it if the
-        share falls by half or more within a second or so: the 429s follow the pace (a
-        rate limit). If it does not (429s at random), the pace goes back and no trial is
-        made for 30 s."""
+        """(Called from :meth:`answered`, which sets the pace after.) Past the limit,
+        the slow climb would go on until a third of the answers are 429s. While more
+        than ``_TRIM_ABOVE`` of them are (over 2 s), try a pace under what got through
+        (slower by that share and 5%, at most by half) and keep it if the share falls by
+        half or more within a second or so: the 429s follow the pace (a rate limit). If
+        it does not (429s at random), the pace goes back and no trial is made for 30 s.
+
+        So too for a lane not paced at all whose 429s stay under the slowdown's
+        threshold (a tenth or a fifth of its answers, for seconds: a server's limit a
+        little under what the lane sends): it tries the pace that got through over the
+        last second or two; if the share does not fall, it goes back to no pace."""
         self._step_at = now + _CLIMB_STEP
         trial = self._trim
         if trial is None:
             if now < self._trim_at:
                 return
-            taken, refused = _since(self._ok, now - 2.0), _since(self._refused, now - 2.0)
+            # (Not the 429s a kept trial was made for: they would make the next one.)
+            since = max(now - 2.0, self._trim_from)
+            if not self.learned:
+                # (Answers are noted from the first 429 on: a calm lane notes nothing.)
+                ok, refused_at = self._ok, self._refused
+                first = min(ok[0] if ok else now, refused_at[0] if refused_at else now)
+                since = max(since, self._resumed, first)
+                if now - since < 1.0:
+                    return
+            taken, refused = _since(self._ok, since), _since(self._refused, since)
             if taken + refused < 40 or refused <= _TRIM_ABOVE * (taken + refused):
                 return
             share = refused / (taken + refused)
             self._trim = (now, share, self.learned)
-            # What got through, and a little less: a server's bucket empty at the limit
-            # refills only under it. (At most half: the share over 2 s can be far above
-            # the recent one that makes slowdowns, as the 429s end.)
-            self.learned = max(1.0, self.learned * max(0.5, 0.95 - share))
+            if self.learned:
+                # What got through, and a little less: a server's bucket empty at the
+                # limit refills only under it. (At most half: the share over 2 s can be
+                # far above the recent one that makes slowdowns, as the 429s end.)
+                self.learned = max(1.0, self.learned * max(0.5, 0.95 - share))
+            else:
+                # Not paced, the lane sent at no rate of its own: what got through in
+                # its best quarter second (changes waiting out a Retry-After leave it
+                # idle for a while), a little less. As a rate learned at a slowdown: the
+                # next one drops it if it let no larger share through (429s at random).
+                self.learned = max(1.0, 0.95 * _peak(self._ok, since, now))
+                self._passed = 1.0 - share
+                self._relieved = False
             return
         started, before, pace = trial
         since = started + _CLIMB_STEP  # (answers to requests sent before it: not counted)
@@ -841,18 +888,30 @@ class _Lane:
         self._trim = None
         if refused < 0.5 * before * (taken + refused):
             self._trim_at = now  # the 429s followed: slower it stays (and may go on)
-        else:
+            self._trim_from = since
+        elif pace:
             self.learned = max(self.learned, pace)
+            self._trim_at = now + 30.0
+        else:
+            # A lane that was not paced: its 429s do not follow its rate, and the next
+            # slowdown learns no pace from them either (until they are gone).
+            self.learned = 0.0
+            self._untracked = True
             self._trim_at = now + 30.0
 
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
         self.calm = False
         if self._climbing and now >= self._cut_until:  # (not a request from before the pause)
-            # Past the limit: back to the last step's pace, then only the slow climb.
+            # Past the limit: back to the last step's pace, then only the slow climb. Or
+            # a burst of requests reached the server together (it, or this process, held
+            # up for some milliseconds), and a small bucket refused some far under its
+            # rate: the climb goes on after a while without 429s, until a 429 comes
+            # again at a pace it came at before.
             self._climbing = False
+            self._ceiling = 0.0 if self.learned <= 1.05 * self._ceiling else self.learned
             self.learned = self._climbed_from
-            self._interval = max(self._rate_interval, 1.0 / self.learned)
+            self._set_pace()
         self.down = 0
         self.outage_since = None
         self._refused.append(now)
@@ -879,7 +938,20 @@ class _Lane:
         ``_RECENT`` seconds: with 10% of 429s at random at 2,000 answers/s, more than 30%
         of some twenty answers in a row are 429s every few seconds, and each slowdown
         paused the lane and paced it slower for nothing; of a quarter of a second's 500
-        answers, never."""
+        answers, never.
+
+        Without pressure, plain answers are not weighed one by one: the first 429 after
+        them, on a lane paced evenly, weighs against those of the last ``_RECENT``
+        seconds. A burst of 429s to paced requests that reached the server together (the
+        server, or this process, held up for some milliseconds, and a small bucket
+        refused what came in them) is then a share of that quarter second, not of twenty
+        answers (traced against the sandbox's 1,000/s: a slowdown, a pause and the pace
+        cut from 686 to 475; an even pace past the limit is met by the trial of a slower
+        pace instead). On a lane not paced, 429s after a calm spell mean it sends too
+        fast: twenty answers are enough."""
+        if not self.pressure and self.learned:
+            self._seen = max(_FEW, float(_since(self._ok, now - _RECENT)))
+            self._heard = now
         keep = max(1.0 - 1.0 / _FEW, 1.0 - (now - self._heard) / _RECENT)
         self._heard = now
         seen = self._seen * keep
@@ -913,8 +985,7 @@ class _Lane:
                 self._untracked = True
                 self.learned = 0.0
                 self._climbing = False
-                self._interval = self._rate_interval
-                self._tolerance = self._burst_tolerance
+                self._set_pace()
                 return
         if taken >= 3:
             rate = 0.9 * taken / span
@@ -928,13 +999,13 @@ class _Lane:
         # A measure over a short while can be far under what the server takes (a burst
         # refused within milliseconds): from such a measure the pace climbs fast.
         self._climbing = now - since < _SHORT_MEASURE
+        self._ceiling = 0.0
         self._trim = None
         self._climbed_from = self.learned
         self._step_at = max(now, self.paused_until) + _CLIMB_STEP
         ok.clear()
         refused.clear()
-        self._interval = max(self._rate_interval, 1.0 / self.learned)
-        self._tolerance = 0.0  # evenly from now on: a burst is what the server refused
+        self._set_pace()  # evenly from now on: a burst is what the server refused
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -1005,6 +1076,17 @@ def _since(times: deque[float], since: float) -> int:
             break
         n += 1
     return n
+
+
+def _peak(times: deque[float], since: float, now: float) -> float:
+    """The most of ``times`` (in order) in any ``_RECENT`` seconds from ``since`` to
+    ``now``, per second."""
+    bins = [0] * (int((now - since) / _RECENT) + 1)
+    for t in reversed(times):
+        if t < since:
+            break
+        bins[int((now - t) / _RECENT)] += 1
+    return max(bins) / _RECENT
 
 
 def _record_text(change: Change) -> str:

@@ -1091,6 +1091,67 @@ def test_the_fast_climb_ends_at_the_first_429_one_step_back() -> None:
     assert lane.learned == pytest.approx(before_step + 100 * 2.0 / before_step, rel=0.02)
 
 
+def test_a_climb_stopped_by_a_lone_burst_of_429s_goes_on() -> None:
+    """A burst of requests that reached the server together (it, or this process, held up
+    for some milliseconds) is refused by a small bucket far under its rate. The climb
+    stopped there for good, and the lane stayed at a quarter of the server's rate (261
+    against 1,000/s); it now goes on after 2 s without 429s, and ends once a 429 comes
+    again at a pace one came at before."""
+    lane = _new_lane()
+    bucket = _token_bucket(1000.0)
+    stalled = 0
+
+    def answer(now: float) -> bool:
+        nonlocal stalled
+        if now >= 2.0 and stalled < 15:
+            stalled += 1
+            return False
+        return bool(bucket(now))
+
+    sent = _lane_against(lane, 12.0, answer)
+    late = [refused for t, refused in sent if t >= 10.5]
+    assert late.count(False) >= 0.9 * 1000 * 1.5
+    assert sum(refused for t, refused in sent if t >= 2.1) < 30  # the limit, met once more
+    assert not lane._climbing
+    assert lane._ceiling == 0.0  # ... at a pace it met a 429 at before: the end
+
+
+def test_a_paced_lane_takes_a_burst_of_429s_as_a_share_of_its_quarter_second() -> None:
+    """Seventeen 429s in a row at 700 requests/s (a stall of some 25 ms) after seconds
+    without one were a share of twenty answers: two slowdowns, pauses, and the pace cut
+    to 630. They are a share of the quarter second's 175: no slowdown."""
+    lane = _new_lane()
+    lane.seed(700.0)
+    lane._climbing = False  # a settled pace
+    refused = 0
+
+    def answer(now: float) -> bool:
+        nonlocal refused
+        if now >= 3.0 and refused < 17:
+            refused += 1
+            return False
+        return True
+
+    _lane_against(lane, 5.0, answer)
+    assert lane.slowdowns == 0
+    assert lane.learned >= 700.0
+
+
+def test_a_lane_past_a_limit_by_less_than_the_slowdowns_share_learns_a_pace() -> None:
+    """An unpaced lane sending 1,200 requests/s to a server that takes 1,000: a sixth of
+    the answers are 429s, steadily under the slowdown's threshold (30%), so no pace was
+    ever learned and 200 requests a second were refused for the whole run (each change
+    among them waiting out its ``Retry-After``). The lane tries a pace under what got
+    through, and keeps it as the 429s stop."""
+    lane = _new_lane()
+    sent = _lane_against(lane, 30.0, _token_bucket(1000.0), gap=1 / 1200)
+    late = [refused for t, refused in sent if t >= 10.0]
+    assert lane.slowdowns == 0
+    assert 900.0 <= lane.learned <= 1100.0
+    assert sum(late) < 0.01 * len(late)  # against 16.7% before
+    assert late.count(False) >= 0.95 * 1000 * 20  # as much got through
+
+
 def test_a_pace_ending_in_429s_keeps_the_rate_before_the_last_of_them() -> None:
     """The last changes of a run whose last requests met 429s wait out the
     ``Retry-After`` with nothing else to send: the answers of the last 2 s are a
