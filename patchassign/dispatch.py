@@ -648,8 +648,7 @@ class _Lane:
         self.calm = self.window >= self.max and not self.pressure and not self.learned
         self._rate_interval = 1.0 / rate if rate else 0.0
         self._burst_tolerance = (burst - 1) * self._rate_interval
-        self._tolerance = 0.0 if self.learned else self._burst_tolerance
-        self._interval = max(self._rate_interval, 1.0 / self.learned if self.learned else 0.0)
+        self._set_pace()
         self._wake()
 
     def try_acquire(self, now: float) -> bool:
@@ -761,8 +760,7 @@ class _Lane:
         self._climbing = True
         self._climbed_from = rate
         self._relieved = True  # nothing says yet that pacing does not help
-        self._interval = max(self._rate_interval, 1.0 / rate)
-        self._tolerance = 0.0
+        self._set_pace()
         self.calm = False
 
     def answered(self, now: float) -> None:
