@@ -212,19 +212,30 @@ async def main(n: int, quick: bool) -> None:
         print(line, flush=True)
 
 
-async def rate_limits(n: int, rates: Iterable[float], random_share: float) -> None:
-    """A system alone against its own rate limit (the fake's token bucket, burst 10,
-    ``Retry-After: 1``): how close the lane gets to the rate the server allows. Then the
-    same system answering 429 at random (``random_share`` of its answers, whatever the
-    rate): a pace learned from those would only spiral down."""
+async def rate_limits(
+    n: int, rates: Iterable[float], random_share: float, burst: int | None = None
+) -> None:
+    """A system alone against its own rate limit (the fake's token bucket, ``burst``
+    requests: 10 unless given, or ``0`` for a second's worth of the rate; ``Retry-After:
+    1``): how close the lane gets to the rate the server allows. Then the same system
+    answering 429 at random (``random_share`` of its answers, whatever the rate): a pace
+    learned from those would only spiral down."""
     from patchassign.sandbox import Faults
 
     print(f"\n{machine()}\n")
-    print(f"{n:,} Maxsight changes (a read and a write each), default RetryPolicy\n")
+    bucket = "a second's worth" if burst == 0 else f"{10 if burst is None else burst} requests"
+    print(
+        f"{n:,} Maxsight changes (a read and a write each), default RetryPolicy, "
+        f"the server's bucket {bucket}\n"
+    )
     print("| server's limit | time | 429s | slowdowns | answers/s that got through | vs limit |")
     print("|---|---|---|---|---|---|")
+
+    def size(rate: float) -> int:
+        return 10 if burst is None else burst or max(1, round(rate))
+
     cases: list[tuple[str, float | None, Faults]] = [
-        (f"{rate:g}/s", rate, Faults(rate_limit=rate, burst=10)) for rate in rates
+        (f"{rate:g}/s", rate, Faults(rate_limit=rate, burst=size(rate))) for rate in rates
     ]
     if random_share:
         faults = Faults(throttle=random_share, retry_after=1, seed=3)
@@ -261,9 +272,16 @@ if __name__ == "__main__":
         default=0.3,
         help="with --rate-limits: then 429s at random on this share of the answers (0: none)",
     )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        help="with --rate-limits: the server's bucket in requests (10; 0: a second's worth)",
+    )
     args = parser.parse_args()
+    if args.burst is not None and args.burst < 0:
+        parser.error("--burst must be 0 (a second's worth) or more requests")
     if args.rate_limits:
         rates = [float(r) for r in args.rate_limits.split(",")]
-        asyncio.run(rate_limits(args.n, rates, args.random_429s))
+        asyncio.run(rate_limits(args.n, rates, args.random_429s, args.burst))
     else:
         asyncio.run(main(args.n, args.quick))
