@@ -1028,6 +1028,21 @@ def _lane_against(
     return sent
 
 
+def _burst_of_429s(at: float, n: int, then: Any) -> Any:
+    """``then``'s answers, but the ``n`` requests in a row from ``at`` seconds on are
+    refused: a burst that reached the server together after a stall."""
+    refused = 0
+
+    def answer(now: float) -> bool:
+        nonlocal refused
+        if now >= at and refused < n:
+            refused += 1
+            return False
+        return bool(then(now))
+
+    return answer
+
+
 def _token_bucket(rate: float, burst: int = 10) -> Any:
     state = {"tokens": float(burst), "last": 0.0}
 
@@ -1098,17 +1113,7 @@ def test_a_climb_stopped_by_a_lone_burst_of_429s_goes_on() -> None:
     against 1,000/s); it now goes on after 2 s without 429s, and ends once a 429 comes
     again at a pace one came at before."""
     lane = _new_lane()
-    bucket = _token_bucket(1000.0)
-    stalled = 0
-
-    def answer(now: float) -> bool:
-        nonlocal stalled
-        if now >= 2.0 and stalled < 15:
-            stalled += 1
-            return False
-        return bool(bucket(now))
-
-    sent = _lane_against(lane, 12.0, answer)
+    sent = _lane_against(lane, 12.0, _burst_of_429s(2.0, 15, _token_bucket(1000.0)))
     late = [refused for t, refused in sent if t >= 10.5]
     assert late.count(False) >= 0.9 * 1000 * 1.5
     assert sum(refused for t, refused in sent if t >= 2.1) < 30  # the limit, met once more
@@ -1123,16 +1128,7 @@ def test_a_paced_lane_takes_a_burst_of_429s_as_a_share_of_its_quarter_second() -
     lane = _new_lane()
     lane.seed(700.0)
     lane._climbing = False  # a settled pace
-    refused = 0
-
-    def answer(now: float) -> bool:
-        nonlocal refused
-        if now >= 3.0 and refused < 17:
-            refused += 1
-            return False
-        return True
-
-    _lane_against(lane, 5.0, answer)
+    _lane_against(lane, 5.0, _burst_of_429s(3.0, 17, lambda now: True))
     assert lane.slowdowns == 0
     assert lane.learned >= 700.0
 
