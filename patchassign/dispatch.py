@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import random
 import time
 import traceback
@@ -105,6 +106,9 @@ _TRIM_ABOVE = 0.05
 #: of the last ``_RECENT`` seconds when more came in them (see ``_Lane._heard_of``).
 _FEW = 20.0
 _RECENT = 0.25
+#: Answers through since the first 429 that make a measure of a server's rate (fewer:
+#: the lane measures all it noted; see ``_Lane._through``).
+_THROUGH = 10
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 #: Records in a row whose adapter raised (a bug in it) after which its system is stopped.
@@ -499,8 +503,10 @@ class _Lane:
         "_cut_until",
         "_heard",
         "_interval",
+        "_noted_from",
         "_ok",
         "_passed",
+        "_paused_at",
         "_rate_interval",
         "_refused",
         "_relieved",
@@ -573,6 +579,8 @@ class _Lane:
         self.learned = 0.0
         #: When the recent unthrottled answers came (while the lane is not calm).
         self._ok: deque[float] = deque(maxlen=4096)
+        #: Answers are noted from this time on without a gap (a calm lane notes none).
+        self._noted_from = math.inf
         #: When the recent 429s came.
         self._refused: deque[float] = deque(maxlen=4096)
         #: The share of answers that were not 429 when the rate was last learned.
@@ -582,7 +590,8 @@ class _Lane:
         #: The 429s did not follow our rate (fewer requests, same share refused): learn
         #: nothing from them until the pressure is gone.
         self._untracked = False
-        #: When the last pause for a slowdown ended.
+        #: When the last pause for a slowdown began, and when it ended.
+        self._paused_at = 0.0
         self._resumed = 0.0
         #: No 429 since the rate was last learned: the pace climbs by a tenth every
         #: quarter second (a measure can be far under what the server takes).
@@ -645,7 +654,10 @@ class _Lane:
         elif self.window < 1.0 < concurrency + 1:  # from nothing: start as a new lane
             self.window = float(min(concurrency, _FIRST_WINDOW))
         self.slow_start = self.window < concurrency and (self.slow_start or not self.pressure)
-        self.calm = self.window >= self.max and not self.pressure and not self.learned
+        if self.window >= self.max and not self.pressure and not self.learned:
+            self._calm()
+        else:
+            self.calm = False
         self._rate_interval = 1.0 / rate if rate else 0.0
         self._burst_tolerance = (burst - 1) * self._rate_interval
         self._set_pace()
@@ -766,6 +778,8 @@ class _Lane:
     def answered(self, now: float) -> None:
         """An answer that is not a refusal: the system is up and takes our credentials."""
         self._ok.append(now)
+        if self._noted_from > now:
+            self._noted_from = now
         if self.learned:
             # Probe upwards: about two requests/s more for each second of answers, and
             # faster while no 429 has come since a rate measured in a hurry.
@@ -803,7 +817,15 @@ class _Lane:
                 self._untracked = False
             elif self.pressure < self.threshold / 3:
                 self._relieved = True
-        self.calm = self.window >= self.max and not self.pressure and not self.learned
+        if self.window >= self.max and not self.pressure and not self.learned:
+            self._calm()
+
+    def _calm(self) -> None:
+        """Nothing to learn from plain answers: note none (what was noted goes stale)."""
+        self.calm = True
+        self._noted_from = math.inf
+        self._ok.clear()
+        self._refused.clear()
 
     def _climb(self, now: float) -> None:
         """A step of the climb: a tenth more, while the pace is what holds the lane back:
@@ -853,10 +875,7 @@ class _Lane:
             # (Not the 429s a kept trial was made for: they would make the next one.)
             since = max(now - 2.0, self._trim_from)
             if not self.learned:
-                # (Answers are noted from the first 429 on: a calm lane notes nothing.)
-                ok, refused_at = self._ok, self._refused
-                first = min(ok[0] if ok else now, refused_at[0] if refused_at else now)
-                since = max(since, self._resumed, first)
+                since = max(since, self._resumed, self._noted_from)
                 if now - since < 1.0:
                     return
             taken, refused = _since(self._ok, since), _since(self._refused, since)
@@ -868,7 +887,17 @@ class _Lane:
                 # What got through, and a little less: a server's bucket empty at the
                 # limit refills only under it. (At most half: the share over 2 s can be
                 # far above the recent one that makes slowdowns, as the 429s end.)
-                self.learned = max(1.0, self.learned * max(0.5, 0.95 - share))
+                pace = self.learned * max(0.5, 0.95 - share)
+                through = self._through(since, now)
+                # (Over half a second or more at about the pace: not a lane whose work
+                # ran out, or waiting out a Retry-After.)
+                if (
+                    through is not None
+                    and through[1] >= _SHORT_MEASURE
+                    and through[2] >= 0.8 * self.learned
+                ):
+                    pace = max(0.5 * self.learned, min(self.learned, 0.95 * through[0]))
+                self.learned = max(1.0, pace)
             else:
                 # Not paced, the lane sent at no rate of its own: what got through in
                 # its best quarter second (changes waiting out a Retry-After leave it
@@ -900,6 +929,8 @@ class _Lane:
     def throttled(self, after: float | None, now: float) -> float | None:
         """A 429: the pause when it made the system slow down, else ``None``."""
         self.calm = False
+        if self._noted_from > now:
+            self._noted_from = now
         if self._climbing and now >= self._cut_until:  # (not a request from before the pause)
             # Past the limit: back to the last step's pace, then only the slow climb. Or
             # a burst of requests reached the server together (it, or this process, held
@@ -921,6 +952,7 @@ class _Lane:
         self.slow_start = False
         self.paused_until = max(self.paused_until, now + pause)
         self._learn(now)
+        self._paused_at = now
         self._resumed = self.paused_until
         self._cut_until = now + max(pause, 1.0)
         # Another slowdown takes 429s after this one: the few answers after a pause do
@@ -957,10 +989,12 @@ class _Lane:
         self.pressure = (self.pressure * seen + refused) / self._seen
 
     def _learn(self, now: float) -> None:
-        """Too many 429s: pace the lane under the rate the system took since it last
-        resumed (at most the last 2 s), or halve the learned rate when that cannot be
-        measured. Fewer requests in flight alone cannot meet a rate limit: one request at
-        a time to a fast server is still hundreds a second.
+        """Too many 429s: pace the lane under the rate the system let through once its
+        429s came (see :meth:`_through`), or with too few answers for that, under the
+        rate of all answers since the last pause began (at most the last 2 s; a bucket
+        refilled during the pause), or halve the learned rate when neither can be
+        measured. Fewer requests in flight alone cannot meet a rate limit: one request
+        at a time to a fast server is still hundreds a second.
 
         Under a rate limit, the 429s stop for a while once the lane sends slower. When
         pacing slower brought no such relief and let no larger share through (429s at
@@ -969,15 +1003,16 @@ class _Lane:
         if self._untracked:
             return
         ok, refused = self._ok, self._refused
-        # Answers are noted from the first 429 on (a calm lane notes nothing).
-        first = min(ok[0] if ok else now, refused[0] if refused else now)
-        since = max(now - 2.0, self._resumed, first)
+        noted = max(now - 2.0, self._noted_from)
+        active = max(noted, self._resumed)  # since the last pause ended
+        # ... and since it began: a bucket refilled during the pause, as far as it holds,
+        # and let that through right after it, far above its rate.
+        since = max(noted, self._paused_at)
         taken = _since(ok, since)
         sent = taken + _since(refused, since)
         passed = taken / (sent or 1)
-        span = max(now - since, 0.1)
         if self.learned:
-            if sent < 0.8 * self.learned * span:
+            if sent < 0.8 * self.learned * max(now - active, 0.1):
                 return  # something else held the lane under its pace: nothing to learn
             if not self._relieved and taken >= 3 and passed < 0.75 and passed <= self._passed + 0.1:
                 self._untracked = True
@@ -985,18 +1020,28 @@ class _Lane:
                 self._climbing = False
                 self._set_pace()
                 return
-        if taken >= 3:
-            rate = 0.9 * taken / span
+        # A measure over a short while can be far under what the server takes (a burst
+        # refused within milliseconds): from such a measure the pace climbs fast.
+        hurried = now - active < _SHORT_MEASURE
+        through = self._through(active, now)
+        if through is not None:
+            rate = 0.95 * through[0]
+            self.learned = max(1.0, min(rate, self.learned) if self.learned else rate)
+            hurried = False
+        elif taken >= 3:
+            # (With the pause: at most the server's rate, its bucket may hold less than
+            # the pause's worth.)
+            rate = 0.9 * taken / max(now - since, 0.1)
             self.learned = max(1.0, min(rate, self.learned) if self.learned else rate)
         elif self.learned:
             self.learned = max(1.0, self.learned / 2)
         else:
             return
-        self._passed = passed
+        # (A measure in a hurry can be far off: whether the next pace lets a larger
+        # share through says nothing then.)
+        self._passed = -1.0 if hurried else passed
         self._relieved = False
-        # A measure over a short while can be far under what the server takes (a burst
-        # refused within milliseconds): from such a measure the pace climbs fast.
-        self._climbing = now - since < _SHORT_MEASURE
+        self._climbing = hurried
         self._ceiling = 0.0
         self._trim = None
         self._climbed_from = self.learned
@@ -1004,6 +1049,22 @@ class _Lane:
         ok.clear()
         refused.clear()
         self._set_pace()  # evenly from now on: a burst is what the server refused
+
+    def _through(self, since: float, now: float) -> tuple[float, float, float] | None:
+        """The rate of answers that got through from the first 429 at or after ``since``
+        to ``now``, over how long, and the rate of all answers over it; ``None`` with
+        fewer than ``_THROUGH`` that got through.
+
+        Once 429s come, a server's bucket is dry: what it lets through then is its rate,
+        whatever the lane sends and however large the bucket. Before the first 429 a full
+        bucket lets a burst through far above the rate (a second's worth against 1,000/s
+        measured 1,700), and a lane that was calm noted nothing of it."""
+        dry = _first_since(self._refused, since)
+        through = _since(self._ok, dry)
+        if through < _THROUGH or now <= dry:
+            return None
+        span = now - dry
+        return through / span, span, (through + _since(self._refused, dry)) / span
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -1074,6 +1135,16 @@ def _since(times: deque[float], since: float) -> int:
             break
         n += 1
     return n
+
+
+def _first_since(times: deque[float], since: float) -> float:
+    """The first of ``times`` (in order) at or after ``since`` (``since`` if none)."""
+    first = since
+    for t in reversed(times):
+        if t < since:
+            break
+        first = t
+    return first
 
 
 def _peak(times: deque[float], since: float, now: float) -> float:

@@ -1121,6 +1121,47 @@ def test_a_climb_stopped_by_a_lone_burst_of_429s_goes_on() -> None:
     assert lane._ceiling == 0.0  # ... at a pace it met a 429 at before: the end
 
 
+def test_a_bucket_of_a_seconds_worth_is_measured_once_it_runs_dry() -> None:
+    """A server whose bucket holds a second's worth of its 1,000 requests/s lets the
+    lane's first 1,700 a second through for about a second and a half: the lane is calm
+    by then and notes nothing. The first slowdown measured the answers it had noted,
+    those of its slow start a second before, over all that time: 38 requests/s, and the
+    lane stayed at a tenth of the server's rate. It measures what gets through once the
+    429s come (the bucket is dry: its rate)."""
+    lane = _new_lane()
+    sent = _lane_against(lane, 12.0, _token_bucket(1000.0, burst=1000), gap=1 / 1700)
+    late = [refused for t, refused in sent if t >= 6.0]
+    assert lane.slowdowns == 1
+    assert 900.0 <= lane.learned <= 1050.0
+    assert late.count(False) >= 0.9 * 1000 * 6
+    assert sum(late) < 0.01 * len(late)
+
+
+@pytest.mark.parametrize("rate", [20.0, 50.0, 100.0])
+def test_a_bucket_refilled_during_a_pause_is_measured_over_the_pause(rate: float) -> None:
+    """A bucket of a second's worth refills during the pause of a slowdown (``Retry-After:
+    1``); right after it, a burst of the pause's worth gets through within milliseconds.
+    Measured from when the pause ended, that was 108 requests/s against 50 (20: 108), and
+    it took four or five slowdowns, each a pause, to come down. Measured from when the
+    pause began, it is about the server's rate at the first try. (The fast climb from a
+    measure taken in a hurry then runs past the limit once, as far as the bucket, full
+    again after the pause, hides it.)"""
+    lane = _new_lane()
+    learned: list[float] = []
+    bucket = _token_bucket(rate, burst=int(rate))
+
+    def answer(now: float) -> bool:
+        if len(learned) < lane.slowdowns:
+            learned.append(lane.learned)
+        return bool(bucket(now))
+
+    sent = _lane_against(lane, 12.0, answer)
+    measured = next(x for x in learned if x)
+    assert 0.8 * rate <= measured <= 1.05 * rate, learned
+    assert lane.slowdowns <= 4, learned
+    assert sum(not refused for t, refused in sent if t >= 6.0) >= 0.9 * rate * 6
+
+
 def test_a_paced_lane_takes_a_burst_of_429s_as_a_share_of_its_quarter_second() -> None:
     """Seventeen 429s in a row at 700 requests/s (a stall of some 25 ms) after seconds
     without one were a share of twenty answers: two slowdowns, pauses, and the pace cut
