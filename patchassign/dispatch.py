@@ -109,6 +109,9 @@ _RECENT = 0.25
 #: Answers through since the first 429 that make a measure of a server's rate (fewer:
 #: the lane measures all it noted; see ``_Lane._through``).
 _THROUGH = 10
+#: Seconds past its turn at which a paced request that woke late takes a new turn
+#: instead of going out with the others woken with it (see ``_Lane._pace``).
+_LATE = 0.005
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 #: Records in a row whose adapter raised (a bug in it) after which its system is stopped.
@@ -705,6 +708,7 @@ class _Lane:
             raise
 
     async def _pace(self, loop: asyncio.AbstractEventLoop, until: float) -> None:
+        late = False
         while True:
             now = loop.time()
             start = max(now, self.paused_until)
@@ -721,8 +725,22 @@ class _Lane:
             await self.sleep(loop, start - now)
             if self.stopped:
                 raise _Halted
-            if self.paused_until <= loop.time():
-                return
+            woke = loop.time()
+            if self.paused_until > woke:
+                continue
+            if (
+                not late
+                and self.learned
+                and woke - start > max(_LATE, 2.0 * self._interval)
+            ):
+                # Woken late (this process held up: a stall of the event loop), with
+                # every request whose turn came meanwhile: together they would reach
+                # the server as a burst, and a small bucket refuses most of it (a
+                # stall of 30 ms every second kept a climb at half a server's 1,000/s).
+                # Once, a turn at the pace again, behind those already given.
+                late = True
+                continue
+            return
 
     def release(self) -> None:
         self.in_flight -= 1

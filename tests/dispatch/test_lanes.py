@@ -930,6 +930,32 @@ async def test_a_pace_from_an_earlier_run_starts_the_lane_paced() -> None:
     assert pace > 170.0, runs  # it climbed from 150 towards the server's 200
 
 
+async def test_paced_requests_woken_late_by_a_stall_take_new_turns() -> None:
+    """This process held up (a stall of the event loop) wakes every paced request whose
+    turn came meanwhile at once: together they reach the server as a burst, and a small
+    bucket refuses most of it, every stall. Each such request takes a new turn instead,
+    at the pace, once."""
+    bucket = Bucket(rate=400.0, burst=4)
+    route = Route(maxsight=FakeMaxsight(fault=bucket))
+
+    async def stalls() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            time.sleep(0.03)  # the event loop held up 30 ms (a GC pause, a neighbour)
+
+    async with dispatcher(route, retry=RetryPolicy(deadline=60.0), paces={"maxsight": 300.0}) as d:
+        lane = d._lanes["maxsight"]
+        lane._climbing = False  # a settled pace: 300 a second, under the server's 400
+        stalling = asyncio.create_task(stalls())
+        try:
+            results = [r async for r in d.run(to_maxsight(300))]  # 600 requests: 2 s
+        finally:
+            stalling.cancel()
+    assert Counter(r.status for r in results) == {"applied": 300}
+    assert d.slowdowns()["maxsight"] == 0
+    assert bucket.refused <= 6, bucket.refused  # 48 before: a burst of 429s per stall
+
+
 async def test_a_seeded_pace_climbs_only_as_fast_as_the_answers_follow() -> None:
     """Requests waiting their turn keep the pace they got: a step of the climb shows in
     the answers only after them. Climbing while the answers came at half the pace ran it
