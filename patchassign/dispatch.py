@@ -728,11 +728,7 @@ class _Lane:
             woke = loop.time()
             if self.paused_until > woke:
                 continue
-            if (
-                not late
-                and self.learned
-                and woke - start > max(_LATE, 2.0 * self._interval)
-            ):
+            if not late and self.learned and woke - start > max(_LATE, 2.0 * self._interval):
                 # Woken late (this process held up: a stall of the event loop), with
                 # every request whose turn came meanwhile: together they would reach
                 # the server as a burst, and a small bucket refuses most of it (a
