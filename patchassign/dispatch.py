@@ -657,10 +657,7 @@ class _Lane:
         elif self.window < 1.0 < concurrency + 1:  # from nothing: start as a new lane
             self.window = float(min(concurrency, _FIRST_WINDOW))
         self.slow_start = self.window < concurrency and (self.slow_start or not self.pressure)
-        if self.window >= self.max and not self.pressure and not self.learned:
-            self._calm()
-        else:
-            self.calm = False
+        self._calm_if_idle()
         self._rate_interval = 1.0 / rate if rate else 0.0
         self._burst_tolerance = (burst - 1) * self._rate_interval
         self._set_pace()
@@ -831,15 +828,19 @@ class _Lane:
                 self._untracked = False
             elif self.pressure < self.threshold / 3:
                 self._relieved = True
-        if self.window >= self.max and not self.pressure and not self.learned:
-            self._calm()
+        self._calm_if_idle()
 
-    def _calm(self) -> None:
-        """Nothing to learn from plain answers: note none (what was noted goes stale)."""
-        self.calm = True
-        self._noted_from = math.inf
-        self._ok.clear()
-        self._refused.clear()
+    def _calm_if_idle(self) -> None:
+        """Calm when there is nothing to learn from plain answers (full window, no
+        pressure, no learned rate): a calm lane notes none, and what it noted goes
+        stale."""
+        if self.window >= self.max and not self.pressure and not self.learned:
+            self.calm = True
+            self._noted_from = math.inf
+            self._ok.clear()
+            self._refused.clear()
+        else:
+            self.calm = False
 
     def _climb(self, now: float) -> None:
         """A step of the climb: a tenth more, while the pace is what holds the lane back:
