@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import re
 import socket
 from collections.abc import AsyncIterator
 
@@ -19,12 +20,15 @@ from aiohttp import web
 from patchassign import (
     ConnectError,
     ConnectionLost,
+    Dispatcher,
     HttpRequest,
     HttpResponse,
+    Merge,
     ResponseTimeout,
     SetupError,
     TransportError,
 )
+from patchassign.systems import PerscomAdapter
 from patchassign.transports import AiohttpTransport
 
 LIMIT = 64 * 1024
@@ -211,3 +215,40 @@ async def test_a_malformed_answer_is_an_answer_or_a_transport_error(answer: byte
     finally:
         srv.close()
         await srv.wait_closed()
+
+
+async def test_a_redirect_is_not_followed_and_the_error_says_where_it_points() -> None:
+    """An API URL that answers with a redirect (http:// for https://, a moved host, a
+    sign-on page in the way): one request, no second to wherever the server says (a
+    write's body and credentials would go with it), and every message names the target
+    without what a redirect can carry (user info, a query with a sign-on token)."""
+    hits: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.method)
+        raise web.HTTPMovedPermanently(
+            "https://someone:pa55@sso.example.test:8443/login/?SAMLRequest=s3cret#frag"
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", moved)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    adapter = PerscomAdapter(f"http://127.0.0.1:{runner.addresses[0][1]}", "t0ken")
+    change = Merge(system="perscom", record=1, merge={"user_id": 7})
+    try:
+        async with Dispatcher([adapter]) as d:
+            result = await d.send(change)
+            check = (await d.check([change]))["perscom"]
+    finally:
+        await runner.cleanup()
+    assert hits == ["PATCH", "GET"]  # the write, then the check's read: nothing followed
+    says = "HTTP 301, redirected to https://sso.example.test:8443/login/?..."
+    assert result.status == "failed"
+    assert check.status == 301
+    assert not check.ok
+    for text in (result.error, check.error):
+        assert text is not None
+        assert says in text
+        assert not {"s3cret", "pa55", "someone"} & set(re.split(r"\W+", text))

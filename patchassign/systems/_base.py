@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol, TypeVar, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
@@ -745,7 +745,35 @@ class BaseAdapter(abc.ABC):
         found = _find_message(body)
         if found:
             return printable(found[:500])
+        if 300 <= response.status < 400:
+            location = response.header("Location")
+            if location:
+                # A base URL that is not the API's (http for https, a moved host, a sign-on
+                # page in the way): where it points is the fix. Not followed: a write's body
+                # and credentials would go wherever the server says.
+                return (
+                    f"HTTP {response.status}, redirected to {_location(location)} (not "
+                    "followed: if that is the system, configure its URL as that)"
+                )
         return f"HTTP {response.status}"
+
+
+def _location(location: str) -> str:
+    """A redirect's target without what can carry secrets (user info, the query, the
+    fragment: a sign-on page's query can hold tokens), printable and short."""
+    try:
+        parts = urlsplit(location.strip())
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if parts.port is not None:
+            host += f":{parts.port}"
+        where = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "a location that is not a URL"
+    if parts.query or parts.fragment:
+        where += "?..."
+    return printable(where[:200])
 
 
 def in_place(record: Any, patch: list[dict[str, Any]]) -> bool:
