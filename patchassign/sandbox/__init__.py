@@ -147,7 +147,12 @@ class Sandbox:
             spec = per_system.get(name)
             if spec is None:
                 spec = Faults(seed=seed + i)
-            self.servers[name] = SERVERS[name](faults=spec)
+            try:
+                self.servers[name] = SERVERS[name](faults=spec)
+            except ConfigError as e:
+                if faults is spec:  # the same settings for every system: no name to add
+                    raise
+                raise ConfigError(f"{name}: {e}") from None
         self._demo = demo
         self._records: dict[str, list[Mapping[str, Any]]] = {}
         for name, rows in (records or {}).items():
@@ -279,6 +284,17 @@ def _split_faults(faults: FaultsSpec) -> dict[str, FaultsSpec]:
         raise ConfigError(
             f"invalid fault settings: expected Faults or a mapping, got {type(faults).__name__}"
         )
-    if faults and all(k in SERVERS for k in faults):
+    named = [k for k in faults if k in SERVERS]
+    if named and len(named) == len(faults):
         return dict(faults)
+    stray = [k for k in faults if k not in SERVERS]
+    if named or any(isinstance(faults[k], Mapping) for k in stray):
+        # Settings per system, one of them not a system's name (a typo, or settings for
+        # every system mixed in: those go in each system's own).
+        odd = next((k for k in stray if isinstance(faults[k], Mapping)), stray[0])
+        raise ConfigError(
+            f"invalid fault settings: {odd!r} is not a system (systems: "
+            f"{', '.join(SERVERS)}); give settings for every system without names, or "
+            "each system's under its name"
+        )
     return dict.fromkeys(SERVERS, faults)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 from ..errors import ConfigError
+from ..systems._base import plain, unknown_hint
 
 __all__ = ["Faults", "FaultsSpec", "parse_faults"]
 
@@ -109,7 +110,9 @@ def parse_faults(spec: FaultsSpec) -> Faults:
             return spec
         return msgspec.convert(dict(spec), Faults)
     except msgspec.ValidationError as e:
-        raise ConfigError(f"invalid fault settings: {e}") from None
+        raise ConfigError(
+            f"invalid fault settings: {plain(str(e))}{unknown_hint(str(e), Faults)}"
+        ) from None
     except (TypeError, ValueError):
         raise ConfigError(
             f"invalid fault settings: expected Faults or a mapping of its fields, got {spec!r}"

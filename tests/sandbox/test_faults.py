@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from patchassign.errors import ConfigError
 from patchassign.sandbox import Faults, Sandbox
 from patchassign.sandbox.faults import parse_faults
 
@@ -215,6 +216,24 @@ async def test_outage_refuses_connections_then_recovers(session: aiohttp.ClientS
             await call(session, "GET", url, headers=h)
         await p.come_back()
         assert (await call(session, "GET", url, headers=h)).status == 200
+
+
+@pytest.mark.parametrize(
+    ("faults", "says"),
+    [
+        ({"throttl": 0.1}, "unknown field `throttl` (known: burst, drop, "),
+        ({"throttle": 2}, "invalid fault settings: throttle: Expected `float` <= 1.0"),
+        ({"kintone": {"latncy": 0.1}}, "kintone: invalid fault settings: Object contains "),
+        ({"kintonee": {"latency": 0.1}}, "'kintonee' is not a system (systems: perscom, "),
+        ({"kintone": {"latency": 0.1}, "throttle": 0.1}, "'throttle' is not a system"),
+    ],
+)
+def test_a_wrong_fault_setting_is_named_with_what_is_known(
+    faults: dict[str, object], says: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        Sandbox(faults=faults)
+    assert says in str(e.value)
 
 
 def test_fault_settings_are_validated() -> None:
