@@ -42,7 +42,7 @@ from .journal import JournalError, JournalLike, is_url, open_journal
 from .merge import apply_merge_patch, make_merge_patch
 from .patch import JsonPatch, apply_patch
 from .plan import _head_text
-from .report import LEFTOVER_STATUSES, render_status, write_leftovers, write_undo
+from .report import LEFTOVER_STATUSES, counted, render_status, write_leftovers, write_undo
 from .systems._base import plain
 
 if TYPE_CHECKING:
@@ -593,10 +593,10 @@ def _leftovers(args: argparse.Namespace) -> int:
         )
     finally:
         journal.close()
-    print(f"leftovers: {n:,} changes ({', '.join(statuses)})", file=sys.stderr)
+    print(f"leftovers: {counted(n, 'change')} ({', '.join(statuses)})", file=sys.stderr)
     if bad:
         print(
-            f"leftovers: {bad:,} invalid plan lines are not changes and are not written; "
+            f"leftovers: {counted(bad, 'invalid plan line')} (not changes) not written; "
             "fix them in the plan",
             file=sys.stderr,
         )
@@ -610,7 +610,7 @@ def _undo(args: argparse.Namespace) -> int:
             n, skipped = write_undo(journal, out)
     finally:
         journal.close()
-    print(f"undo: {n:,} changes to put back", file=sys.stderr)
+    print(f"undo: {counted(n, 'change')} to put back", file=sys.stderr)
     for why, count in skipped.most_common():
         print(f"undo: {count:,} not undoable: {why}", file=sys.stderr)
     return EXIT_OK

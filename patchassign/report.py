@@ -94,15 +94,17 @@ class Report:
 
     def render(self) -> str:
         lines = [
-            f"plan {self.plan}: {self.valid:,} changes"
-            + (f", {self.invalid:,} invalid lines skipped" if self.invalid else "")
+            f"plan {self.plan}: {counted(self.valid, 'change')}"
+            + (f", {counted(self.invalid, 'invalid line')} skipped" if self.invalid else "")
             + (f", {self.skipped:,} already done (resumed)" if self.skipped else "")
             + (f"; loaded in {self.load_time:,.1f} s" if self.load_time is not None else "")
         ]
         done_now = sum(self.run_counts.values())
         rate = done_now / self.elapsed if self.elapsed > 0 else 0.0
         head = "dry run" if self.dry_run else "this run"
-        lines.append(f"{head}: {done_now:,} changes in {self.elapsed:,.1f} s ({rate:,.0f}/s)")
+        lines.append(
+            f"{head}: {counted(done_now, 'change')} in {self.elapsed:,.1f} s ({rate:,.0f}/s)"
+        )
         if self.latency:
             p50, p90, p99, top = self.latency
             lines.append(
@@ -122,7 +124,7 @@ class Report:
             for system, status, error, n in self.errors:
                 lines.append(f"  {n:>7,} x {system} {status}: {error[:160]}")
         for system, refused, slowdowns in self.throttled:
-            line = f"{system}: {refused:,} answers were 429 (too many requests)"
+            line = f"{system}: {counted(refused, 'answer', 'was')} 429 (too many requests)"
             if slowdowns:
                 line += (
                     f", {slowdowns:,} slowdown(s): a `rate` (requests/s) under the system's "
@@ -134,24 +136,24 @@ class Report:
             recovered = sum(n for (_, s), n in self.counts.items() if s == "recovered")
             if recovered:
                 lines.append(
-                    f"{recovered:,} changes were applied by a run that stopped before it could "
+                    f"{counted(recovered, 'change', 'was')} applied by a run that stopped before it could "
                     "record them, and found in place by this one (recovered)"
                 )
             unsent = sum(n for (_, s), n in self.counts.items() if s == "unsent")
             if unsent:
                 lines.append(
-                    f"{unsent:,} changes were not sent (their system stopped or their deadline "
+                    f"{counted(unsent, 'change', 'was')} not sent (their system stopped or their deadline "
                     "came while they waited): --resume sends them"
                 )
             if left:
                 lines.append(
-                    f"{left:,} changes are not done: `patchassign leftovers {self.journal}` "
+                    f"{counted(left, 'change', 'is')} not done: `patchassign leftovers {self.journal}` "
                     "writes them as a plan (conflicts carry the record's current value in "
                     "--results)"
                 )
         if self.unconfirmed:
             lines.append(
-                f"{self.unconfirmed:,} writes were sent but not confirmed when the run "
+                f"{counted(self.unconfirmed, 'write', 'was')} sent but not confirmed when the run "
                 "stopped: --resume reads those records before doing anything"
             )
         if self.results_error:
@@ -165,6 +167,15 @@ class Report:
                 else "result: NOT everything applied (see the errors above and --results)"
             )
         return "\n".join(lines)
+
+
+def counted(n: int, noun: str, verb: str = "") -> str:
+    """``1 change``, ``2 changes``; with ``verb`` (``is``, ``was``) its form too."""
+    many = n != 1
+    words = f"{n:,} {noun}{'s' if many else ''}"
+    if verb:
+        words += " " + ({"is": "are", "was": "were"}[verb] if many else verb)
+    return words
 
 
 def table(counts: dict[tuple[str, str], int]) -> list[str]:
