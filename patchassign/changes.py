@@ -350,7 +350,7 @@ def decode_change(data: bytes | str, *, line: int | None = None) -> Change:
                 " (a plan is JSON Lines: one change object per line, not a JSON array; "
                 "jq -c '.[]' turns an array into lines)"
             )
-        elif field in ("action", "system"):
+        elif field in ("action", "system") or reason.startswith(_MISSING):
             try:
                 loose = msgspec.json.decode(data)
             except (msgspec.DecodeError, RecursionError):
@@ -438,10 +438,23 @@ def _duplicate_member(data: bytes) -> str | None:
 _ACTIONS = ("assign", "unassign", "delegate", "move", "merge", "patch", "set")
 
 
+_MISSING = "Object missing required field"
+
+
 def _hint(reason: str, field: str | None, obj: Any) -> str:
     """msgspec's reason for a bad ``action`` or ``system``, with what would be right: a
     spreadsheet's ``Assign`` or ``PERSCOM`` is the lowercase name."""
     given = obj.get(field) if isinstance(obj, dict) and field is not None else None
+    if reason.startswith(_MISSING) and field is not None:
+        action = obj.get("action") if isinstance(obj, dict) else None
+        said = f"missing required member {field!r}"
+        if field == "action":
+            return f"{said} (actions: {', '.join(_ACTIONS)})"
+        if field == "to" and action == "assign":
+            return f"{said}: whom the record goes to ('unassign' takes an assignment away)"
+        if field not in ("system", "record") and isinstance(action, str) and action in _ACTIONS:
+            return f"{said}: the action {action!r} needs it"
+        return said
     if field == "action" and reason.startswith("Invalid value"):
         if isinstance(given, str) and given.strip().lower() in _ACTIONS:
             return f"{reason} (actions are lowercase: {given.strip().lower()!r})"

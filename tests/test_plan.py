@@ -77,8 +77,22 @@ def test_good_lines_decode_to_typed_changes_with_ids() -> None:
             "system",
             "'kintone', not 'Kintone'",
         ),
-        (b'{"system": "kintone", "record": 1}', "action", "action"),
-        (b'{"system": "kintone", "record": 1, "action": "assign"}', "to", "missing"),
+        (
+            b'{"system": "kintone", "record": 1}',
+            "action",
+            "missing required member 'action' (actions: assign, unassign, delegate, ",
+        ),
+        (
+            b'{"system": "kintone", "record": 1, "action": "assign"}',
+            "to",
+            "missing required member 'to': whom the record goes to ('unassign' takes",
+        ),
+        (
+            b'{"system": "findable", "record": "a", "action": "delegate"}',
+            "to",
+            "missing required member 'to': the action 'delegate' needs it",
+        ),
+        (b'{"record": 1, "action": "unassign"}', "system", "missing required member 'system'"),
         (b'{"system": "kintone", "record": "", "action": "unassign"}', "record", "length"),
         (b'{"system": "kintone", "record": true, "action": "unassign"}', "record", "got `bool`"),
         (
@@ -229,7 +243,7 @@ def test_csv_rows_become_the_same_changes_as_json_lines(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "words"),
     [
-        ("kintone,1:1,assign,,", "row 2: column 'to': Object missing required field `to`"),
+        ("kintone,1:1,assign,,", "row 2: column 'to': missing required member 'to': whom"),
         ("kintone,1:1,asign,eve,", "row 2: column 'action'"),
         ("kintone,1:1,assign,eve,,extra", "row 2: 6 cells, but the header names 5 columns"),
         ("superoffice,1,merge,,{bad", "row 2, column 'merge': not JSON"),
