@@ -57,7 +57,7 @@ from .changes import _Change
 from .errors import ConfigError, ConnectError, InvalidChange, TransportError
 from .flow import Done, Flow, Result, RetryPolicy, Send, Status, Wait, backoff_delay
 from .hooks import Hooks, RetryEvent, SlowdownEvent, StopEvent
-from .systems import Adapter, Current, Failed, HttpRequest, HttpResponse, Limits
+from .systems import Adapter, Current, Failed, HttpRequest, HttpResponse, Limits, Retry
 
 if TYPE_CHECKING:
     import aiohttp
@@ -285,7 +285,7 @@ class _Pool:
 class _Item:
     """One change's request waiting in a batch."""
 
-    __slots__ = ("deadline", "flow", "fut", "request", "sent", "timeout")
+    __slots__ = ("cut", "deadline", "flow", "fut", "request", "sent", "timeout")
 
     def __init__(
         self,
@@ -301,6 +301,7 @@ class _Item:
         self.deadline = deadline
         self.flow = flow  # told when the batch goes out (``Flow.sending``)
         self.sent = False  # its batch went out (a cancel then leaves its write in doubt)
+        self.cut = False  # its caller stopped waiting after that: the answer is nobody's
 
 
 def _answer(item: _Item, value: Any) -> None:
@@ -375,6 +376,7 @@ class _Batcher:
                 # Its batch is in flight: the write may land. A batch that has not gone
                 # out yet leaves it behind (``_send`` drops the items no one awaits).
                 flow.cut_off()
+                item.cut = True
             raise
 
     def _flush_if(self, group: Any, items: list[_Item]) -> None:
@@ -465,6 +467,7 @@ class _Batcher:
         lane.answers[response.status] += 1
         if len(items) == 1:
             _answer(items[0], (response, None, False))
+            self._heard(items[0], response)
             return
         self.number += 1
         name = f"{lane.system}-{'w' if self.write else 'r'}{self.number}"
@@ -477,6 +480,8 @@ class _Batcher:
         if parts is not None and (len(parts) != len(items) or all(part is None for part in parts)):
             parts = None  # nothing attributable: as if the adapter could not say
         if parts is None:
+            for item in items:
+                self._heard(item, response)
             if 400 <= response.status < 500 and response.status not in _WHOLE_4XX:
                 half = len(items) // 2  # which one is at fault? halves until it is alone
                 self._spawn(items[:half])
@@ -491,8 +496,24 @@ class _Batcher:
                 again.append(item)  # not carried out because of another: goes again
             else:
                 _answer(item, (part, (name, pos), False))
+            self._heard(item, part)
         if again:
             self._spawn(again)
+
+    def _heard(self, item: _Item, answer: HttpResponse | None) -> None:
+        """For a change whose caller stopped waiting while its batch was in flight: its
+        record waits for the settle time (the write may land), unless ``answer`` (its
+        part of the batch's; ``None``: not carried out) says what became of the write."""
+        if not item.cut or item.flow is None:
+            return
+        if answer is not None:
+            try:
+                outcome = self.lane.adapter.outcome(item.flow.change, answer)
+            except Exception:
+                return
+            if isinstance(outcome, Retry) and outcome.ambiguous:
+                return
+        self.lane.settled(item.flow)
 
 
 class _Lane:
@@ -542,6 +563,7 @@ class _Lane:
         "outage_since",
         "paused_until",
         "pressure",
+        "settling",
         "slow_start",
         "slowdowns",
         "stop_cause",
@@ -561,6 +583,9 @@ class _Lane:
         self.host = _host_of(adapter)
         self.where = f"{self.system} ({self.host})"
         self.keys = _KeyLocks()
+        #: Records held until a change's writes have surely landed or died (no version
+        #: token to stop a late one): the timer that frees each, and its key.
+        self.settling: dict[Flow, tuple[asyncio.TimerHandle, str]] = {}
         #: Requests answered, per status (0: no answer).
         self.answers: Counter[int] = Counter()
         #: The record's canonical key (the adapter's, where it has one): one record
@@ -1080,6 +1105,20 @@ class _Lane:
             return None
         span = now - dry
         return through / span, span, (through + _since(self._refused, dry)) / span
+
+    # -- records whose writes may still land ------------------------------------------------
+
+    def hold(self, flow: Flow, key: str, loop: asyncio.AbstractEventLoop) -> None:
+        """Keep ``key`` (held by ``flow``'s change) until ``flow.settled_at``."""
+        self.settling[flow] = (loop.call_at(flow.settled_at, self.settled, flow), key)
+
+    def settled(self, flow: Flow) -> None:
+        """``flow``'s writes have landed or died (the time passed, or an answer said):
+        free its record."""
+        entry = self.settling.pop(flow, None)
+        if entry is not None:
+            entry[0].cancel()
+            self.keys.release(entry[1])
 
     # -- stopping -------------------------------------------------------------------------
 
@@ -1951,7 +1990,7 @@ class Dispatcher:
                     ):
                         # A write of this change may still land (no version token to stop it):
                         # the next change to the record waits until it would have.
-                        loop.call_at(flow.settled_at, busy.release, key)
+                        lane.hold(flow, key, loop)
                     else:
                         busy.release(key)
                 if flow.signal == "adapter":

@@ -325,6 +325,63 @@ async def test_a_cancelled_change_waiting_for_its_batch_to_go_out_is_not_sent() 
     assert fake.writes == Counter({1: 1, 2: 1, 3: 1})
 
 
+@pytest.mark.parametrize(
+    ("answer", "freed"),
+    [
+        ("applied", True),  # its write landed
+        ("refused", True),  # 422 for another change: not carried out, goes again without it
+        ("502", False),  # may have applied: the record waits for the settle time
+        ("lost", False),  # no answer at all: the same
+    ],
+)
+async def test_a_change_cut_off_in_a_batch_in_flight_frees_its_record_on_the_answer(
+    answer: str, freed: bool
+) -> None:
+    """``asyncio.wait_for(d.send(...))`` gave up on a change whose batch was in flight:
+    its write may land, and PERSCOM has no version token to stop a late one, so its
+    record waits. It waited for the settle time (a minute by default) even when the
+    batch's answer came a moment later and said what became of the write. Now the answer
+    frees it, unless it leaves the write in doubt."""
+    fake = FakeBatchPerscom()
+    release = asyncio.Event()
+
+    async def slow(request: HttpRequest) -> HttpResponse:
+        await release.wait()
+        if request.url.endswith("/batch"):
+            if answer == "502":
+                return HttpResponse(502, {}, b"")
+            if answer == "lost":
+                raise ConnectionLost("connection reset", host="p:443")
+        return fake(request)
+
+    lim = {"perscom": Limits(concurrency=1)}
+    settle = RetryPolicy(base=0.01, cap=0.05, timeout=30.0, settle=30.0)
+    changes = plan(2, bad=frozenset({2} if answer == "refused" else ()))
+    async with Dispatcher(
+        [perscom()], transport=MockTransport(slow), limits=lim, retry=settle
+    ) as d:
+        lane = d._lanes["perscom"]
+        cut, other = (asyncio.create_task(d.send(c)) for c in changes)
+        await asyncio.sleep(0.1)  # their batch is in flight
+        cut.cancel()
+        await asyncio.gather(cut, return_exceptions=True)
+        assert "1" in lane.keys._busy  # in doubt while the batch is out
+        release.set()
+        if answer in ("applied", "refused"):
+            await other
+        else:
+            other.cancel()
+            await asyncio.gather(other, return_exceptions=True)
+        await asyncio.sleep(0.1)
+        assert ("1" not in lane.keys._busy) is freed
+        if freed:
+            again = Assign(system="perscom", record=1, to="7", id="again")
+            assert (await asyncio.wait_for(d.send(again), 5)).status == "applied"
+            assert fake.records[1] == 7
+    if answer == "applied":
+        assert fake.writes == Counter({1: 2, 2: 1})
+
+
 async def test_a_429_for_a_whole_batch_tells_the_lane_once() -> None:
     """Every change of a throttled batch retries, but the system said 429 once: its lane
     slows down as for one throttled request, not for eight."""
