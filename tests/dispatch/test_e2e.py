@@ -82,13 +82,24 @@ async def test_ten_thousand_changes_with_faults_end_applied_or_in_genuine_confli
                 assert r.error
                 assert "expected" in r.error or "zed" in r.error or "999" in r.error
 
-        # The faults did happen (fewer where changes went in batches: fewer requests)...
+        # The faults did happen (fewer where changes went in batches: fewer requests).
+        # Where a fault was expected 10 times or more, it came at least a quarter as often
+        # (fewer: under three chances in a thousand); Kintone's batches make a few hundred
+        # requests or fewer, by how they fill.
+        def happened(count: int, share: float, sent: int) -> bool:
+            return sent * share < 10 or count >= sent * share / 4
+
         for server in sb:
             stats = server.stats
             sent = stats.count()
-            assert sum(n for (_, s), n in stats.requests.items() if s == 429) > sent * 0.02
-            assert sum(n for (_, s), n in stats.requests.items() if s == 503) > sent * 0.02
-            assert stats.dropped["after"] > (5 if sent > 2000 else 0)
+            said = Counter[int]()
+            for (_, status), n in stats.requests.items():
+                said[status] += n
+            assert happened(said[429], FAULTS.throttle, sent), (server, sent, said)
+            assert happened(said[503], FAULTS.unavailable, sent), (server, sent, said)
+            drops = stats.dropped
+            assert happened(sum(drops.values()), FAULTS.drop, sent), (server, sent, drops)
+            assert happened(drops["after"], FAULTS.drop / 2, sent), (server, sent, drops)
             assert sum(stats.edits.values()) > 50
         # ...and no change was applied twice, none lost:
         for server in sb:
