@@ -135,26 +135,27 @@ class Report:
             left = sum(n for (_, s), n in self.counts.items() if s in LEFTOVER_STATUSES)
             recovered = sum(n for (_, s), n in self.counts.items() if s == "recovered")
             if recovered:
+                them = "it" if recovered == 1 else "them"
                 lines.append(
-                    f"{counted(recovered, 'change', 'was')} applied by a run that stopped before it could "
-                    "record them, and found in place by this one (recovered)"
+                    f"{counted(recovered, 'change', 'was')} applied by a run that stopped "
+                    f"before it could record {them}, and found in place by this one (recovered)"
                 )
             unsent = sum(n for (_, s), n in self.counts.items() if s == "unsent")
             if unsent:
                 lines.append(
-                    f"{counted(unsent, 'change', 'was')} not sent (their system stopped or their deadline "
-                    "came while they waited): --resume sends them"
+                    f"{counted(unsent, 'change', 'was')} not sent (their system stopped or "
+                    "their deadline came while they waited): --resume sends them"
                 )
             if left:
                 lines.append(
-                    f"{counted(left, 'change', 'is')} not done: `patchassign leftovers {self.journal}` "
-                    "writes them as a plan (conflicts carry the record's current value in "
-                    "--results)"
+                    f"{counted(left, 'change', 'is')} not done: `patchassign leftovers "
+                    f"{self.journal}` writes them as a plan (conflicts carry the record's "
+                    "current value in --results)"
                 )
         if self.unconfirmed:
             lines.append(
-                f"{counted(self.unconfirmed, 'write', 'was')} sent but not confirmed when the run "
-                "stopped: --resume reads those records before doing anything"
+                f"{counted(self.unconfirmed, 'write', 'was')} sent but not confirmed when the "
+                "run stopped: --resume reads those records before doing anything"
             )
         if self.results_error:
             lines.append(f"RESULTS NOT WRITTEN: {self.results_error}")
