@@ -548,7 +548,6 @@ class _Lane:
         "_waiters",
         "adapter",
         "answers",
-        "auth_streak",
         "batchers",
         "broken",
         "calm",
@@ -563,6 +562,8 @@ class _Lane:
         "outage_since",
         "paused_until",
         "pressure",
+        "refusals",
+        "refused_for",
         "settling",
         "slow_start",
         "slowdowns",
@@ -646,7 +647,10 @@ class _Lane:
         self.slowdowns = 0
         self.down = 0  # connection failures in a row
         self.outage_since: float | None = None
-        self.auth_streak: set[str] = set()
+        #: Records in a row refused for ``refused_for`` (credentials, or a redirect: the
+        #: system's configuration, not the change): a few stop the system.
+        self.refusals: set[str] = set()
+        self.refused_for = ""
         #: Records in a row whose adapter raised (a bug in it): see ``_BROKEN_STOP``.
         #: A change that ends any other way ends the streak (a read's answer does not).
         self.broken: set[str] = set()
@@ -835,8 +839,8 @@ class _Lane:
             self._set_pace()
         self.down = 0
         self.outage_since = None
-        if self.auth_streak:
-            self.auth_streak.clear()
+        if self.refusals:
+            self.refusals.clear()
         if self.window < self.max:
             if self.slow_start:
                 self.window += 1.0
@@ -1145,7 +1149,7 @@ class _Lane:
         self.stopped = False
         self.stop_until = None
         self.outage_since = None
-        self.auth_streak.clear()
+        self.refusals.clear()
         self.broken.clear()
         self.down = 0
         self.calm = False
@@ -2195,17 +2199,25 @@ class Dispatcher:
                             rate=pace,
                         ),
                     )
-        elif signal == "auth":
+        elif signal in ("auth", "redirected"):
             lane.calm = False
-            lane.auth_streak.add(str(flow.change.record))
-            if len(lane.auth_streak) >= self.retry.auth_stop and not lane.stopped:
+            if lane.refused_for != signal:
+                lane.refusals.clear()
+                lane.refused_for = signal
+            lane.refusals.add(str(flow.change.record))
+            n = len(lane.refusals)
+            if n >= self.retry.auth_stop and not lane.stopped:
+                if signal == "auth":
+                    why = f"the credentials were refused (HTTP {response.status})"
+                else:  # the adapter's words: where the redirect points
+                    said = nxt.result.error if isinstance(nxt, Done) else None
+                    why = f"{said or f'HTTP {response.status}'},"
                 self._stop(
                     lane,
                     "failed",
-                    "auth",
-                    f"{lane.where}: stopped: the credentials were refused (HTTP "
-                    f"{response.status}) for {len(lane.auth_streak)} records in a row; its "
-                    "other changes were not sent",
+                    signal,
+                    f"{lane.where}: stopped: {why} for {n} records in a row; its other "
+                    "changes were not sent",
                     None,
                 )
         return nxt

@@ -62,6 +62,7 @@ from .systems import (
     Applied,
     Conflict,
     Current,
+    Failed,
     HttpRequest,
     HttpResponse,
     Retry,
@@ -88,7 +89,7 @@ __all__ = [
 
 Status = Literal["applied", "unchanged", "conflict", "failed", "unsent", "cancelled", "planned"]
 #: What the last answer showed about the system as a whole.
-Signal = Literal["ok", "throttled", "auth", "unreachable", "setup", "adapter"]
+Signal = Literal["ok", "throttled", "auth", "redirected", "unreachable", "setup", "adapter"]
 _Positive = Annotated[float, msgspec.Meta(gt=0, le=86_400 * 7)]
 
 
@@ -116,8 +117,9 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             out) before it is stopped: its waiting changes end ``unsent``. ``0``: wait,
             change by change, until each one's deadline.
         auth_stop: Records in a row whose requests were refused for their credentials
-            or permissions (401, 403, the systems' own codes) after which the system is
-            stopped: its other changes end ``failed`` without being sent.
+            or permissions (401, 403, the systems' own codes), or answered with a
+            redirect (not followed: the system's URL is not its API's), after which the
+            system is stopped: its other changes end ``failed`` without being sent.
         settle: Seconds a write to a system without a version token (PERSCOM, Findable)
             may still take effect after an ambiguous failure (a timeout, a dropped
             connection, a 5xx that may have applied: the server, or a proxy's backend,
@@ -407,8 +409,7 @@ class Flow:
                     return self._prepare(read, now)
                 if isinstance(read, Retry):
                     return self._retry_outcome(read, now)
-                if read.auth:
-                    self.signal = "auth"
+                self._refused(read)
                 return self.finish("failed", f"reading the record: {read.reason}", now)
             outcome = adapter.outcome(change, response)
             if isinstance(outcome, Applied):
@@ -445,8 +446,7 @@ class Flow:
                     )
                 self.must_read = True
                 return self._next(now)
-            if outcome.auth:
-                self.signal = "auth"
+            self._refused(outcome)
             return self.finish("failed", outcome.reason, now)
         except _TYPED as e:
             return self._typed(e, now)
@@ -454,6 +454,13 @@ class Flow:
             if self.writing:  # the write was answered, and nothing could say how
                 self.maybe_applied = True
             return self._raised(e, now)
+
+    def _refused(self, failed: Failed) -> None:
+        """What a refusal says about the whole system (see :attr:`signal`)."""
+        if failed.auth:
+            self.signal = "auth"
+        elif failed.redirected:
+            self.signal = "redirected"
 
     def on_error(self, error: TransportError, now: float) -> Step:
         """The last :class:`Send` got no answer."""

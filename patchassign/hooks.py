@@ -68,7 +68,8 @@ class StopEvent(msgspec.Struct, frozen=True, kw_only=True):
     Attributes:
         system: The system.
         host: ``host:port`` of the system.
-        cause: ``"auth"`` (credentials or permissions refused), ``"unreachable"``
+        cause: ``"auth"`` (credentials or permissions refused), ``"redirected"`` (its
+            answers were redirects elsewhere: its URL is not the API's), ``"unreachable"``
             (the outage budget ran out), ``"setup"`` (DNS or TLS: fix the
             configuration) or ``"adapter"`` (its adapter raised on three records in a
             row: a bug in it; the traceback is in the log).

@@ -422,11 +422,14 @@ class Failed(msgspec.Struct, frozen=True):
 
     ``auth``: the system refused the credentials or their permissions (401, 403 or the
     system's own codes). After a few records in a row the dispatcher stops the system.
+    ``redirected``: the system answered with a redirect (3xx), which is not followed: its
+    configured URL is likely not the API's. After a few records in a row, the same.
     """
 
     reason: str
     status: int | None = None
     auth: bool = False
+    redirected: bool = False
 
 
 Outcome = Applied | Retry | Conflict | Failed
@@ -626,6 +629,8 @@ class BaseAdapter(abc.ABC):
             return Retry(f"server error {status}: {message}", status, None, ambiguous=True)
         if status in (401, 403):
             return Failed(f"not authorised ({status}): {message}", status, auth=True)
+        if 300 <= status < 400:
+            return Failed(message, status, redirected=True)
         return Failed(message, status)
 
     def key(self, change: Change) -> str:

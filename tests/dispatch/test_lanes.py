@@ -243,6 +243,50 @@ async def test_refused_credentials_stop_the_system_after_three_records() -> None
     assert d.states() == {"maxsight": "stopped", "perscom": "running"}
 
 
+async def test_redirects_stop_the_system_after_three_records_and_say_where_they_point() -> None:
+    """A URL that is not the API's (http:// for https://, a sign-on page in the way): every
+    answer is a redirect, which is not followed. Like refused credentials, it is the
+    system's configuration, not the changes: after three records in a row the system
+    stops, its other changes not sent, and the reason says where the redirects point."""
+    moved = HttpResponse(301, {"Location": "https://maxsight.example/api/?session=s3cret"}, b"")
+    maxsight = FakeMaxsight(fault=lambda r: moved)
+    route = Route(maxsight=maxsight, perscom=FakePerscom())
+    hooks = Counting()
+    async with dispatcher(route, hooks=[hooks]) as d:
+        results = [r async for r in d.run(interleave(to_maxsight(400), to_perscom(100)))]
+    sent = sum(maxsight.requests.values())
+    assert sent <= 8, sent  # a few in flight while the first redirects came back
+    by = Counter((r.system, r.status) for r in results)
+    assert by == {("maxsight", "failed"): 400, ("perscom", "applied"): 100}
+    stopped = [r for r in results if r.system == "maxsight" and r.attempts == 0]
+    assert len(stopped) >= 390
+    error = stopped[0].error
+    assert error is not None
+    assert error.startswith("maxsight (maxsight.example:443): stopped: ")
+    assert "HTTP 301, redirected to https://maxsight.example/api/?..." in error
+    assert "for 3 records in a row; its other changes were not sent" in error
+    assert "s3cret" not in error
+    assert [(s.system, s.cause) for s in hooks.stops] == [("maxsight", "redirected")]
+
+
+async def test_a_redirect_for_one_record_among_answers_does_not_stop_the_system() -> None:
+    """One record that redirects (moved elsewhere) fails alone: the others' answers
+    break the streak."""
+
+    def one_moved(request: HttpRequest) -> HttpResponse | None:
+        if re.search(r"/t3(?:[/?]|$)", request.url):
+            return HttpResponse(308, {"Location": "/tasks/t33"}, b"")
+        return None
+
+    route = Route(maxsight=FakeMaxsight(fault=one_moved), perscom=FakePerscom())
+    async with dispatcher(route) as d:
+        results = [r async for r in d.run(to_maxsight(30))]
+    failed = [r for r in results if r.status == "failed"]
+    assert [r.record for r in failed] == ["t3"]
+    assert "HTTP 308, redirected to /tasks/t33" in (failed[0].error or "")
+    assert d.states() == {"maxsight": "running", "perscom": "running"}
+
+
 class _RaisingMaxsight(FakeMaxsight):
     """Maxsight whose adapter raises where ``bad`` says (a bug in a user's adapter)."""
 
