@@ -6,6 +6,8 @@ systems run without the troubled one (the baseline, measured in the same process
 
 * mixed: a third of the changes for a system limited to ~5% of the others' rate;
 * wrong credentials: requests that reach the system, and the healthy systems' outcome;
+* redirected: a system whose URL redirects every request (a sign-on page in the way):
+  requests that reach it;
 * unreachable: a system at a closed port, default outage budget: when every change
   has its outcome;
 * 429 storm (60% of answers), and Retry-After: 3600 on every answer;
@@ -21,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
 
 from benchmarks._harness import machine
 from patchassign import Dispatcher, Limits, RetryPolicy
@@ -76,6 +81,27 @@ def healthy_done(last: dict[str, float]) -> float:
 
 def statuses(by: Counter[tuple[str, str]], system: str) -> str:
     return ", ".join(f"{st} {n:,}" for (sy, st), n in sorted(by.items()) if sy == system)
+
+
+@contextlib.asynccontextmanager
+async def redirecting() -> AsyncIterator[tuple[str, list[str]]]:
+    """A server on 127.0.0.1 that redirects every request to a sign-on page: its URL,
+    and the requests it got."""
+    reached: list[str] = []
+
+    async def sign_on(request: web.Request) -> web.Response:
+        reached.append(request.method)
+        raise web.HTTPFound("https://sso.example.com/login?return=%2Fapi")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", sign_on)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", reached
+    finally:
+        await runner.cleanup()
 
 
 def closed_port() -> int:
@@ -140,6 +166,21 @@ async def main(n: int, quick: bool) -> None:
         last,
         alone,
         f"maxsight: **{reached} requests reached it**; {statuses(by, 'maxsight')}",
+    )
+
+    # -- redirected: a URL that is not the API's -------------------------------------------
+    async with sandbox() as sb, redirecting() as (url, redirected):
+        adapters = sb.adapters()
+        adapters["maxsight"] = MaxsightAdapter(url, sb.maxsight.token, assigned_by="admin")
+        last, by, _ = await timed(
+            {s: adapters[s] for s in [*HEALTHY, "maxsight"]},
+            demo_plan(n, [*HEALTHY, "maxsight"]),
+        )
+    row(
+        f"maxsight behind a sign-on page (every answer a 301; {n:,} changes)",
+        last,
+        alone,
+        f"maxsight: **{len(redirected)} requests reached it**; {statuses(by, 'maxsight')}",
     )
 
     # -- unreachable -----------------------------------------------------------------------
