@@ -1333,7 +1333,7 @@ class Check(msgspec.Struct, frozen=True, kw_only=True):
         host: ``host:port`` it was reached at.
         reachable: An answer came back.
         authenticated: The credentials were accepted (``None``: not known, e.g. the
-            system answered only 429 or 503).
+            system answered only 429 or 503, or with a redirect elsewhere).
         latency: Seconds the answer took.
         status: The HTTP status of the answer.
         error: What is wrong, when something is.
@@ -1832,10 +1832,11 @@ class Dispatcher:
                         status=response.status,
                         error=f"{lane.where}: credentials refused: {verdict.reason}",
                     )
-                # The record could not be read, but not for the credentials.
+                # The record could not be read, but not for the credentials (a redirect
+                # elsewhere proves nothing of them: the API was not reached).
                 return replace(
                     base,
-                    authenticated=True,
+                    authenticated=None if verdict.redirected else True,
                     status=response.status,
                     error=f"{lane.where}: reading a record: {verdict.reason}",
                 )

@@ -247,6 +247,7 @@ async def test_a_redirect_is_not_followed_and_the_error_says_where_it_points() -
     says = "HTTP 301, redirected to https://sso.example.test:8443/login/?..."
     assert result.status == "failed"
     assert check.status == 301
+    assert check.authenticated is None  # the API was not reached: nothing is known
     assert not check.ok
     for text in (result.error, check.error):
         assert text is not None
