@@ -224,23 +224,34 @@ async def test_a_source_for_a_system_without_an_adapter_fails_its_changes() -> N
 # -- fail fast ----------------------------------------------------------------------------
 
 
-async def test_refused_credentials_stop_the_system_after_three_records() -> None:
-    refused = HttpResponse.from_json(401, {"message": "bad api key"})
-    maxsight = FakeMaxsight(fault=lambda r: refused)
+async def _every_maxsight_answer(answer: HttpResponse) -> tuple[str, Counting, dict[str, str]]:
+    """400 Maxsight changes beside 100 PERSCOM ones, every Maxsight answer ``answer``:
+    Maxsight must stop after a few requests, its changes all ``failed``, most unsent.
+    The reason they were given, the hooks' record, and the systems' states."""
+    maxsight = FakeMaxsight(fault=lambda r: answer)
     route = Route(maxsight=maxsight, perscom=FakePerscom())
-    async with dispatcher(route) as d:
+    hooks = Counting()
+    async with dispatcher(route, hooks=[hooks]) as d:
         results = [r async for r in d.run(interleave(to_maxsight(400), to_perscom(100)))]
+        states = d.states()
     sent = sum(maxsight.requests.values())
-    assert sent <= 8, sent  # a few in flight while the first refusals came back
+    assert sent <= 8, sent  # a few in flight while the first answers came back
     by = Counter((r.system, r.status) for r in results)
     assert by == {("maxsight", "failed"): 400, ("perscom", "applied"): 100}
     stopped = [r for r in results if r.system == "maxsight" and r.attempts == 0]
     assert len(stopped) >= 390
     assert stopped[0].error is not None
-    assert "maxsight (maxsight.example:443)" in stopped[0].error
-    assert "401" in stopped[0].error
-    assert "not sent" in stopped[0].error
-    assert d.states() == {"maxsight": "stopped", "perscom": "running"}
+    return stopped[0].error, hooks, states
+
+
+async def test_refused_credentials_stop_the_system_after_three_records() -> None:
+    error, _, states = await _every_maxsight_answer(
+        HttpResponse.from_json(401, {"message": "bad api key"})
+    )
+    assert "maxsight (maxsight.example:443)" in error
+    assert "401" in error
+    assert "not sent" in error
+    assert states == {"maxsight": "stopped", "perscom": "running"}
 
 
 async def test_redirects_stop_the_system_after_three_records_and_say_where_they_point() -> None:
@@ -249,24 +260,13 @@ async def test_redirects_stop_the_system_after_three_records_and_say_where_they_
     system's configuration, not the changes: after three records in a row the system
     stops, its other changes not sent, and the reason says where the redirects point."""
     moved = HttpResponse(301, {"Location": "https://maxsight.example/api/?session=s3cret"}, b"")
-    maxsight = FakeMaxsight(fault=lambda r: moved)
-    route = Route(maxsight=maxsight, perscom=FakePerscom())
-    hooks = Counting()
-    async with dispatcher(route, hooks=[hooks]) as d:
-        results = [r async for r in d.run(interleave(to_maxsight(400), to_perscom(100)))]
-    sent = sum(maxsight.requests.values())
-    assert sent <= 8, sent  # a few in flight while the first redirects came back
-    by = Counter((r.system, r.status) for r in results)
-    assert by == {("maxsight", "failed"): 400, ("perscom", "applied"): 100}
-    stopped = [r for r in results if r.system == "maxsight" and r.attempts == 0]
-    assert len(stopped) >= 390
-    error = stopped[0].error
-    assert error is not None
+    error, hooks, states = await _every_maxsight_answer(moved)
     assert error.startswith("maxsight (maxsight.example:443): stopped: ")
     assert "HTTP 301, redirected to https://maxsight.example/api/?..." in error
     assert "for 3 records in a row; its other changes were not sent" in error
     assert "s3cret" not in error
     assert [(s.system, s.cause) for s in hooks.stops] == [("maxsight", "redirected")]
+    assert states == {"maxsight": "stopped", "perscom": "running"}
 
 
 async def test_a_redirect_for_one_record_among_answers_does_not_stop_the_system() -> None:
