@@ -608,8 +608,14 @@ class BaseAdapter(abc.ABC):
         return InvalidChange(reason, field=field, system=self.system)
 
     @staticmethod
-    def classify(response: HttpResponse, message: str) -> Retry | Failed:
-        """The generic reading of a non-success status."""
+    def classify(response: HttpResponse, message: str, *, write: bool = False) -> Retry | Failed:
+        """The generic reading of a non-success status; ``write``: the answer to a write.
+
+        A redirect is not followed (a write's body and credentials would go wherever the
+        server says): it fails the change, and a few in a row stop the system, except a
+        ``303 See Other`` to a write, which says the server took the write and put its
+        answer elsewhere (RFC 9110, 15.4.4): ambiguous, the record is read back.
+        """
         status = response.status
         if status == 429:
             return Retry(
@@ -630,6 +636,15 @@ class BaseAdapter(abc.ABC):
         if status in (401, 403):
             return Failed(f"not authorised ({status}): {message}", status, auth=True)
         if 300 <= status < 400:
+            if status == 303 and write:
+                location = response.header("Location")
+                where = f" to {_location(location)}" if location else ""
+                return Retry(
+                    f"HTTP 303 See Other{where} (not followed): the write was taken, its "
+                    "answer is elsewhere; reading the record back",
+                    status,
+                    ambiguous=True,
+                )
             return Failed(message, status, redirected=True)
         return Failed(message, status)
 

@@ -154,4 +154,4 @@ class FindableAdapter(BaseAdapter):
         if response.status == 409:
             # Maybe our own earlier attempt went through: re-read decides.
             return Conflict(f"refused: {message}", 409)
-        return self.classify(response, message)
+        return self.classify(response, message, write=True)

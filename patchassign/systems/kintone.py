@@ -384,9 +384,9 @@ class KintoneAdapter(BaseAdapter):
             if response.status != 200 or revision is None:
                 return self.not_the_answer(response, '{"revision": ...}')
             return Applied(str(revision), body)
-        return self._error(response)
+        return self._error(response, write=True)
 
-    def _error(self, response: HttpResponse) -> Conflict | Retry | Failed:
+    def _error(self, response: HttpResponse, *, write: bool = False) -> Conflict | Retry | Failed:
         body = response.json()
         code = body.get("code") if isinstance(body, dict) else None
         code = printable(code[:100]) if isinstance(code, str) else None
@@ -406,5 +406,4 @@ class KintoneAdapter(BaseAdapter):
                 if isinstance(v, dict) and isinstance(v.get("messages"), list)
             )
             message = f"{message} ({printable(details[:500])})" if details else message
-        outcome = self.classify(response, f"{code}: {message}" if code else message)
-        return outcome
+        return self.classify(response, f"{code}: {message}" if code else message, write=write)

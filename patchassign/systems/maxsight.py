@@ -174,10 +174,10 @@ class MaxsightAdapter(BaseAdapter):
             return Applied(version, task)
         if response.status == 409:
             return Conflict(f"version mismatch: {self.error_message(response)}", 409)
-        return self._error(response)
+        return self._error(response, write=True)
 
-    def _error(self, response: HttpResponse) -> Retry | Failed:
-        outcome = self.classify(response, self.error_message(response))
+    def _error(self, response: HttpResponse, *, write: bool = False) -> Retry | Failed:
+        outcome = self.classify(response, self.error_message(response), write=write)
         if isinstance(outcome, Retry) and outcome.after is None:
             secs = response.header("X-RateLimit-Retry-Secs") or response.header(
                 "X-RateLimit-Reset-Secs"

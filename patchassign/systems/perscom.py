@@ -399,4 +399,4 @@ class PerscomAdapter(BaseAdapter):
             if isinstance(errors, dict) and errors:
                 message = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in errors.items())
             return Failed(f"rejected: {message}", 422)
-        return self.classify(response, message)
+        return self.classify(response, message, write=True)

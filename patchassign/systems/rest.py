@@ -411,10 +411,10 @@ class RestAdapter(BaseAdapter):
                 "or a version field",
                 428,
             )
-        return self._error(response)
+        return self._error(response, write=True)
 
-    def _error(self, response: HttpResponse) -> Retry | Failed:
-        return self.classify(response, self.error_message(response))
+    def _error(self, response: HttpResponse, *, write: bool = False) -> Retry | Failed:
+        return self.classify(response, self.error_message(response), write=write)
 
     def error_message(self, response: HttpResponse) -> str:
         if self._message is not None:

@@ -282,4 +282,4 @@ class SuperOfficeAdapter(BaseAdapter):
             return Conflict(f"a test failed: {message}", 409)
         if response.status == 412:
             return Conflict(f"changed since read: {message}", 412)
-        return self.classify(response, message)
+        return self.classify(response, message, write=True)

@@ -287,6 +287,35 @@ async def test_a_redirect_for_one_record_among_answers_does_not_stop_the_system(
     assert d.states() == {"maxsight": "running", "perscom": "running"}
 
 
+class _SeeOtherMaxsight(FakeMaxsight):
+    """Maxsight behind a front that takes each write and answers ``303 See Other`` to
+    the task (the Post/Redirect/Get of many web frameworks)."""
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        answer = await super().__call__(request)
+        if request.method == "PUT" and answer.status == 200:
+            task = request.url.removeprefix(MAXSIGHT).split("/")[3]
+            return HttpResponse(303, {"Location": f"{MAXSIGHT}/v5/tasks/{task}?s=x"}, b"")
+        return answer
+
+
+async def test_a_see_other_to_a_write_is_read_back_not_a_redirect() -> None:
+    """A 303 to a write says the server took it and put its answer elsewhere: not a
+    wrong URL (no stop, however many in a row), and not a failure. The record is read
+    back: every change ends applied, each task written once."""
+    fake = _SeeOtherMaxsight()
+    hooks = Counting()
+    async with dispatcher(Route(maxsight=fake), hooks=[hooks]) as d:
+        results = [r async for r in d.run(to_maxsight(20))]
+        states = d.states()
+    assert {r.status for r in results} == {"applied"}, {r.error for r in results}
+    assert all(fake.tasks[str(r.record)]["assignment"]["assigned_to_id"] == "eve" for r in results)
+    assert set(fake.writes.values()) == {1}
+    assert states == {"maxsight": "running"}
+    assert hooks.stops == []
+    assert {r.attempts for r in results} == {3}  # the read, the write, the read back
+
+
 class _RaisingMaxsight(FakeMaxsight):
     """Maxsight whose adapter raises where ``bad`` says (a bug in a user's adapter)."""
 

@@ -17,9 +17,11 @@ from patchassign.systems import (
     Conflict,
     Failed,
     FindableAdapter,
+    HttpResponse,
     KintoneAdapter,
     MaxsightAdapter,
     PerscomAdapter,
+    RestAdapter,
     Retry,
     SuperOfficeAdapter,
 )
@@ -139,3 +141,35 @@ async def test_classification_over_http(
         assert isinstance(out, Retry)
         assert out.after is not None
         assert out.after > 0
+
+
+REDIRECTED: dict[str, tuple[Any, Change]] = {
+    **{name: (adapter, change) for name, (adapter, change, _, _) in SYSTEMS.items()},
+    "rest": (
+        RestAdapter(BASE, system="helpdesk", record="/tickets/{id}", token="t"),
+        Assign(system="helpdesk", record="T1", to="eve"),
+    ),
+}
+
+
+@pytest.mark.parametrize("system", sorted(REDIRECTED))
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_fails_except_a_see_other_to_a_write(system: str, status: int) -> None:
+    """Redirects are not followed. To a read, every one is a wrong URL (``redirected``:
+    a few in a row stop the system); to a write, ``303 See Other`` says the server took
+    it and put its answer elsewhere (RFC 9110, 15.4.4): ambiguous, read back. The others
+    ask for the write to be sent elsewhere: it was not taken."""
+    adapter, change = REDIRECTED[system]
+    answer = HttpResponse(status, {"Location": "https://elsewhere.test/x?token=s3cret"}, b"")
+    read = adapter.current(change, answer)
+    assert isinstance(read, Failed)
+    assert read.redirected
+    wrote = adapter.outcome(change, answer)
+    if status == 303:
+        assert isinstance(wrote, Retry)
+        assert wrote.ambiguous
+        assert wrote.reason.startswith("HTTP 303 See Other to https://elsewhere.test/x?...")
+    else:
+        assert isinstance(wrote, Failed)
+        assert wrote.redirected
+    assert "s3cret" not in repr(read) + repr(wrote)
