@@ -317,6 +317,8 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
     # With a shared journal: whether a lane's last take found items (until its first
     # take, it may). A lane that found none holds no slots of its system's shared limits.
     finding: dict[str, bool] = {}
+    # With a shared journal: the slots this worker holds of each system's shared limits.
+    shares: dict[str, int] = {}
 
     def wants(system: str) -> bool:
         return finding.get(system, True) or bool(inflight.get(system))
@@ -346,6 +348,18 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
         size = SHARED_TAKE
         taken: float | None = None  # when the last take came back
         while True:
+            if not shares.get(system):
+                # No share of the system's slots here now (more workers than slots): a
+                # take would hold items this worker cannot send, their deadlines running
+                # while the workers with the slots went on (they ended unsent). It takes
+                # none, and counts as wanting while the pool has items ready: a share
+                # comes to it as the others run out of work, or are lost.
+                ready = await asyncio.to_thread(journal.ready, system)
+                finding[system] = ready
+                if not ready and not await asyncio.to_thread(journal.unfinished, system):
+                    return
+                await asyncio.sleep(POLL)
+                continue
             # Off the event loop: the database may be a network away, and the other
             # lanes' requests go on meanwhile (the journal takes one call at a time).
             asked = loop.time()
@@ -417,6 +431,7 @@ async def _run(opts: Options, journal: JournalLike, out: TextIO, err: TextIO) ->
                     journal.url, d, lease=journal.lease, beat=journal.lease / 5, wants=wants
                 )
                 await stack.enter_async_context(sharing)
+                shares = sharing.held
             if opts.preflight and journal.todo(retry_failed=opts.retry_failed):
                 samples = [v.samples[s] for s in sorted(v.samples)]
                 checks = await d.check(samples, systems=sorted(adapters))

@@ -5,7 +5,8 @@ A system with a limit of ``C`` requests in flight has ``C`` slots in ``limit_slo
 process may have as many requests in flight to the system as it holds slots, each slot
 under a lease it renews every ``beat`` seconds. Every beat, each process computes its
 fair share from the live members that have work for the system (``C`` split evenly, the
-remainder to the first by name; a member without work gets none), claims free or expired
+remainder to the first: those holding slots of it, then by name; a member without work
+gets none), claims free or expired
 slots up to it (``FOR UPDATE SKIP LOCKED``), and gives back
 slots above it, never below what it has in flight: a slot is held by one process at a
 time, so the requests in flight, summed over processes, never exceed ``C``. The rate
@@ -278,11 +279,14 @@ class SharedLimits:
             )
             members = await cur.fetchall()
             cur = await conn.execute(
-                "SELECT system, slot FROM limit_slots WHERE holder = %s", (self.name,)
+                f"SELECT holder, system, slot FROM limit_slots WHERE expires >= {NOW}"  # noqa: S608
             )
             mine: dict[str, list[int]] = {}
-            for system, slot in await cur.fetchall():
-                mine.setdefault(system, []).append(int(slot))
+            holding: set[tuple[str, str]] = set()
+            for holder, system, slot in await cur.fetchall():
+                holding.add((holder, system))
+                if holder == self.name:
+                    mine.setdefault(system, []).append(int(slot))
         self._valid_until = asked + self.lease
         self._expire_at(self._valid_until)
         self._owed = False
@@ -294,7 +298,15 @@ class SharedLimits:
                 continue
             concurrency, rate, burst = limits[system]
             self.shared[system] = (concurrency, rate, burst)
-            sharing = [m for m, systems in members if system in systems]
+            # Members holding slots of the system first, then the others, each by name: a
+            # member keeps its share while it has work, and one that joins takes a share
+            # only where the slots go round (or as they come free). By name alone, one
+            # that joined could take the share of a member with items in hand, which then
+            # waited out their deadlines (they ended unsent).
+            sharing = sorted(
+                (m for m, systems in members if system in systems),
+                key=lambda m: ((m, system) not in holding, m),
+            )
             n = max(1, len(sharing))
             if self.name in sharing:
                 rank = sharing.index(self.name)

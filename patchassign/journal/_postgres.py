@@ -681,6 +681,15 @@ class PgJournal:
         ).fetchone()
         return bool(row and row[0])
 
+    def ready(self, system: str) -> bool:
+        """Whether any item of ``system`` is pending (for a take, now or once an earlier
+        item of its record is done)."""
+        row = self._execute(
+            "SELECT EXISTS (SELECT 1 FROM items WHERE system = %s AND status = 'pending')",
+            (system,),
+        ).fetchone()
+        return bool(row and row[0])
+
     def left(self) -> dict[str, int]:
         """Items per system without an outcome yet (pending, or taken by any worker):
         what the plan's workers, this one among them, have left to do. Kept as a tally

@@ -18,8 +18,9 @@ import msgspec
 import psycopg
 import pytest_asyncio
 
+from patchassign.cli import _demo_config
 from patchassign.journal import PgJournal
-from patchassign.sandbox import SYSTEMS, Faults, demo_mismatches
+from patchassign.sandbox import SYSTEMS, Faults, Sandbox, demo_mismatches, demo_plan
 from tests.bulk.test_run import Setup, make, patchassign, small
 
 __all__ = ["small"]  # the fixture
@@ -243,3 +244,49 @@ async def test_report_status_leftovers_and_undo_on_postgresql(small: Setup, pg_u
     )
     assert code == 0, out + err
     assert len(demo_mismatches(small.sb, small.n)) >= (len(SYSTEMS) - 1) * small.n
+
+
+async def test_workers_without_a_share_of_a_systems_slots_take_none_of_its_items(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Three workers on a system limited to one request in flight. The two that joined
+    had no share of its slot, and took items anyway: their changes waited for a slot
+    that the first worker kept while it had work, and ended ``unsent`` at their
+    deadline (2 s here, 300 s by default: a night run's limited system), for a resume.
+    A worker without a share now takes nothing; every change is applied in this run."""
+    n = 200
+    async with Sandbox(demo=n, systems=["maxsight"], faults=Faults(latency=0.01)) as sb:
+        config = tmp_path / "systems.toml"
+        env = _demo_config(sb, config)
+        config.write_text(config.read_text().replace("[retry]\n", "[retry]\ndeadline = 2\n"))
+        plan = tmp_path / "plan.jsonl"
+        plan.write_bytes(
+            b"".join(msgspec.json.encode(c) + b"\n" for c in demo_plan(n, ["maxsight"]))
+        )
+        setup = Setup(sb, tmp_path, plan, config, env, n)
+
+        async def start(*args: str) -> asyncio.subprocess.Process:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "patchassign", "run", *args, "-c", str(config),
+                "--journal", pg_url, "--progress", "none", "--lease", "2",
+                "--limit", "maxsight=1",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **setup.env},
+            )  # fmt: skip
+
+        procs = [await start(str(plan))]
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            async with asyncio.timeout(60):  # at work before the others join
+                while applied(pg_url) < 5:
+                    await asyncio.sleep(0.05)
+            procs += [await start("--join") for _ in range(2)]
+            async with asyncio.timeout(60):
+                while joined(admin) < 3 and procs[0].returncode is None:
+                    await asyncio.sleep(0.05)
+        outs = [await finish(proc) for proc in procs]
+        for code, text in outs:
+            assert code == 0, text
+        with PgJournal(pg_url) as j:
+            assert j.counts() == {("maxsight", "applied"): n}
+        assert not demo_mismatches(sb, n, systems=["maxsight"])
+        assert sb.maxsight.stats.peak == 1

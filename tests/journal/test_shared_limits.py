@@ -88,8 +88,41 @@ async def test_a_member_without_work_for_a_system_leaves_its_slots_to_those_with
         busy["a"] = False  # a has nothing left to send: b gets every slot
         await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (0, 3), within=10)
         assert a.in_flight("kintone") == 0
-        busy["a"] = True  # work again: the slots are shared again
-        await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (2, 1), within=10)
+        busy["a"] = True  # work again: the slots are shared again, b (holding) first
+        await until(lambda: (sa.held["kintone"], sb_.held["kintone"]) == (1, 2), within=10)
+
+
+async def test_a_member_that_joins_takes_no_share_from_members_holding_the_slots(
+    pg_url: str,
+) -> None:
+    """Three workers on a limit of 2. Shares went by name alone: a worker that joined
+    with a name ranked first took a slot from one that held it, whose taken items then
+    waited out their deadlines (ending unsent, for a resume). The members holding slots
+    rank first; the newcomer's share comes as one of them runs out of work."""
+    wants = {"a": True, "b": True, "c": True}
+
+    def member(name: str, d: Dispatcher) -> SharedLimits:
+        return SharedLimits(pg_url, d, beat=0.2, lease=1.0, name=name, wants=lambda s: wants[name])
+
+    limits = {"kintone": Limits(concurrency=2)}
+    async with (
+        Sandbox(demo=2, systems=["kintone"]) as sb,
+        Dispatcher(sb.adapters(), limits=limits) as a,
+        Dispatcher(sb.adapters(), limits=limits) as b,
+        Dispatcher(sb.adapters(), limits=limits) as c,
+        member("b", b) as sb_,
+        member("c", c) as sc,
+    ):
+        await until(lambda: (sb_.held["kintone"], sc.held["kintone"]) == (1, 1), within=10)
+        async with member("a", a) as sa:
+
+            def held() -> tuple[int, int, int]:
+                return sa.held["kintone"], sb_.held["kintone"], sc.held["kintone"]
+
+            await asyncio.sleep(1.0)  # five beats: the shares stay
+            assert held() == (0, 1, 1)
+            wants["c"] = False  # c has sent its last: its slot goes to a
+            await until(lambda: held() == (1, 1, 0), within=10)
 
 
 async def test_a_wants_that_raises_counts_as_wanting_and_stops_nothing(pg_url: str) -> None:
