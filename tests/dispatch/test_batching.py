@@ -325,6 +325,39 @@ async def test_a_cancelled_change_waiting_for_its_batch_to_go_out_is_not_sent() 
     assert fake.writes == Counter({1: 1, 2: 1, 3: 1})
 
 
+async def test_a_lane_finishes_the_changes_it_started_before_it_starts_others() -> None:
+    """A batching lane has more workers than slots (enough to fill its batches). With
+    one slot, and each change reading its record first (PERSCOM reads go one by one),
+    the requests went in the order they were asked for: all twenty reads, then the
+    writes, each change taking as long as all of them and its read going stale. A
+    change's write (and any request of a change under way) now goes before the first
+    requests of changes not yet under way: each write follows its read closely."""
+    fake = FakeBatchPerscom()
+    log: list[tuple[str, tuple[int, ...]]] = []
+
+    async def answer(request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(0.05)  # longer than a batch lingers: writes ask while reads go
+        rid = request.url.rsplit("/", 1)[1]
+        if request.method == "GET":
+            log.append(("read", (int(rid),)))
+            return HttpResponse.from_json(200, {"data": {"id": int(rid), "user_id": 1}})
+        rids = [int(k) for k in body(request)["resources"]] if rid == "batch" else [int(rid)]
+        log.append(("write", tuple(rids)))
+        return fake(request)
+
+    lim = {"perscom": Limits(concurrency=1, linger=0.01)}
+    async with Dispatcher(
+        [perscom()], transport=MockTransport(answer, record=False), limits=lim, retry=FAST
+    ) as d:
+        results = [r async for r in d.run(plan(20), read_first=True)]
+    assert {r.status for r in results} == {"applied"}
+    assert fake.writes == Counter(range(1, 21))
+    read_at = {rids[0]: i for i, (kind, rids) in enumerate(log) if kind == "read"}
+    written_at = {r: i for i, (kind, rids) in enumerate(log) if kind == "write" for r in rids}
+    gaps = [written_at[r] - read_at[r] for r in range(1, 21)]
+    assert max(gaps) <= 3, log  # was 20: every read first
+
+
 @pytest.mark.parametrize(
     ("answer", "freed"),
     [
