@@ -704,7 +704,10 @@ class Flow:
             return self._expired(now)
         self.writing = write
         timeout = self.policy.timeout
-        if timeout > left:
+        if timeout > left and not write:
+            # A read is cut to what is left of the deadline. A write keeps its whole
+            # timeout (a change ends by its deadline plus one request timeout): cut to
+            # the few milliseconds left, it timed out by our own doing, unconfirmed.
             timeout = left
         if write and not self.versioned:
             # Until then the server may apply this write, even if the request fails early

@@ -580,6 +580,43 @@ async def test_a_deadline_bounds_the_wait_for_a_paused_system() -> None:
     assert max(r.elapsed for r in results) <= 0.5 + 0.2 + 0.1
 
 
+class _SlowReadsAndWrites(FakeMaxsight):
+    """Maxsight answering a read after ``read`` seconds and a write after ``write``."""
+
+    def __init__(self, read: float, write: float) -> None:
+        super().__init__()
+        self.pauses = {"GET": read, "PUT": write}
+
+    async def __call__(self, request: HttpRequest) -> HttpResponse:
+        await asyncio.sleep(self.pauses[request.method])
+        return await super().__call__(request)
+
+
+async def test_a_write_sent_near_the_deadline_keeps_its_whole_timeout() -> None:
+    """A read takes 0.25 s of a 0.35 s deadline; the write goes with 0.1 s left and the
+    server answers it in 0.15 s. Its timeout was cut to what was left: it timed out by
+    our own doing, the change failed with its write unconfirmed. A write keeps its whole
+    timeout (a change ends by its deadline plus one request timeout); a read near the
+    deadline is still cut to what is left."""
+    fake = _SlowReadsAndWrites(read=0.25, write=0.15)
+    policy = RetryPolicy(deadline=0.35, timeout=1.0, base=0.01)
+    async with dispatcher(Route(maxsight=fake), retry=policy) as d:
+        r = await d.send(to_maxsight(1)[0])
+    assert r.status == "applied", r.error
+    assert not r.unconfirmed
+    assert fake.writes == Counter({"t0": 1})
+    assert r.elapsed < 0.35 + 1.0
+
+    slow_read = _SlowReadsAndWrites(read=0.5, write=0.0)
+    async with dispatcher(Route(maxsight=slow_read), retry=policy) as d:
+        r = await d.send(to_maxsight(1)[0])
+    assert r.status == "unsent"  # nothing was written: a resume sends it
+    assert r.error is not None
+    assert "deadline" in r.error
+    assert r.elapsed < 0.35 + 0.1  # the read's timeout was what was left: 0.35 s
+    assert not slow_read.writes
+
+
 async def test_every_write_answered_500_is_tried_at_most_attempts_times() -> None:
     """Reads succeed, writes fail: a successful read does not reset the count."""
 
