@@ -12,8 +12,14 @@ one outcome, the servers' records equal the plan's, no change applied twice (the
 write counters), and the most requests in flight to each fake never exceeded its shared
 limit.
 
+crowd: more workers than a system's slots (3 workers, Maxsight, SuperOffice and the
+in-house helpdesk each limited to 1 request in flight, a 2 s deadline, 10 ms latency): the workers that
+join get no share while the first has work. Checks what became of every change (none
+may wait out its deadline for a slot another worker holds) and the latency per change.
+
 Run: python -m benchmarks.workers scale [--records 1000] [--workers 1,2,4] [--rtt MS]
      python -m benchmarks.workers chaos [--records 4000] [--workers 4] [--kills 10] [--cuts 5]
+     python -m benchmarks.workers crowd [--records 200] [--workers 3] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -325,6 +331,71 @@ async def chaos(records: int, workers: int, kills: int, cuts: int) -> None:
             sys.exit(0 if ok else 1)
 
 
+CROWD = ["maxsight", "superoffice", "helpdesk"]
+
+
+async def _at_work(url: str, first: asyncio.subprocess.Process) -> None:
+    """Until the first worker has taken items (or ended)."""
+    while first.returncode is None:
+        await asyncio.sleep(0.05)
+        # (The journal may not exist yet.)
+        with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as c:
+            row = c.execute(
+                "SELECT count(*) FROM patchassign.items WHERE status <> 'pending'"
+            ).fetchone()
+            if row and row[0]:
+                return
+
+
+async def crowd(records: int, workers: int, rounds: int) -> None:
+    print(machine())
+    print(
+        f"\n### More workers than slots: {workers} workers, {len(CROWD)} systems x "
+        f"{records:,} changes, 1 request in flight per system, a 2 s deadline, 10 ms latency\n"
+    )
+    print("| round | workers | time | outcomes | items per worker | latency p50 / p99 / max |")
+    print("|---:|---:|---:|---|---|---|")
+    limits = [a for s in CROWD for a in ("--limit", f"{s}=1")]
+    with PostgresServer() as pg:
+        for n in range(1, rounds + 1):
+            with tempfile.TemporaryDirectory() as folder:
+                d = Path(folder)
+                url = pg.new_database()
+                async with Sandbox(demo=records, systems=CROWD, faults=Faults(latency=0.01)) as sb:
+                    env = _demo_config(sb, d / "systems.toml")
+                    config = d / "systems.toml"
+                    config.write_text(
+                        config.read_text().replace("[retry]\n", "[retry]\ndeadline = 2\n")
+                    )
+                    plan = d / "plan.jsonl"
+                    plan.write_bytes(b"".join(msgspec.json.encode(c) + b"\n" for c in demo_plan(records, CROWD)))  # fmt: skip
+                    t0 = time.perf_counter()
+                    procs = [await _worker(d, env, url, limits, plan)]
+                    await _at_work(url, procs[0])  # the others join once it took items
+                    procs += [await _worker(d, env, url, limits, None) for _ in range(workers - 1)]
+                    for p in procs:
+                        await p.communicate()
+                    elapsed = time.perf_counter() - t0
+                    with PgJournal(url) as j:
+                        outcomes: Counter[str] = Counter()
+                        for (_, status), k in j.counts().items():
+                            outcomes[status] += k
+                        rows = list(j.rows())
+                    split = sorted(Counter(r.run for r in rows).values(), reverse=True)
+                    took = sorted(r.elapsed for r in rows if r.elapsed is not None)
+
+                    def q(f: float, took: list[float] = took) -> float:
+                        return took[min(len(took) - 1, int(f * len(took)))] * 1000
+
+                    shown = ", ".join(f"{k} {v:,}" for k, v in sorted(outcomes.items()))
+                    print(
+                        f"| {n} | {workers} | {elapsed:.1f} s | {shown} | "
+                        f"{' / '.join(f'{k:,}' for k in split)} | "
+                        f"{q(0.5):,.0f} / {q(0.99):,.0f} / {took[-1] * 1000:,.0f} ms |",
+                        flush=True,
+                    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Workers sharing a PostgreSQL journal.")
     sub = parser.add_subparsers(dest="what", required=True)
@@ -340,8 +411,14 @@ def main() -> None:
     c.add_argument("--workers", type=int, default=4)
     c.add_argument("--kills", type=int, default=10)
     c.add_argument("--cuts", type=int, default=5, help="times every connection is cut")
+    w = sub.add_parser("crowd")
+    w.add_argument("--records", type=int, default=200, help="per system")
+    w.add_argument("--workers", type=int, default=3)
+    w.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if args.what == "scale":
+    if args.what == "crowd":
+        asyncio.run(crowd(args.records, args.workers, args.rounds))
+    elif args.what == "scale":
         workers = [int(n) for n in args.workers.split(",")]
         asyncio.run(scale(args.records, workers, args.only, args.rtt / 1000))
     else:
