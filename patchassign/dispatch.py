@@ -112,6 +112,8 @@ _THROUGH = 10
 #: Seconds past its turn at which a paced request that woke late takes a new turn
 #: instead of going out with the others woken with it (see ``_Lane._pace``).
 _LATE = 0.005
+#: Seconds at most that a batch not full waits for more while its lane is busy.
+_BUSY_LINGER = 1.0
 #: Workers of one lane at most where its changes go in batches.
 _BATCH_WORKERS = 2000
 #: Records in a row whose adapter raised (a bug in it) after which its system is stopped.
@@ -258,17 +260,23 @@ class _Pool:
     """A lane's workers: ``target`` of them working, more while some wait.
 
     A worker that waits for something that does not use the lane's capacity (a backoff,
-    a predecessor on the same record) is *resting*; while fewer than ``target`` work,
-    another is started (up to ``4 * target``), so waiting changes do not idle the lane.
-    Waiting at the lane's own limits is not resting: another worker would only queue
-    behind it. Workers beyond the target retire when their change is done.
+    a predecessor on the same record, its batch to fill and come back) is *resting*;
+    while fewer than ``target`` work, another is started (up to ``most``, default
+    ``4 * target``), so waiting changes do not idle the lane. Waiting at the lane's own
+    limits is not resting: another worker would only queue behind it. Workers beyond the
+    target retire when their change is done, except where a lane batches (``most``
+    given): there a worker back from its batch goes on to the next change, which will
+    likely wait in a batch again (retired and started anew, the workers of a Kintone
+    run filled smaller read batches: 589 requests for 10,000 changes against 545).
     """
 
-    __slots__ = ("active", "live", "max", "spawn", "target")
+    __slots__ = ("active", "keep", "live", "max", "spawn", "target")
 
-    def __init__(self, target: int, spawn: Any) -> None:
+    def __init__(self, target: int, spawn: Any, most: int | None = None) -> None:
         self.target = target
-        self.max = 4 * target
+        self.max = 4 * target if most is None else max(most, target)
+        #: Workers working above which one retires when its change is done.
+        self.keep = target if most is None else self.max
         self.spawn = spawn
         self.active = 0
         self.live = 0
@@ -365,7 +373,7 @@ class _Batcher:
         if len(items) >= self.size:
             self._flush(group)
         elif len(items) == 1:
-            loop.call_later(self.linger, self._flush_if, group, items)
+            loop.call_later(self.linger, self._flush_if, group, items, loop.time())
         try:
             return cast("tuple[HttpResponse, tuple[str, int] | None, bool]", await item.fut)
         except asyncio.CancelledError:
@@ -379,9 +387,26 @@ class _Batcher:
                 item.cut = True
             raise
 
-    def _flush_if(self, group: Any, items: list[_Item]) -> None:
-        if self.groups.get(group) is items:
-            self._flush(group)
+    def _flush_if(self, group: Any, items: list[_Item], opened: float) -> None:
+        """The batch's linger is over: it goes, unless it is not full and the lane is
+        busy (every slot taken, or requests waiting for one: it would only take a turn
+        from them, and a fuller batch spends the lane's rate better). Then it waits for
+        more, a linger at a time, until the lane is free or it is full, for at most
+        ``_BUSY_LINGER`` seconds and never into the last quarter of a deadline. Going at
+        every linger, one PERSCOM write went per request while reads held the lane: at
+        8 requests/s, 300 changes took 75 s instead of 38."""
+        if self.groups.get(group) is not items:
+            return
+        lane = self.lane
+        if items and len(items) < self.size and (lane._waiters or lane.in_flight >= lane.limit):
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            policy = self.d.retry
+            margin = min(policy.timeout, 0.25 * policy.deadline)
+            if now - opened < _BUSY_LINGER and min(i.deadline for i in items) - now > margin:
+                loop.call_later(self.linger, self._flush_if, group, items, opened)
+                return
+        self._flush(group)
 
     def _flush(self, group: Any) -> None:
         items = self.groups.pop(group, None)
@@ -2142,6 +2167,9 @@ class Dispatcher:
         where: tuple[str, int] | None = None
         shared = False
         track.in_request = True
+        pool = track.pool
+        if pool is not None:
+            pool.resting()  # (see _Pool: it holds no slot; another takes a change)
         try:
             response, where, shared = await batcher.send(
                 group, step.request, timeout, flow.deadline, flow
@@ -2158,6 +2186,8 @@ class Dispatcher:
             raise  # counted by the batcher, which knows whether the batch went out
         finally:
             track.in_request = False
+            if pool is not None:
+                pool.back()
         if step.write:
             flow.batch = where
         # An answer the whole batch got tells about the system once (its first change).
@@ -2587,7 +2617,7 @@ class _LaneFeed:
 
     def take(self) -> tuple[int, Change, bool] | None:
         pool = self.pool
-        if self.stop.on or pool.active > pool.target or not self.items:
+        if self.stop.on or pool.active > pool.keep or not self.items:
             return None  # stopped, more are working than needed (retire), or none yet
         index, change = self.items.popleft()
         if self.blocked:
@@ -2597,7 +2627,7 @@ class _LaneFeed:
 
     async def more(self) -> bool:
         pool = self.pool
-        if self.stop.on or pool.active > pool.target:
+        if self.stop.on or pool.active > pool.keep:
             return False
         if self.items:
             return True
@@ -2782,14 +2812,17 @@ async def _results(
             tracks[task] = track
 
         # Workers for the lane's own limit: a share of it (shared limits) may grow. Where
-        # changes go in batches, a request carries many: enough workers to fill them
-        # (waiting in a batch, a worker holds no slot).
+        # changes go in batches, a request carries many: a worker waiting in a batch
+        # rests (it holds no slot), and another takes the next change, up to enough to
+        # fill the batches. Started all at once, the changes whose first request does
+        # not batch (a PERSCOM read) all waited for it at the lane, their deadlines
+        # running: at a share of PERSCOM's rate (2 in flight, 8/s), 192 of 300 ended
+        # unsent at a 10 s deadline, 800 changes under way at the default limits.
         lane = buffer.lane
         target = max(1, min(lane.configured, d.concurrency))
         sizes = [b.size for b in lane.batchers if b is not None]
-        if sizes:
-            target = min(lane.configured * max(sizes), d.buffer, _BATCH_WORKERS)
-        pool = _Pool(target, spawn)
+        most = min(lane.configured * max(sizes), d.buffer, _BATCH_WORKERS) if sizes else None
+        pool = _Pool(target, spawn, most)  # (``spawn`` above counts its workers in it)
         return pool
 
     if isinstance(changes, Mapping):
