@@ -746,7 +746,7 @@ class _Lane:
         whose workers outnumber its slots (batching: enough workers to fill the
         batches) sent every change's read before any write: each change took as long
         as all of them together, the reads went stale meanwhile, and changes waited out
-        their deadlines (one slot, 60 PERSCOM changes, a 3 s deadline: 14 unsent).
+        their deadlines (one slot, 60 PERSCOM changes, a 3 s deadline: 11 to 13 unsent).
         """
         if self.stopped:
             raise _Halted
