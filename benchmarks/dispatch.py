@@ -10,8 +10,8 @@ Memory: a fresh process runs ``Dispatcher.run`` over a lazily generated input of
 1,000,000 changes and reports its peak resident memory (``ru_maxrss``).
 
 Breakdown (``--breakdown``): the same rounds through steps from the plain loop to the
-dispatcher (our transport; the adapter classifying answers; a ``Flow`` per change), to
-show where the difference goes.
+dispatcher (our transport through ``session.request``, then through its lean send; the
+adapter classifying answers; a ``Flow`` per change), to show where the difference goes.
 
 Instructions (``--instructions``): the client process runs under valgrind's callgrind,
 which counts the machine instructions it executes; a run of N changes less a run of none
@@ -118,13 +118,15 @@ async def dispatched(adapter: PerscomAdapter, n: int, first: int, concurrency: i
 
 async def steps(adapter: PerscomAdapter, n: int, first: int, concurrency: int, upto: str) -> float:
     """Changes/s of a plain loop over ``AiohttpTransport`` doing part of what the dispatcher
-    does, for the breakdown: ``transport`` (check, prepare, send), ``classify`` (and the
-    adapter's ``outcome``), ``flow`` (each change driven by a ``Flow`` instead)."""
+    does, for the breakdown: ``public`` (check, prepare, send through ``session.request``),
+    ``transport`` (the same through the transport's lean send, as the dispatcher sends),
+    ``classify`` (and the adapter's ``outcome``), ``flow`` (each change driven by a
+    ``Flow`` instead)."""
     loop = asyncio.get_running_loop()
     policy = RetryPolicy()
     rng = random.Random(1)
     ok = 0
-    async with AiohttpTransport(limit=concurrency) as transport:
+    async with AiohttpTransport(limit=concurrency, lean=upto != "public") as transport:
         it = changes(n, first)
 
         async def worker() -> None:
@@ -159,7 +161,12 @@ def _clients(adapter: PerscomAdapter, concurrency: int) -> dict[str, Any]:
     """The clients of the breakdown, by name: each takes (first change, changes)."""
     return {
         "plain aiohttp loop": lambda k, n: plain(adapter, n, k, concurrency),
-        "loop over AiohttpTransport": lambda k, n: steps(adapter, n, k, concurrency, "transport"),
+        "loop over AiohttpTransport(lean=False)": lambda k, n: steps(
+            adapter, n, k, concurrency, "public"
+        ),
+        "loop over AiohttpTransport (its lean send)": lambda k, n: steps(
+            adapter, n, k, concurrency, "transport"
+        ),
         "+ the adapter classifies each answer": lambda k, n: steps(
             adapter, n, k, concurrency, "classify"
         ),

@@ -1,7 +1,10 @@
 """AiohttpTransport: each kind of network failure becomes the right typed error.
 
 Against real sockets on 127.0.0.1 (a closed port, a plain server spoken to in TLS, a
-server that hangs up) and aioresponses for an unresolvable name.
+server with a certificate nobody signed, a server that hangs up). Every test runs both
+ways to the network: the lean send (aiohttp's own request path less what an owned
+session never uses) and the public ``session.request`` (any other aiohttp version, or a
+session patched over, as aioresponses does).
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import contextlib
 import gzip
 import re
 import socket
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -29,9 +35,38 @@ from patchassign import (
     TransportError,
 )
 from patchassign.systems import PerscomAdapter
-from patchassign.transports import AiohttpTransport
+from patchassign.transports import AiohttpTransport, _aiohttp
+
+from .http_mock import aioresponses
 
 LIMIT = 64 * 1024
+
+
+class Way:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lean_sends = 0
+
+
+@pytest.fixture(autouse=True, params=["lean", "public"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Way]:
+    """Which way to the network the transport takes in this test (and a count of the
+    lean sends, to show which it took)."""
+    if request.param == "public":
+        monkeypatch.setattr(_aiohttp, "_REQUEST", None)
+    elif _aiohttp._REQUEST is None:
+        pytest.skip(f"aiohttp {aiohttp.__version__} has no lean send (not in _LEAN_VERSIONS)")
+    way = Way(request.param)
+    lean = AiohttpTransport._lean
+
+    async def counted(self: AiohttpTransport, *args: Any) -> aiohttp.ClientResponse:
+        way.lean_sends += 1
+        return await lean(self, *args)
+
+    monkeypatch.setattr(AiohttpTransport, "_lean", counted)
+    yield way
+    if way.name == "public":
+        assert way.lean_sends == 0
 
 
 def free_port() -> int:
@@ -253,3 +288,92 @@ async def test_a_redirect_is_not_followed_and_the_error_says_where_it_points() -
         assert text is not None
         assert says in text
         assert not {"s3cret", "pa55", "someone"} & set(re.split(r"\W+", text))
+
+
+async def test_an_owned_session_takes_the_lean_send_on_this_aiohttp(server: str, way: Way) -> None:
+    async with AiohttpTransport() as t:
+        for _ in range(3):
+            r = await t.send(HttpRequest("GET", f"http://{server}/ok", {}), timeout=2)
+            assert r.json() == {"ok": True}
+    assert way.lean_sends == (3 if way.name == "lean" else 0)
+
+
+async def test_lean_false_takes_the_public_way(server: str, way: Way) -> None:
+    async with AiohttpTransport(lean=False) as t:
+        r = await t.send(HttpRequest("GET", f"http://{server}/ok", {}), timeout=2)
+    assert r.json() == {"ok": True}
+    assert way.lean_sends == 0
+
+
+async def test_a_session_of_the_callers_takes_the_public_way(server: str, way: Way) -> None:
+    """A caller's session may have what the lean send leaves out (default headers,
+    cookies, a proxy, middlewares, trace configs): it is used as it is."""
+    seen: list[str] = []
+
+    async def middleware(req: aiohttp.ClientRequest, handler: Any) -> aiohttp.ClientResponse:
+        seen.append(req.headers["X-Who"])
+        return await handler(req)  # type: ignore[no-any-return]
+
+    async with aiohttp.ClientSession(
+        headers={"X-Who": "caller"}, middlewares=(middleware,)
+    ) as session:
+        t = AiohttpTransport(session=session)
+        r = await t.send(HttpRequest("GET", f"http://{server}/ok", {}), timeout=2)
+    assert r.status == 200
+    assert seen == ["caller"]
+    assert way.lean_sends == 0
+
+
+async def test_a_session_patched_over_is_honoured(way: Way) -> None:
+    """aioresponses (a user's tests of a service that embeds the dispatcher) patches
+    ``ClientSession._request``: the transport goes through the patch, never around it
+    to the network."""
+    url = "http://127.0.0.1:9/mocked"  # the discard port: nothing answers there
+    with aioresponses() as mocked:
+        mocked.get(url, payload={"mocked": True})
+        async with AiohttpTransport() as t:
+            r = await t.send(HttpRequest("GET", url, {}), timeout=2)
+    assert r.json() == {"mocked": True}
+    assert way.lean_sends == 0
+
+
+async def test_a_url_with_user_info_takes_the_public_way(server: str, way: Way) -> None:
+    async with AiohttpTransport() as t:
+        r = await t.send(HttpRequest("GET", f"http://u:p@{server}/ok", {}), timeout=2)
+    assert r.status == 200
+    assert way.lean_sends == 0
+
+
+@pytest_asyncio.fixture
+async def tls_server() -> AsyncIterator[str]:
+    """A server whose certificate a CA of its own signed (no system trusts it)."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"tls": True})
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    yield f"127.0.0.1:{runner.addresses[0][1]}"
+    await runner.cleanup()
+
+
+async def test_a_certificate_nobody_trusts_is_a_setup_error(tls_server: str, way: Way) -> None:
+    async with AiohttpTransport() as t:
+        with pytest.raises(SetupError, match="TLS certificate refused") as e:
+            await t.send(HttpRequest("GET", f"https://{tls_server}/ok", {}), timeout=5)
+    assert not e.value.sent
+    assert e.value.host == tls_server
+    assert way.lean_sends == (1 if way.name == "lean" else 0)
+
+
+async def test_tls_unverified_when_turned_off(tls_server: str, way: Way) -> None:
+    async with AiohttpTransport(verify_tls=False) as t:
+        r = await t.send(HttpRequest("GET", f"https://{tls_server}/ok", {}), timeout=5)
+    assert r.json() == {"tls": True}
