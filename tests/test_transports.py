@@ -337,6 +337,38 @@ async def test_a_session_patched_over_is_honoured(way: Way) -> None:
     assert way.lean_sends == 0
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"Accept": "text/plain", "accept": "application/json"}, [("Accept", "application/json")]],
+    ids=["names-differing-in-case", "not-a-dict"],
+)
+async def test_headers_the_lean_send_would_pass_otherwise_take_the_public_way(
+    way: Way, headers: Any
+) -> None:
+    """``session.request`` keeps the last of two names that differ only in case; sent
+    as given, both would go. Such headers (and headers that are not a dict) go the
+    public way, and the server sees one header, the last."""
+    got: list[list[str]] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        got.append(request.headers.getall("Accept"))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with AiohttpTransport() as t:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/echo"
+            await t.send(HttpRequest("GET", url, headers), timeout=2)
+    finally:
+        await runner.cleanup()
+    assert got == [["application/json"]]
+    assert way.lean_sends == 0
+
+
 async def test_a_url_with_user_info_takes_the_public_way(server: str, way: Way) -> None:
     async with AiohttpTransport() as t:
         r = await t.send(HttpRequest("GET", f"http://u:p@{server}/ok", {}), timeout=2)

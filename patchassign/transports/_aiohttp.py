@@ -208,6 +208,7 @@ class AiohttpTransport:
                 and type(session)._request is _REQUEST
                 and url.raw_user is None
                 and url.raw_password is None
+                and _distinct(request.headers)
             ):
                 r = await self._lean(session, request, url, limits)
             else:
@@ -366,6 +367,12 @@ class AiohttpTransport:
             if req is not None and req._body is not None:
                 await req._body.close()
             raise
+
+
+def _distinct(headers: object) -> bool:
+    """A dict of headers no two of whose names differ only in case: what the lean send
+    passes on as it is (``session.request`` keeps the last of such names)."""
+    return type(headers) is dict and len(headers) == len({k.lower() for k in headers})
 
 
 def _line(e: BaseException) -> str:
