@@ -409,3 +409,22 @@ async def test_tls_unverified_when_turned_off(tls_server: str, way: Way) -> None
     async with AiohttpTransport(verify_tls=False) as t:
         r = await t.send(HttpRequest("GET", f"https://{tls_server}/ok", {}), timeout=5)
     assert r.json() == {"tls": True}
+
+
+def test_the_lean_send_is_off_for_an_aiohttp_it_does_not_follow(
+    monkeypatch: pytest.MonkeyPatch, way: Way
+) -> None:
+    """Another minor version, or a private call that lost a parameter the lean send
+    passes (a patch release reshaping it): no lean send, from the import on."""
+    if _aiohttp._lean_ready() is None:
+        pytest.skip(f"aiohttp {aiohttp.__version__}: already off")
+    version = aiohttp.__version__
+    monkeypatch.setattr(aiohttp, "__version__", "3.99.0")
+    assert _aiohttp._lean_ready() is None
+    monkeypatch.setattr(aiohttp, "__version__", version)
+    assert _aiohttp._lean_ready() is aiohttp.ClientSession._request
+
+    def reshaped(self: object, method: str, url: object) -> None: ...
+
+    monkeypatch.setattr(_aiohttp, "_TAKES", {**_aiohttp._TAKES, reshaped: {"method", "loop"}})
+    assert _aiohttp._lean_ready() is None

@@ -70,7 +70,7 @@ def _lean_ready() -> Any:
             return None
         for function, names in _TAKES.items():
             if not names <= set(inspect.signature(function).parameters):
-                return None  # pragma: no cover - a patch release reshaped them
+                return None  # a patch release reshaped them
     except (ValueError, TypeError):  # pragma: no cover - an aiohttp we do not know
         return None
     return aiohttp.ClientSession._request
